@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Create .venv and install the pinned stack. Idempotent: a second run with nothing to do takes seconds.
+#   CPU machine (no nvidia-smi): torch==2.13.0 CPU wheel first, so nothing can pull a CUDA torch.
+#   NVIDIA machine: requirements-gpu.txt (vLLM release supported by the pinned TRL, with its CUDA torch).
+# Override the interpreter with PYTHON=python3.11 bash INSTALL.sh; force a reinstall with FORCE=1.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+TORCH_CPU_VERSION=2.13.0
+RECBOLE_VERSION=1.2.1   # ships MovieLens-100k, the embedded default data set (installed with --no-deps)
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  flavour=gpu
+else
+  flavour=cpu
+fi
+
+# The stamp records what was installed; if inputs are unchanged there is nothing to do.
+stamp_inputs="$flavour $TORCH_CPU_VERSION $RECBOLE_VERSION $(cat requirements.txt requirements-gpu.txt | sha256sum | cut -c1-16)"
+stamp_file="$VENV/.recrl-install-stamp"
+if [[ -z "${FORCE:-}" && -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp_inputs" ]]; then
+  echo "INSTALL.sh: $VENV is up to date ($flavour)."
+  exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "INSTALL.sh: creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+"${PIP[@]}" --upgrade pip
+
+if [[ "$flavour" == cpu ]]; then
+  echo "INSTALL.sh: no NVIDIA GPU found -> CPU torch==$TORCH_CPU_VERSION"
+  "${PIP[@]}" "torch==$TORCH_CPU_VERSION"
+else
+  echo "INSTALL.sh: NVIDIA GPU found -> CUDA torch + vLLM (requirements-gpu.txt)"
+  "${PIP[@]}" -r requirements-gpu.txt
+fi
+# Constrain torch to what is installed so no later requirement swaps the build.
+torch_version=$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+"${PIP[@]}" -r requirements.txt "torch==$torch_version"
+"${PIP[@]}" --no-deps "recbole==$RECBOLE_VERSION"
+
+"$VENV/bin/python" - <<'PY'
+import importlib.util, torch, trl, transformers
+assert importlib.util.find_spec("recbole") is not None
+print(f"INSTALL.sh: torch {torch.__version__} (cuda={torch.cuda.is_available()}), transformers {transformers.__version__}, trl {trl.__version__}")
+PY
+echo "$stamp_inputs" > "$stamp_file"

@@ -1,0 +1,26 @@
+# Every target installs first (INSTALL.sh is idempotent and takes seconds when nothing changed).
+PY := .venv/bin/python
+export PYTHONPATH := $(CURDIR)
+export TOKENIZERS_PARALLELISM := false
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test bench clean
+
+install:
+	bash INSTALL.sh
+
+## demo: ML-100k -> tiny model -> SFT -> Rank-GRPO -> evaluation table (CPU, < 10 min)
+demo: install
+	bash scripts/demo.sh
+
+## test: the full CPU test suite (the same command CI runs)
+test: install
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+## bench: speed benchmarks; writes BENCHMARKS.md
+bench: install
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf processed_datasets results logs models wandb

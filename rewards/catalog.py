@@ -1,0 +1,538 @@
+"""The one title matcher: title normalisation, catalog loading and ``Catalog.match``.
+
+Everything that turns a ``(title, year)`` string pair into a catalog id goes through this module, for
+rewards, evaluation and preprocessing alike (METHODS.md §2: one matching function everywhere).
+
+Matching rules (docs/ARCHITECTURE.md):
+
+* titles are compared after :func:`normalize_title` (an O(1) dict lookup);
+* among the catalog entries with that title: the exact year first, then the nearest year within
+  ``year_tolerance`` (ties -> the earlier year); catalog entries without a year match any query year,
+  but only when no dated entry does;
+* a query without a year matches only a title that has exactly one catalog entry;
+* an optional rapidfuzz fallback over the normalised keys when ``fuzzy_threshold`` is set.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import pickle
+import re
+import unicodedata
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+__all__ = [
+    "MIN_YEAR",
+    "MAX_YEAR",
+    "Catalog",
+    "CatalogError",
+    "RestrictedUnpickler",
+    "display_title",
+    "load_catalog",
+    "normalize_title",
+    "restricted_pickle_loads",
+    "split_title_year",
+    "validate_year",
+]
+
+MIN_YEAR = 1870
+MAX_YEAR = 2100
+
+
+class CatalogError(ValueError):
+    """A catalog could not be built; the message names the file and the row/field at fault."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Title normalisation
+# --------------------------------------------------------------------------------------------------
+
+# Curly / typographic quotes -> straight ones (before anything else looks at quotes).
+_QUOTE_MAP = str.maketrans(
+    {
+        "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'", "\u00b4": "'", "`": "'",
+        "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"', "\u00ab": '"', "\u00bb": '"',
+    }
+)
+_SURROUND_CHARS = " \t\"*_"  # apostrophes are dropped later anyway
+# Articles that catalogs (MovieLens) move to the end: "Matrix, The" -> "The Matrix". These are the ones
+# ML-100k inverts; rarer ones (", I", ", En", ", Det") are too ambiguous to undo blindly.
+_NORMALIZE_ARTICLES = ("the", "a", "an", "la", "le", "les", "l'", "il", "das", "der", "die", "el")
+_ART_ALT = "|".join(re.escape(a) for a in sorted(_NORMALIZE_ARTICLES, key=len, reverse=True))
+# "<rest>, <article>" optionally followed by one trailing parenthetical ("Blue Angel, The (Blaue Engel, Der)").
+_TRAILING_ARTICLE = re.compile(rf"^(?P<rest>.*\S)\s*,\s*(?P<art>{_ART_ALT})(?P<paren>\s*\([^()]*\))?\s*$", re.I)
+# Acronyms with dots ("A.I.", "L.A.", "E.T.") lose their dots so "AI" and "A.I." agree.
+_ACRONYM = re.compile(r"(?<![^\W\d_])((?:[^\W\d_]\.){2,})")
+_NON_WORD = re.compile(r"[\W_]+")
+_SPACES = re.compile(r"\s+")
+
+
+def _fold(text: str) -> str:
+    """NFKC + casefold, dropping Latin combining accents (``Amélie`` == ``Amelie``)."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if not ("\u0300" <= ch <= "\u036f"))
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+
+
+def _invert_article(title: str, pattern: re.Pattern = _TRAILING_ARTICLE) -> str:
+    m = pattern.match(title)
+    if not m:
+        return title
+    art, rest, paren = m.group("art"), m.group("rest"), m.group("paren") or ""
+    sep = "" if art.endswith("'") else " "
+    return f"{art}{sep}{rest}{paren}"
+
+
+def normalize_title(title: str) -> str:
+    """Canonical matching key of a title.
+
+    NFKC + casefold (Latin accents dropped), typographic quotes straightened, surrounding quotes and
+    asterisks removed, apostrophes dropped, ``&`` -> ``and``, a trailing article moved to the front
+    (``Matrix, The`` -> ``the matrix``; also ``, A``/``, An`` and ML-100k's ``, La``/``, Le``/``, Les``/
+    ``, L'``/``, Il``/``, Das``/``, Der``/``, Die``/``, El``), dotted acronyms joined (``A.I.`` -> ``ai``),
+    every other non letter/digit run collapsed to one space, stripped. Idempotent.
+    """
+    if not isinstance(title, str):
+        raise TypeError(f"normalize_title expects a str, got {type(title).__name__}")
+    return _normalize_cached(title)
+
+
+@lru_cache(maxsize=1 << 16)
+def _normalize_cached(title: str) -> str:
+    # quotes first: NFKD would turn an acute-accent apostrophe (U+00B4) into a space + combining mark
+    t = _fold(title.translate(_QUOTE_MAP)).translate(_QUOTE_MAP)
+    t = _SPACES.sub(" ", t).strip(_SURROUND_CHARS)
+    if len(t) > 1 and t[0] == t[-1] == "'" and not _TRAILING_ARTICLE.match(t):
+        t = t[1:-1].strip(_SURROUND_CHARS)  # 'single-quoted' title (a trailing L' is an article)
+    t = _invert_article(t)
+    t = t.replace("&", " and ")
+    t = t.replace("'", "")
+    t = _ACRONYM.sub(lambda m: m.group(1).replace(".", ""), t)
+    t = _NON_WORD.sub(" ", t)
+    return t.strip()
+
+
+_TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\(\s*(?P<year>\d{4})\s*\)\s*$", re.S)
+
+
+def split_title_year(text: str) -> tuple[str, int | None]:
+    """``"Title (1999)"`` -> ``("Title", 1999)``; no trailing ``(YYYY)`` -> ``(title, None)``.
+
+    Whitespace is normalised (``"Police Academy  (1984)"`` -> ``("Police Academy", 1984)``).
+    """
+    text = _SPACES.sub(" ", str(text)).strip()
+    m = _TITLE_YEAR.match(text)
+    if m and m.group("title").strip():
+        return m.group("title").strip(), int(m.group("year"))
+    return text, None
+
+
+def display_title(raw: str) -> str:
+    """Catalog display form: ``"Usual Suspects, The"`` -> ``"The Usual Suspects"``.
+
+    A trailing parenthetical is kept (``"Blue Angel, The (Blaue Engel, Der)"`` ->
+    ``"The Blue Angel (Blaue Engel, Der)"``); ``"Femme, L'"`` -> ``"L'Femme"``.
+    """
+    raw = _SPACES.sub(" ", str(raw)).strip()
+    m = _TRAILING_ARTICLE.match(raw)
+    if not m:
+        return raw
+    art, rest, paren = m.group("art"), m.group("rest"), m.group("paren") or ""
+    art = art[0].upper() + art[1:]
+    sep = "" if art.endswith("'") else " "
+    return f"{art}{sep}{rest}{paren}"
+
+
+_PAREN_SUFFIX = re.compile(r"^(?P<main>.*\S)\s*\((?P<alt>[^()]*)\)\s*$")
+
+
+def _title_keys(title: str) -> list[tuple[str, int]]:
+    """Index keys of a catalog title with a priority: the full title (0), plus, for ``Main (Alternate)``,
+    ``Main`` and ``Alternate`` (1) (ML's ``Shanghai Triad (Yao a yao yao dao waipo qiao)``,
+    ``Seven (Se7en)``). On equal years a full-title entry beats an alternate-title one."""
+    keys = [(normalize_title(title), 0)]
+    m = _PAREN_SUFFIX.match(title)
+    if m:
+        alt = m.group("alt").strip()
+        if alt and not alt.isdigit():
+            keys.append((normalize_title(m.group("main")), 1))
+            keys.append((normalize_title(alt), 1))
+    out: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for k, prio in keys:
+        if k and k not in seen:
+            seen.add(k)
+            out.append((k, prio))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Years
+# --------------------------------------------------------------------------------------------------
+
+
+def validate_year(value: Any) -> tuple[int | None, str | None]:
+    """Coerce a raw year to ``int`` within [MIN_YEAR, MAX_YEAR].
+
+    Returns ``(year, problem)``: ``problem`` is ``None`` when the value was fine (or absent/None),
+    otherwise a reason key for a catalog's ``report`` and the year is ``None``.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, bool):
+        return None, "invalid_year_set_to_null"
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            return None, "invalid_year_set_to_null"
+        value = int(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if not s or s.lower() in {"none", "null", "nan", "n/a", "na"}:
+            return None, None
+        if not re.fullmatch(r"[+-]?\d+", s):
+            return None, "invalid_year_set_to_null"
+        value = int(s)
+    if not isinstance(value, int):
+        return None, "invalid_year_set_to_null"
+    if not MIN_YEAR <= value <= MAX_YEAR:
+        return None, "invalid_year_set_to_null"
+    return value, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Catalog
+# --------------------------------------------------------------------------------------------------
+
+
+class Catalog:
+    """An item catalog with the one title matcher.
+
+    ``items``: dicts ``{"id": int, "title": str, "year": int | None, ...}`` (extra keys kept).
+    Invalid years (outside 1870..2100 or unparsable) become ``None`` and are counted in ``report``.
+    """
+
+    def __init__(
+        self,
+        items: Iterable[dict],
+        year_tolerance: int = 2,
+        fuzzy_threshold: float | None = None,
+        source: str = "<memory>",
+        report: dict | None = None,
+    ) -> None:
+        self.source = str(source)
+        if year_tolerance is None or year_tolerance < 0:
+            raise ValueError(f"year_tolerance must be >= 0, got {year_tolerance!r}")
+        self.year_tolerance = int(year_tolerance)
+        if fuzzy_threshold is not None and not 0 < float(fuzzy_threshold) <= 100:
+            raise ValueError(f"fuzzy_threshold must be in (0, 100], got {fuzzy_threshold!r}")
+        self.fuzzy_threshold = None if fuzzy_threshold is None else float(fuzzy_threshold)
+        self._report: Counter = Counter(report or {})
+        self._items: list[dict] = []
+        self._by_id: dict[int, dict] = {}
+        self._index: dict[str, list[tuple[int, int]]] = {}  # key -> [(id, priority)] in catalog order
+
+        for row, raw in enumerate(items):
+            if not isinstance(raw, dict):
+                raise CatalogError(f"{self.source}: row {row}: expected a dict, got {type(raw).__name__}")
+            item = dict(raw)
+            iid = item.get("id")
+            if isinstance(iid, bool) or not isinstance(iid, int):
+                if isinstance(iid, str) and re.fullmatch(r"\s*[+-]?\d+\s*", iid):
+                    iid = int(iid)
+                else:
+                    raise CatalogError(f"{self.source}: row {row}: field 'id' must be an int, got {iid!r}")
+            item["id"] = iid
+            title = item.get("title")
+            if not isinstance(title, str) or not title.strip():
+                raise CatalogError(f"{self.source}: row {row} (id {iid}): field 'title' is missing or empty")
+            item["title"] = _SPACES.sub(" ", title).strip()
+            year, problem = validate_year(item.get("year"))
+            if problem:
+                self._report[problem] += 1
+            item["year"] = year
+            if iid in self._by_id:
+                raise CatalogError(f"{self.source}: row {row}: duplicate id {iid}")
+            self._by_id[iid] = item
+            self._items.append(item)
+            for key, prio in _title_keys(item["title"]):
+                self._index.setdefault(key, []).append((iid, prio))
+
+        if not self._items:
+            raise CatalogError(f"{self.source}: empty catalog (no items)")
+        self._keys: list[str] | None = None  # lazily built for the fuzzy fallback
+
+    # ---- container protocol ------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._by_id
+
+    def __getitem__(self, item_id: int) -> dict:
+        try:
+            return self._by_id[item_id]
+        except KeyError:
+            raise KeyError(f"id {item_id!r} not in catalog {self.source}") from None
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        return f"Catalog({len(self)} items, source={self.source!r}, year_tolerance={self.year_tolerance})"
+
+    @property
+    def ids(self) -> list[int]:
+        return [it["id"] for it in self._items]
+
+    @property
+    def items(self) -> list[dict]:
+        return list(self._items)
+
+    @property
+    def report(self) -> dict:
+        """Counts of rows fixed/skipped while loading, by reason (e.g. ``invalid_year_set_to_null``)."""
+        return dict(self._report)
+
+    def to_list(self) -> list[dict]:
+        """JSON-ready list of item dicts (the ``catalog.json`` format)."""
+        return [dict(it) for it in self._items]
+
+    def display(self, item_id: int) -> str:
+        """``"Title (Year)"``, or ``"Title"`` when the year is unknown."""
+        it = self[item_id]
+        return it["title"] if it["year"] is None else f"{it['title']} ({it['year']})"
+
+    # ---- matching ----------------------------------------------------------------------------
+    def ids_for_title(self, title: str) -> list[int]:
+        """All ids whose (normalised) title equals ``title``'s, any year, in catalog order."""
+        return [iid for iid, _ in self._index.get(normalize_title(title), ())]
+
+    def _fuzzy_key(self, key: str) -> str | None:
+        from rapidfuzz import fuzz, process  # optional dependency, only for the fallback
+
+        if self._keys is None:
+            self._keys = list(self._index)
+        hit = process.extractOne(key, self._keys, scorer=fuzz.ratio, score_cutoff=self.fuzzy_threshold)
+        return None if hit is None else hit[0]
+
+    def _candidates(self, title: str) -> list[tuple[int, int]]:
+        key = normalize_title(title)
+        if not key:
+            return []
+        cands = self._index.get(key)
+        if cands is None and self.fuzzy_threshold is not None:
+            fk = self._fuzzy_key(key)
+            cands = self._index.get(fk) if fk is not None else None
+        return cands or []
+
+    def match(self, title: str, year: int | str | None = None) -> int | None:
+        """The catalog id of ``(title, year)``, or ``None`` (rules in the module docstring).
+
+        ``year`` may be an int, a digit string or ``None``; with ``year=None`` a trailing ``(YYYY)`` in
+        ``title`` is used as the year.
+        """
+        if title is None:
+            return None
+        title = str(title)
+        if year is None:
+            title, year = split_title_year(title)
+        elif not isinstance(year, int) or isinstance(year, bool):
+            y, problem = validate_year(year)
+            if problem:
+                return None
+            year = y
+        cands = self._candidates(title)
+        if not cands:
+            return None
+        if year is None:
+            # only a title with a single entry (full titles first, alternate titles if there are none)
+            primary = [iid for iid, prio in cands if prio == 0] or [iid for iid, _ in cands]
+            return primary[0] if len(primary) == 1 else None
+        best: int | None = None
+        best_key: tuple[int, int, int] | None = None
+        undated: int | None = None
+        undated_prio = 2
+        for iid, prio in cands:
+            y = self._by_id[iid]["year"]
+            if y is None:
+                if prio < undated_prio:
+                    undated, undated_prio = iid, prio
+                continue
+            d = abs(y - year)
+            if d > self.year_tolerance:
+                continue
+            k = (d, y, prio)  # nearest first, then the earlier year, then full title; then catalog order
+            if best_key is None or k < best_key:
+                best, best_key = iid, k
+        if best is not None:
+            return best
+        return undated
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that refuses EVERY global: only plain containers/str/int/float/bytes load."""
+
+    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden (restricted unpickler)")
+
+
+def restricted_pickle_loads(data: bytes) -> Any:
+    return RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise CatalogError(f"{path}: not valid UTF-8 (byte offset {e.start}, line {line}): {e.reason}") from None
+
+
+def _items_from_rows(rows: list, path: Path) -> list[dict]:
+    """A JSON/pickle list of dicts, or of ``[title, year]`` pairs (ids = list index)."""
+    if not isinstance(rows, list):
+        raise CatalogError(f"{path}: expected a list of items at the top level, got {type(rows).__name__}")
+    items: list[dict] = []
+    for i, row in enumerate(rows):
+        if isinstance(row, dict):
+            items.append(row)
+        elif isinstance(row, (list, tuple)) and len(row) == 2:
+            items.append({"id": i, "title": row[0], "year": row[1]})
+        else:
+            raise CatalogError(f"{path}: row {i}: expected a dict or a [title, year] pair, got {row!r:.80}")
+    return items
+
+
+def _int_field(value: str, path: Path, line: int, field: str) -> int:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        raise CatalogError(f"{path}: line {line}: field '{field}' must be an int, got {value!r}") from None
+
+
+def _load_csv(text: str, path: Path, report: Counter) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    fields = set(reader.fieldnames or [])
+    items: list[dict] = []
+    if {"movieId", "movieName"} <= fields:  # ReDial movies_with_mentions.csv
+        for row in reader:
+            line = reader.line_num
+            name = row.get("movieName")
+            if name is None or not name.strip():
+                raise CatalogError(f"{path}: line {line}: field 'movieName' is empty")
+            title, year = split_title_year(name)
+            if year is None:
+                report["no_year_in_name"] += 1
+            item = {"id": _int_field(row["movieId"], path, line, "movieId"), "title": title, "year": year}
+            if row.get("nbMentions") not in (None, ""):
+                item["popularity"] = _int_field(row["nbMentions"], path, line, "nbMentions")
+            items.append(item)
+    elif {"id", "title"} <= fields:
+        for row in reader:
+            line = reader.line_num
+            item: dict[str, Any] = {k: v for k, v in row.items() if k is not None}
+            item["id"] = _int_field(row["id"], path, line, "id")
+            if not (row.get("title") or "").strip():
+                raise CatalogError(f"{path}: line {line}: field 'title' is empty")
+            item["year"] = row.get("year") or None
+            if "popularity" in item and item["popularity"] not in (None, ""):
+                item["popularity"] = _int_field(item["popularity"], path, line, "popularity")
+            items.append(item)
+    else:
+        raise CatalogError(
+            f"{path}: unrecognised CSV header {reader.fieldnames!r}; expected id,title[,year] "
+            "or ReDial's movieId,movieName,nbMentions"
+        )
+    return items
+
+
+def _load_atomic_item(text: str, path: Path) -> list[dict]:
+    """RecBole atomic ``.item`` file (ML-100k): tab-separated, header ``name:type``."""
+    lines = text.splitlines()
+    if not lines:
+        raise CatalogError(f"{path}: empty file")
+    header = [h.split(":", 1)[0] for h in lines[0].split("\t")]
+    col = {h: i for i, h in enumerate(header)}
+    id_col = col.get("item_id")
+    title_col = col.get("movie_title", col.get("title"))
+    if id_col is None or title_col is None:
+        raise CatalogError(f"{path}: header {lines[0]!r} lacks item_id and movie_title/title")
+    year_col = col.get("release_year", col.get("year"))
+    genre_col = col.get("class", col.get("genre"))
+    items = []
+    for ln, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) <= max(id_col, title_col):
+            raise CatalogError(f"{path}: line {ln}: expected {len(header)} tab-separated fields, got {len(parts)}")
+        raw = parts[title_col].strip()
+        year: Any = parts[year_col].strip() if year_col is not None and year_col < len(parts) else None
+        title = raw
+        name, name_year = split_title_year(raw)
+        if name_year is not None and validate_year(year)[0] is None:  # "Title (1995)" with a bad year field
+            title, year = name, name_year
+        item: dict[str, Any] = {
+            "id": _int_field(parts[id_col], path, ln, "item_id"),
+            "title": display_title(title),
+            "raw_title": raw,
+            "year": year,
+        }
+        if genre_col is not None and genre_col < len(parts) and parts[genre_col].strip():
+            item["genres"] = parts[genre_col].split()
+        items.append(item)
+    return items
+
+
+def load_catalog(path: str | Path, **kw: Any) -> Catalog:
+    """Load a catalog by file suffix.
+
+    * ``.json``: our list of item dicts, or a list of ``[title, year]`` pairs (ids = list index);
+    * ``.csv``: columns ``id,title[,year,...]`` or ReDial's ``movieId,movieName,nbMentions``
+      (``movieName`` = ``"Title  (Year)"``; ``popularity`` = ``nbMentions``);
+    * ``.pkl``/``.pickle``: Rank-GRPO's ``gt_catalog.pkl`` (a list of ``(title, year)`` tuples, ids = list
+      index), read with a restricted unpickler that refuses every global;
+    * ``.item``: a RecBole atomic item file (ML-100k), titles turned into display form.
+
+    Keyword arguments go to :class:`Catalog` (``year_tolerance``, ``fuzzy_threshold``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"{path}: catalog file not found")
+    data = path.read_bytes()
+    suffix = path.suffix.lower()
+    report: Counter = Counter()
+    if suffix == ".json":
+        text = _decode(data, path)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CatalogError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        if isinstance(rows, dict) and isinstance(rows.get("items"), list):
+            rows = rows["items"]
+        items = _items_from_rows(rows, path)
+    elif suffix == ".csv":
+        items = _load_csv(_decode(data, path), path, report)
+    elif suffix in (".pkl", ".pickle"):
+        try:
+            rows = restricted_pickle_loads(data)
+        except pickle.UnpicklingError as e:
+            raise CatalogError(f"{path}: refused to unpickle: {e}") from None
+        except Exception as e:  # truncated / corrupt pickles raise all sorts of errors
+            raise CatalogError(f"{path}: could not unpickle ({type(e).__name__}: {e})") from None
+        items = _items_from_rows(rows, path)
+    elif suffix == ".item":
+        items = _load_atomic_item(_decode(data, path), path)
+    else:
+        raise CatalogError(f"{path}: unsupported catalog suffix {suffix!r} (use .json, .csv, .pkl, .item)")
+    return Catalog(items, source=str(path), report=report, **kw)

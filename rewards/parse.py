@@ -1,0 +1,153 @@
+"""Parse a recommendation completion into ordered items with character spans.
+
+A completion is split into lines (``\\n``, ``\\r\\n`` and ``\\r`` all end a line). On each line, list
+numbering (``1.``, ``1)``, ``#1``, ``1 -``), bullets (``-``, ``*``, ``•``, ...), markdown (``**bold**``,
+``__``, backticks, a leading ``#`` heading, ``>`` quote) and surrounding quotes are stripped. A line is an
+item iff what remains is ``Title (YYYY)`` (four-digit year, then only spaces/closing punctuation).
+With ``require_year=False`` any other non-empty line that is not prose (a preamble/outro: ends with ``:``,
+starts like "Here are ...", or is a sentence) is an item with ``year=None``.
+
+``ParsedItem.start``/``end`` is the span of the item's WHOLE line in the original text: from its first
+non-whitespace character (numbering and markdown included) to its last non-whitespace character + 1
+(the newline excluded), so ``text[item.start:item.end] == line.strip()``. ``line`` is the 0-based line
+index. Token-to-item assignment (Rank-GRPO) uses exactly these spans.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+__all__ = ["ParsedItem", "iter_lines", "parse_items", "clean_line", "is_prose"]
+
+
+@dataclass(frozen=True)
+class ParsedItem:
+    title: str
+    year: int | None
+    start: int
+    end: int
+    line: int
+
+    def display(self) -> str:
+        return self.title if self.year is None else f"{self.title} ({self.year})"
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+# Applied repeatedly (at most a few times) at the start of the line.
+_BULLET = re.compile(r"^(?:[-*+\u2013\u2014]\s+|[\u2022\u00b7\u2023\u25aa\u25cf\u25e6\u2043\u2219]\s*|>\s*)")
+_HEADING = re.compile(r"^#{1,6}\s+")
+# Numbering is stripped once per line (a title may itself start with digits: "300: Rise of an Empire").
+_NUMBERING = re.compile(r"^(?:\#\s?\d{1,3}\s*[.):]?\s*|\d{1,3}\s*[.)]\s*|\d{1,3}\s*[-\u2013\u2014]\s+)")
+_INLINE_MARKDOWN = re.compile(r"\*\*|__|`+")
+_SURROUND = " \t\"'*_\u201c\u201d\u2018\u2019"
+_ITEM = re.compile(
+    r"^(?P<title>.*?\S)\s*\(\s*(?P<year>\d{4})\s*\)(?P<tail>[\s.,;!*_\"'`\u201d\u2019]*)$"
+)
+_HAS_WORD = re.compile(r"[^\W_]")
+_PROSE_START = re.compile(
+    r"^(?:here\s+(?:are|is)\b|here'?s\b|below\s+(?:are|is)\b|based\s+on\b|"
+    r"i\s+(?:would\s+|'d\s+|can\s+|will\s+)?(?:recommend|suggest)\b|i\s+hope\s+(?:you|this|these|that)\b|"
+    r"hope\s+(?:you|this)\b|"
+    r"these\s+(?:are|movies|films|recommendations)\b|the\s+following\s+(?:are|is|movies|films|titles|list)\b|"
+    r"(?:sure|certainly|of\s+course|absolutely|okay|ok|great)\s*[,!.]|enjoy\s*[,!.]|let\s+me\s+know\b|"
+    r"if\s+you\s+(?:like|liked|enjoy|enjoyed|want)\b|note\s*:|recommendations?\s*:)",
+    re.I,
+)
+
+
+def iter_lines(text: str) -> Iterator[tuple[int, int, int, str]]:
+    """Yield ``(line_index, start, end, stripped_line)`` for every line of ``text``.
+
+    ``start``/``end`` delimit the line without its surrounding whitespace (``start == end`` for a
+    blank line); line breaks are ``\\r\\n``, ``\\r`` or ``\\n``.
+    """
+    pos = 0
+    idx = 0
+    n = len(text)
+    while True:
+        m = _LINE_BREAK.search(text, pos)
+        stop = m.start() if m else n
+        raw = text[pos:stop]
+        lead = len(raw) - len(raw.lstrip())
+        stripped = raw.strip()
+        s = pos + lead
+        yield idx, s, s + len(stripped), stripped
+        if m is None:
+            return
+        pos = m.end()
+        idx += 1
+
+
+def clean_line(line: str) -> str:
+    """Strip list numbering, bullets, markdown and surrounding quotes from one (stripped) line."""
+    s = _INLINE_MARKDOWN.sub("", line).strip()
+    numbered = False
+    for _ in range(8):
+        before = s
+        s = _BULLET.sub("", s, count=1)
+        s = _HEADING.sub("", s, count=1)
+        if not numbered:
+            t = _NUMBERING.sub("", s, count=1)
+            if t != s:
+                numbered = True
+                s = t
+        s = s.strip()
+        if s == before:
+            break
+    return s
+
+
+def is_prose(line: str) -> bool:
+    """A preamble/outro rather than an item: ends with ':', starts like a sentence to the user
+    ("Here are ...", "I recommend ...", "Enjoy!"), or is a long sentence."""
+    s = line.strip()
+    if not s:
+        return True
+    if s.endswith(":"):
+        return True
+    if _PROSE_START.match(s):
+        return True
+    words = s.split()
+    if len(words) >= 6 and s[-1] in ".!?" and not s.endswith(("..", ".)")):
+        return True
+    return len(words) > 15
+
+
+def _clean_title(title: str) -> str:
+    t = title.strip()
+    for _ in range(3):
+        new = t.strip(_SURROUND)
+        # Strip a lone leading apostrophe only when it pairs with a trailing one ("'71" keeps it).
+        if t.startswith("'") and not t.endswith("'"):
+            new = t.rstrip(_SURROUND).lstrip(_SURROUND.replace("'", ""))
+        if new == t:
+            break
+        t = new
+    return t
+
+
+def parse_items(text: str, require_year: bool = True) -> list[ParsedItem]:
+    """Ordered items of a completion (see the module docstring)."""
+    if not isinstance(text, str):
+        raise TypeError(f"parse_items expects a str, got {type(text).__name__}")
+    items: list[ParsedItem] = []
+    for idx, start, end, stripped in iter_lines(text):
+        if not stripped:
+            continue
+        content = clean_line(stripped)
+        if not content:
+            continue
+        m = _ITEM.match(content)  # a "Title (YYYY)" line is an item whatever its first words
+        if m:
+            title = _clean_title(m.group("title"))
+            if title and _HAS_WORD.search(title):
+                items.append(ParsedItem(title, int(m.group("year")), start, end, idx))
+            continue
+        if require_year or is_prose(content):
+            continue
+        title = _clean_title(content.rstrip(",;:"))
+        if title and _HAS_WORD.search(title):
+            items.append(ParsedItem(title, None, start, end, idx))
+    return items

@@ -1,0 +1,512 @@
+"""The processed-data contract shared by every builder (see docs/ARCHITECTURE.md, "Processed-data contract").
+
+A processed data set is a folder::
+
+    <output_dir>/train/ validation/ test/   HF ``Dataset.save_to_disk`` folders, one record per sample
+    <output_dir>/catalog.json               JSON list of catalog items {"id", "title", "year", ...}
+    <output_dir>/summary.json               the builder's summary (counts per split, skips with reasons)
+
+Every record has exactly the fields of ``RECORD_FIELDS``. ``save_processed`` validates each record against the
+contract before anything is written; ``load_processed`` reads a folder back with its ``Catalog``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import datasets
+import pyarrow as pa
+from datasets import Features, List, Value
+from datasets.table import InMemoryTable
+
+# --------------------------------------------------------------------------------------------------------------
+# Prompt and completion
+# --------------------------------------------------------------------------------------------------------------
+
+#: The text that precedes the conversation in every user prompt (Rank-GRPO paper App. D.1).
+CONVERSATION_MARKER = "Here is the conversation: "
+
+_INSTRUCTION_TEMPLATE = (
+    "Pretend you are a movie recommender system.\n"
+    "I will give you a conversation between a user and you (a recommender system). Based on the conversation, "
+    "you need to reply with {n} recommendations. List the standardized English title of each movie in each line "
+    'in the form of "movie name" (release_year) with NO extra words or sentences.\n' + CONVERSATION_MARKER
+)
+
+#: Rank-GRPO's instruction, byte-identical to the prompts of the released Reddit-v2 data (20 items).
+RANK_GRPO_INSTRUCTION = _INSTRUCTION_TEMPLATE.format(n=20)
+
+SPLITS = ("train", "validation", "test")
+
+
+def instruction(n_items: int = 20) -> str:
+    """The Rank-GRPO instruction asking for ``n_items`` recommendations (ends with ``CONVERSATION_MARKER``)."""
+    if not isinstance(n_items, int) or n_items < 1:
+        raise ValueError(f"n_items must be a positive int, got {n_items!r}")
+    return _INSTRUCTION_TEMPLATE.format(n=n_items)
+
+
+def build_prompt(conversation: str, n_items: int = 20) -> list[dict]:
+    """One user message: the Rank-GRPO instruction followed by ``conversation``."""
+    if not isinstance(conversation, str):
+        raise TypeError(f"conversation must be a str, got {type(conversation).__name__}")
+    return [{"role": "user", "content": instruction(n_items) + conversation}]
+
+
+def item_line(title: str, year: int | None) -> str:
+    """``Title (Year)``, or ``Title`` when the year is unknown."""
+    return f"{title} ({year})" if year is not None else title
+
+
+def format_completion(titles: Sequence[str]) -> list[dict]:
+    """One assistant message: one item per line, no numbering, no trailing newline."""
+    lines = [str(t).strip() for t in titles]
+    bad = [t for t in lines if not t or "\n" in t]
+    if bad:
+        raise ValueError(f"completion lines must be non-empty single lines, got {bad[:3]!r}")
+    return [{"role": "assistant", "content": "\n".join(lines)}]
+
+
+def pad_with_popular(titles_ids: Sequence[int], popular_ids: Iterable[int], exclude: set[int] | frozenset[int],
+                     n: int = 20) -> list[int]:
+    """Fill a completion list up to ``n`` ids with the most popular items that are neither excluded nor listed.
+
+    ``titles_ids`` is kept in order (cut to ``n``); ``popular_ids`` must be ordered most popular first.
+    The result can be shorter than ``n`` when the popular list runs out.
+    """
+    out = list(titles_ids)[:n]
+    listed = set(out)
+    if len(out) < n:
+        for item in popular_ids:
+            if item in listed or item in exclude:
+                continue
+            out.append(item)
+            listed.add(item)
+            if len(out) >= n:
+                break
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Errors, skip counting, stable hashing
+# --------------------------------------------------------------------------------------------------------------
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file and, when known, the (1-based) line, the record and the field.
+
+    >>> str(DataError("data/train.jsonl", line=12, field="messages", reason="missing"))
+    "data/train.jsonl, line 12, field 'messages': missing"
+    """
+
+    def __init__(self, path: Any, line: int | None = None, field: str | None = None, reason: str = "",
+                 record: str | None = None):
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        self.reason = reason
+        self.record = record
+        where = [self.path]
+        if line is not None:
+            where.append(f"line {line}")
+        if record is not None:
+            where.append(str(record))
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(", ".join(where) + (f": {reason}" if reason else ""))
+
+    def __reduce__(self):  # keep the exception picklable (multiprocessing, pytest-xdist)
+        return (_make_data_error, (self.path, self.line, self.field, self.reason, self.record))
+
+
+def _make_data_error(path, line, field, reason, record):
+    return DataError(path, line=line, field=field, reason=reason, record=record)
+
+
+class SkipCounter:
+    """Counts things left out of the output, each with a human-readable reason. Nothing is dropped silently."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        if n:
+            self._counts[reason] += n
+
+    def __getitem__(self, reason: str) -> int:
+        return self._counts.get(reason, 0)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    @property
+    def total(self) -> int:
+        return sum(self._counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        """Reasons sorted by decreasing count, then alphabetically (deterministic)."""
+        return dict(sorted(self._counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def format(self, title: str = "skipped") -> str:
+        return _format_counts(title, self.as_dict())
+
+    def print(self, title: str = "skipped") -> None:
+        print(self.format(title))
+
+
+def _format_counts(title: str, counts: Mapping[str, Any]) -> str:
+    if not counts:
+        return f"{title}: none"
+    width = max(len(str(k)) for k in counts)
+    lines = [f"{title}:"]
+    lines += [f"  {str(k):<{width}}  {v:>9,}" if _is_int(v) else f"  {str(k):<{width}}  {v}"
+              for k, v in counts.items()]
+    return "\n".join(lines)
+
+
+def stable_bucket(key: str, salt: str = "") -> float:
+    """A deterministic number in [0, 1) from ``key`` (sha256; independent of PYTHONHASHSEED and platform)."""
+    digest = hashlib.sha256((salt + "\x00" + key).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def hash_split(key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: str = "") -> str:
+    """Assign ``key`` to train/validation/test with the given fractions by a stable hash."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-9:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions!r}")
+    u = stable_bucket(key, salt)
+    if u < fractions[0]:
+        return "train"
+    if u < fractions[0] + fractions[1]:
+        return "validation"
+    return "test"
+
+
+def split_from_name(name: str) -> str | None:
+    """``train`` / ``validation`` / ``test`` when a file or split name says so unambiguously, else None."""
+    import re
+
+    tokens = set(re.split(r"[^a-z0-9]+", name.lower()))
+    found = set()
+    if tokens & {"train", "training"}:
+        found.add("train")
+    if tokens & {"val", "valid", "validation", "dev"}:
+        found.add("validation")
+    if tokens & {"test", "testing"}:
+        found.add("test")
+    return found.pop() if len(found) == 1 else None
+
+
+def read_text_utf8(path: str | os.PathLike) -> str:
+    """Read a whole file as UTF-8; a decoding error becomes a DataError naming the file and the line."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise DataError(path, line=line, reason=f"not valid UTF-8 (byte {raw[err.start]:#04x} at offset "
+                                                f"{err.start}); re-encode the file as UTF-8") from None
+
+
+def iter_lines_utf8(path: str | os.PathLike):
+    """Yield ``(line_number, text)`` (1-based) decoding each line as UTF-8, with DataErrors naming the line."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(path, line=number, reason=f"not valid UTF-8 (byte {raw[err.start]:#04x} at "
+                                                          f"column {err.start + 1}); re-encode the file as UTF-8"
+                                ) from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The record contract, writing and loading
+# --------------------------------------------------------------------------------------------------------------
+
+_MESSAGE = {"role": Value("string"), "content": Value("string")}
+
+#: Arrow schema of every split (explicit, so that all-null columns and empty splits keep their types).
+FEATURES = Features({
+    "sample_id": Value("string"),
+    "prompt": List(_MESSAGE),
+    "completion": List(_MESSAGE),
+    "groundtruth": List(Value("int64")),
+    "seen": List(Value("int64")),
+    "history": List(Value("int64")),
+    "target": Value("int64"),
+    "timestamp": Value("int64"),
+})
+RECORD_FIELDS = tuple(FEATURES)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_messages(value: Any, fail, field: str, *, last_role: str | None, exactly_one: bool = False) -> None:
+    if not isinstance(value, list) or not value:
+        fail(field, f"must be a non-empty list of {{'role', 'content'}} messages, got {type(value).__name__}")
+    if exactly_one and len(value) != 1:
+        fail(field, f"must hold exactly one message, got {len(value)}")
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or set(msg) != {"role", "content"}:
+            keys = sorted(msg) if isinstance(msg, dict) else type(msg).__name__
+            fail(field, f"message {i} must be a dict with exactly the keys 'role' and 'content', got {keys}")
+        if not isinstance(msg["role"], str) or not isinstance(msg["content"], str):
+            fail(field, f"message {i}: 'role' and 'content' must be strings")
+    if last_role is not None and value[-1]["role"] != last_role:
+        fail(field, f"the last message must have role {last_role!r}, got {value[-1]['role']!r}")
+
+
+def validate_catalog_items(catalog_items: Sequence[Mapping], source: str = "catalog") -> set[int]:
+    """Check catalog items against the contract; returns the set of ids."""
+    if not catalog_items:
+        raise DataError(source, reason="the catalog is empty")
+    ids: set[int] = set()
+    for i, item in enumerate(catalog_items):
+        def fail(field, reason, _i=i):
+            raise DataError(source, record=f"item {_i}", field=field, reason=reason)
+        if not isinstance(item, Mapping):
+            fail(None, f"must be a dict, got {type(item).__name__}")
+        if not _is_int(item.get("id")):
+            fail("id", f"must be an int, got {item.get('id')!r}")
+        if item["id"] in ids:
+            fail("id", f"duplicate id {item['id']}")
+        ids.add(item["id"])
+        if not isinstance(item.get("title"), str) or not item["title"].strip():
+            fail("title", f"must be a non-empty str, got {item.get('title')!r}")
+        if "year" not in item or not (item["year"] is None or _is_int(item["year"])):
+            fail("year", f"must be an int or null, got {item.get('year')!r}")
+    return ids
+
+
+def validate_record(record: Mapping, split: str, catalog_ids: set[int]) -> None:
+    """Raise DataError (naming split, sample_id and field) unless ``record`` follows the contract."""
+    sid = record.get("sample_id") if isinstance(record, Mapping) else None
+
+    def fail(field, reason):
+        raise DataError(f"split {split!r}", record=f"sample_id {sid!r}", field=field, reason=reason)
+
+    if not isinstance(record, Mapping):
+        fail(None, f"a record must be a dict, got {type(record).__name__}")
+    missing = [f for f in RECORD_FIELDS if f not in record]
+    if missing:
+        fail(missing[0], "missing")
+    extra = sorted(set(record) - set(RECORD_FIELDS))
+    if extra:
+        fail(extra[0], f"not part of the record contract (fields: {', '.join(RECORD_FIELDS)})")
+    if not isinstance(sid, str) or not sid:
+        fail("sample_id", f"must be a non-empty str, got {sid!r}")
+    _check_messages(record["prompt"], fail, "prompt", last_role="user")
+    _check_messages(record["completion"], fail, "completion", last_role="assistant", exactly_one=True)
+    for field in ("groundtruth", "seen", "history"):
+        value = record[field]
+        if not isinstance(value, list) or set(map(type, value)) - {int}:  # (C-speed; bool is not int here)
+            fail(field, f"must be a list of int catalog ids, got {value!r:.80}")
+        if not catalog_ids.issuperset(value):
+            fail(field, f"ids not in the catalog: {[x for x in value if x not in catalog_ids][:5]}")
+    if not record["groundtruth"]:
+        fail("groundtruth", "must hold at least one id")
+    target = record["target"]
+    if target is not None and not _is_int(target):
+        fail("target", f"must be an int or null, got {target!r}")
+    if target is not None and target not in catalog_ids:
+        fail("target", f"id {target} not in the catalog")
+    ts = record["timestamp"]
+    if ts is not None and not _is_int(ts):
+        fail("timestamp", f"must be an int (unix seconds) or null, got {ts!r}")
+
+
+def _split_counts(records: Sequence[Mapping]) -> dict[str, int]:
+    items: set[int] = set()
+    for r in records:
+        items.update(r["groundtruth"])
+        items.update(r["history"])
+    return {"samples": len(records), "items": len(items)}
+
+
+def format_summary(summary: Mapping) -> str:
+    """A readable table of a builder summary (the same dict that goes to summary.json)."""
+    out = [f"== {summary.get('dataset', '?')}  ->  {summary.get('output_dir', '?')}"]
+    splits = summary.get("splits", {})
+    if splits:
+        out.append(f"{'split':<12}{'samples':>10}{'users':>10}{'items':>10}")
+        for name, c in splits.items():
+            users = c.get("users")
+            out.append(f"{name:<12}{c.get('samples', 0):>10,}{(f'{users:,}' if users is not None else '-'):>10}"
+                       f"{c.get('items', 0):>10,}")
+        if summary.get("users_note"):
+            out.append(f"(users = {summary['users_note']}; items = distinct groundtruth/history ids)")
+    out.append(f"catalog items: {summary.get('catalog_items', '?'):,}" if isinstance(summary.get("catalog_items"), int)
+               else "catalog items: ?")
+    shown = {"dataset", "output_dir", "splits", "users_note", "catalog_items", "skipped"}
+    for key, value in summary.items():
+        if key in shown or not isinstance(value, dict) or not value:
+            continue
+        if all(isinstance(v, (int, float, str, list, type(None))) for v in value.values()):
+            out.append(_format_counts(key, value))
+    out.append(_format_counts("skipped (reason: count)", summary.get("skipped", {})))
+    return "\n".join(out)
+
+
+def save_processed(output_dir: str | os.PathLike, splits: Mapping[str, Sequence[Mapping]],
+                   catalog_items: Sequence[Mapping], summary: Mapping, *, overwrite: bool = True,
+                   quiet: bool = False, progress: bool = True) -> dict:
+    """Validate and write a processed data set; returns the summary written to summary.json.
+
+    ``summary`` is the builder's summary; this function adds ``splits[<name>]["samples"/"items"]`` (a builder may
+    give ``users`` per split), ``catalog_items`` and ``output_dir``. Empty splits are not written (noted in
+    ``summary["stats"]``). Every record is validated first, so a failed build leaves nothing half-written.
+    """
+    output_dir = Path(output_dir)
+    catalog_ids = validate_catalog_items(catalog_items, source=f"{output_dir / 'catalog.json'} (catalog to write)")
+    seen_ids: set[str] = set()
+    for name, records in splits.items():
+        for rec in records:
+            validate_record(rec, name, catalog_ids)
+            if rec["sample_id"] in seen_ids:
+                raise DataError(f"split {name!r}", record=f"sample_id {rec['sample_id']!r}", field="sample_id",
+                                reason="duplicate sample_id (must be unique within the data set)")
+            seen_ids.add(rec["sample_id"])
+
+    out = json.loads(json.dumps(dict(summary)))  # deep copy, JSON-safe
+    out_splits = out.setdefault("splits", {})
+    for name, records in splits.items():
+        entry = out_splits.setdefault(name, {})
+        entry.update(_split_counts(records))
+    out["splits"] = {k: out_splits[k] for k in [*[s for s in SPLITS if s in out_splits],
+                                               *sorted(set(out_splits) - set(SPLITS))]}
+    out["catalog_items"] = len(catalog_items)
+    out["output_dir"] = str(output_dir)
+    empty = [name for name, records in splits.items() if not records]
+    if empty:
+        out.setdefault("stats", {})["empty splits (not written)"] = ", ".join(empty)
+
+    if output_dir.exists():
+        if not overwrite:
+            raise FileExistsError(f"{output_dir} exists (pass overwrite=True)")
+        for name in SPLITS:
+            if (output_dir / name).is_dir():
+                shutil.rmtree(output_dir / name)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    bars_were_on = not datasets.utils.are_progress_bars_disabled()
+    if not progress and bars_were_on:
+        datasets.disable_progress_bars()
+    try:
+        for name, records in splits.items():
+            if not records:
+                continue
+            _to_dataset(records).save_to_disk(str(output_dir / name))
+    finally:
+        if not progress and bars_were_on:
+            datasets.enable_progress_bars()
+    with open(output_dir / "catalog.json", "w", encoding="utf-8") as fh:  # one item per line
+        fh.write("[\n" + ",\n".join(json.dumps(_ordered_item(it), ensure_ascii=False) for it in catalog_items)
+                 + "\n]\n")
+    with open(output_dir / "summary.json", "w", encoding="utf-8") as fh:
+        json.dump(out, fh, ensure_ascii=False, indent=2)
+        fh.write("\n")
+    if not quiet:
+        print(format_summary(out), flush=True)
+    return out
+
+
+def _to_dataset(records: Sequence[Mapping]) -> datasets.Dataset:
+    """Validated records -> Dataset with the contract's FEATURES (arrow arrays built directly: fast)."""
+    schema = FEATURES.arrow_schema
+    table = pa.table({f: pa.array([r[f] for r in records], type=schema.field(f).type) for f in RECORD_FIELDS},
+                     schema=schema)
+    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=FEATURES))
+
+
+def _ordered_item(item: Mapping) -> dict:
+    head = {k: item[k] for k in ("id", "title", "year") if k in item}
+    return {**head, **{k: v for k, v in item.items() if k not in head}}
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and (path / "dataset_info.json").exists() and (path / "state.json").exists()
+
+
+def load_processed(dataset_path: str | os.PathLike, catalog_path: str | os.PathLike | None = None):
+    """Load ``(datasets.DatasetDict, Catalog)`` from a processed folder.
+
+    Splits are the sub-folders written by ``save_processed`` (train / validation / test first, then any other).
+    The catalog is ``<dataset_path>/catalog.json``, unless ``catalog_path`` is given: then that file is loaded
+    with ``rewards.catalog.load_catalog`` and must describe the same items (same count, same normalised title per
+    id) as the data set's catalog.json, so that ids in the records keep their meaning.
+    """
+    from rewards.catalog import load_catalog
+
+    root = Path(dataset_path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"processed data set not found: {root} (build it with python -m preprocess.<name>)")
+    names = [p.name for p in sorted(root.iterdir()) if _is_saved_dataset(p)]
+    names = [s for s in SPLITS if s in names] + [n for n in names if n not in SPLITS]
+    if not names:
+        raise FileNotFoundError(f"{root}: no split folders (expected train/ validation/ test/ written by "
+                                "save_to_disk)")
+    try:
+        dd = datasets.DatasetDict({n: datasets.load_from_disk(str(root / n)) for n in names})
+    except Exception as err:  # noqa: BLE001 - re-raise with the path
+        raise DataError(root, reason=f"cannot load split folders: {err}") from err
+    missing = [f for f in RECORD_FIELDS if f not in dd[names[0]].column_names]
+    if missing:
+        raise DataError(root / names[0], field=missing[0], reason="missing column (not a processed data set?)")
+
+    own = root / "catalog.json"
+    if catalog_path is None:
+        if not own.exists():
+            raise FileNotFoundError(f"{own} not found (pass catalog_path=...)")
+        return dd, load_catalog(str(own))
+    catalog_path = Path(catalog_path)
+    if not catalog_path.exists():
+        raise FileNotFoundError(f"catalog not found: {catalog_path}")
+    catalog = load_catalog(str(catalog_path))
+    if own.exists():
+        _check_same_catalog(load_catalog(str(own)), own, catalog, catalog_path)
+    return dd, catalog
+
+
+def catalog_items_of(catalog) -> list[dict]:
+    """The catalog items of a ``Catalog`` as a list of dicts (at least id, title, year)."""
+    items = getattr(catalog, "items", None)
+    if callable(items):
+        items = items()
+    if items is None:
+        raise TypeError(f"cannot list the items of {type(catalog).__name__}")
+    out = []
+    for it in items:
+        if isinstance(it, Mapping):
+            out.append(dict(it))
+        else:
+            d = {k: getattr(it, k) for k in ("id", "title", "year")}
+            for k in ("raw_title", "text", "genres", "popularity"):
+                if getattr(it, k, None) is not None:
+                    d[k] = getattr(it, k)
+            out.append(d)
+    return out
+
+
+def _check_same_catalog(own, own_path: Path, other, other_path: Path) -> None:
+    from rewards.catalog import normalize_title
+
+    a = {it["id"]: normalize_title(it["title"]) for it in catalog_items_of(own)}
+    b = {it["id"]: normalize_title(it["title"]) for it in catalog_items_of(other)}
+    if len(a) != len(b):
+        raise DataError(other_path, reason=f"catalog has {len(b)} items but the data set's {own_path} has {len(a)}; "
+                                           "ids would not mean the same items")
+    diff = [i for i in a if b.get(i) != a[i]]
+    if diff:
+        i = diff[0]
+        raise DataError(other_path, record=f"id {i}",
+                        reason=f"title {b.get(i)!r} differs from {a[i]!r} in {own_path} ({len(diff)} ids differ); "
+                               "ids would not mean the same items")

@@ -1,0 +1,504 @@
+"""MovieLens -> processed data set (sequential next-item samples with a global temporal split).
+
+Usage::
+
+    python -m preprocess.movielens --output_dir processed_datasets/ml-100k            # ML-100k from the recbole wheel
+    python -m preprocess.movielens --raw_dir data/ml-1m --output_dir processed_datasets/ml-1m \
+        --max_samples_per_split 2000
+
+Sources (``--raw_dir``, layout detected from the file names):
+
+* none: ML-100k shipped inside the ``recbole`` wheel (``recbole/dataset_example/ml-100k/ml-100k.{inter,item}``,
+  RecBole atomic files: tab-separated, typed headers such as ``user_id:token``);
+* RecBole atomic files (``*.inter`` + ``*.item``) in a folder;
+* official ML-100k (``u.data`` tab-separated, ``u.item`` pipe-separated latin-1, optional ``u.genre``);
+* ML-1M (``ratings.dat``, ``movies.dat``, ``::``-separated, latin-1);
+* ml-latest(-small) (``ratings.csv``, ``movies.csv``, UTF-8 CSV with a header).
+
+Samples. Each user's interactions are ordered by (timestamp, item id). Every position t >= ``--min_history``
+is a sample: ``history`` = the up to ``--max_history`` previous items (oldest first), ``target`` = item t,
+``timestamp`` = its time, ``seen`` = every item the user had before t, ``groundtruth`` = the next
+``--num_groundtruth`` items from t on whose timestamp is within the sample's split window (no future leakage).
+
+Split. Global, by target timestamp: the cut times T1/T2 are the 80%/90% quantiles of all target timestamps;
+train = ts <= T1, validation = T1 < ts <= T2, test = ts > T2. Ties at a cut all go to the earlier split, so every
+validation/test target is strictly later than every train target. Split windows: train (-inf, T1],
+validation (T1, T2], test (T2, +inf).
+
+Catalog. Every item of the item file, display title with the article in front (``The Usual Suspects``), ``year``,
+``raw_title``, ``genres``, ``popularity`` = number of train-window ratings. Items the one matcher cannot tell
+apart (same normalised title and year: ML-100k lists 18 movies twice) are merged into the id the matcher
+returns (the duplicate keeps its catalog row with ``duplicate_of``); ratings of items without a release year
+are dropped (they cannot be written as ``Title (Year)``). Both are counted in the summary.
+
+Prompt: Rank-GRPO's instruction + ``USER: I have watched these movies, oldest first: A (1995); B (1996). Which
+movies should I watch next?``. Completion: 20 lines ``Title (Year)``: the user's next items in the split window,
+in order, padded with the most popular train items the user has not seen.
+
+``--max_samples_per_split N`` keeps a seeded uniform random sample (``--seed``) of N samples per split, in their
+original order (for fast CPU demos).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import io
+import math
+import random
+import sys
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+
+from preprocess.common import (
+    SPLITS,
+    DataError,
+    SkipCounter,
+    build_prompt,
+    format_completion,
+    item_line,
+    iter_lines_utf8,
+    pad_with_popular,
+    save_processed,
+)
+from rewards.catalog import Catalog, display_title, split_title_year, validate_year
+
+ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                 "War", "Western"]
+
+
+def recbole_ml100k_dir() -> Path:
+    """The ML-100k atomic files shipped in the recbole wheel."""
+    spec = importlib.util.find_spec("recbole")
+    if spec is None or not spec.origin:
+        raise FileNotFoundError("the recbole package is not installed; pass --raw_dir with MovieLens files")
+    path = Path(spec.origin).parent / "dataset_example" / "ml-100k"
+    if not (path / "ml-100k.inter").exists():
+        raise FileNotFoundError(f"{path}/ml-100k.inter not found in the recbole wheel; pass --raw_dir")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Readers: each returns (items: dict[id -> {"raw_title", "title", "year", "genres"}], ratings: list of
+# (user: str, item: int, rating: float, timestamp: int), name)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _int(value: str, path, line: int, field: str) -> int:
+    try:
+        return int(value.strip())
+    except (ValueError, AttributeError):
+        try:
+            f = float(value)
+            if f.is_integer():
+                return int(f)
+        except (ValueError, TypeError):
+            pass
+        raise DataError(path, line=line, field=field, reason=f"must be an integer, got {value!r}") from None
+
+
+def _float(value: str, path, line: int, field: str) -> float:
+    try:
+        return float(value)
+    except (ValueError, TypeError):
+        raise DataError(path, line=line, field=field, reason=f"must be a number, got {value!r}") from None
+
+
+def _item(raw_title: str, title: str, year, genres: list[str]) -> dict:
+    year, _ = validate_year(year)
+    return {"title": display_title(title) if title.strip() else raw_title.strip(), "year": year,
+            "raw_title": raw_title, "genres": genres}
+
+
+def _split_fields(line: str, sep: str, n: int, path, number: int, names: list[str]) -> list[str]:
+    parts = line.rstrip("\r\n").split(sep)
+    if len(parts) < n:
+        missing = names[len(parts)] if len(parts) < len(names) else f"column {len(parts) + 1}"
+        raise DataError(path, line=number, field=missing,
+                        reason=f"expected {n} {sep!r}-separated fields, got {len(parts)}")
+    return parts
+
+
+def _read_atomic(path: Path, required: list[str]) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
+    lines = iter_lines_utf8(path)
+    try:
+        _, header = next(lines)
+    except StopIteration:
+        raise DataError(path, line=1, reason="empty file (expected a typed header such as user_id:token)") from None
+    cols = {h.split(":", 1)[0].strip(): i for i, h in enumerate(header.rstrip("\r\n").split("\t"))}
+    for name in required:
+        if name not in cols:
+            raise DataError(path, line=1, field=name, reason=f"missing column in header {sorted(cols)}")
+    rows = []
+    for number, line in lines:
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r\n").split("\t")
+        if len(parts) < len(cols):
+            missing = [n for n, i in cols.items() if i >= len(parts)][0]
+            raise DataError(path, line=number, field=missing,
+                            reason=f"expected {len(cols)} tab-separated fields, got {len(parts)}")
+        rows.append((number, parts))
+    return cols, rows
+
+
+def read_recbole(folder: Path):
+    inter = sorted(folder.glob("*.inter"))
+    item = sorted(folder.glob("*.item"))
+    if len(inter) != 1 or len(item) != 1:
+        raise DataError(folder, reason=f"expected one *.inter and one *.item file, found {len(inter)} and {len(item)}")
+    cols, rows = _read_atomic(item[0], ["item_id"])
+    title_col = "movie_title" if "movie_title" in cols else "title"
+    if title_col not in cols:
+        raise DataError(item[0], line=1, field="movie_title", reason="missing column (movie_title or title)")
+    year_col = next((c for c in ("release_year", "year") if c in cols), None)
+    genre_col = next((c for c in ("class", "genre", "genres") if c in cols), None)
+    items = {}
+    for number, parts in rows:
+        iid = _int(parts[cols["item_id"]], item[0], number, "item_id")
+        if iid in items:
+            raise DataError(item[0], line=number, field="item_id", reason=f"duplicate item id {iid}")
+        raw = parts[cols[title_col]].strip()
+        title, year = split_title_year(raw)
+        if year_col is not None and validate_year(parts[cols[year_col]])[0] is not None:
+            year = parts[cols[year_col]]
+        genres = parts[cols[genre_col]].split() if genre_col else []
+        items[iid] = _item(raw, title, year, genres)
+    cols, rows = _read_atomic(inter[0], ["user_id", "item_id", "timestamp"])
+    ratings = []
+    for number, parts in rows:
+        ratings.append((parts[cols["user_id"]].strip(), _int(parts[cols["item_id"]], inter[0], number, "item_id"),
+                        _float(parts[cols["rating"]], inter[0], number, "rating") if "rating" in cols else 1.0,
+                        _int(parts[cols["timestamp"]], inter[0], number, "timestamp")))
+    name = inter[0].stem
+    return items, ratings, name
+
+
+def _latin1_lines(path: Path):
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            yield number, raw.decode("latin-1")
+
+
+def read_ml100k(folder: Path):
+    genres = list(ML100K_GENRES)
+    if (folder / "u.genre").exists():
+        pairs = [ln.strip().split("|") for _, ln in _latin1_lines(folder / "u.genre") if ln.strip()]
+        genres = [g for g, _ in sorted(pairs, key=lambda p: int(p[1]))]
+    items = {}
+    path = folder / "u.item"
+    names = ["movie id", "movie title", "release date", "video release date", "IMDb URL"]
+    for number, line in _latin1_lines(path):
+        if not line.strip():
+            continue
+        parts = _split_fields(line, "|", 5, path, number, names)
+        iid = _int(parts[0], path, number, "movie id")
+        if iid in items:
+            raise DataError(path, line=number, field="movie id", reason=f"duplicate item id {iid}")
+        raw = parts[1].strip()
+        title, year = split_title_year(raw)
+        if year is None and parts[2].strip():
+            year = parts[2].strip()[-4:]
+        flags = parts[5:5 + len(genres)]
+        items[iid] = _item(raw, title, year, [g for g, f in zip(genres, flags) if f.strip() == "1"])
+    ratings = []
+    path = folder / "u.data"
+    names = ["user id", "item id", "rating", "timestamp"]
+    for number, line in _latin1_lines(path):
+        if not line.strip():
+            continue
+        u, i, r, t = _split_fields(line, "\t", 4, path, number, names)[:4]
+        ratings.append((u.strip(), _int(i, path, number, "item id"), _float(r, path, number, "rating"),
+                        _int(t, path, number, "timestamp")))
+    return items, ratings, "ml-100k"
+
+
+def read_ml1m(folder: Path):
+    items = {}
+    path = folder / "movies.dat"
+    for number, line in _latin1_lines(path):
+        if not line.strip():
+            continue
+        parts = _split_fields(line, "::", 3, path, number, ["MovieID", "Title", "Genres"])
+        iid = _int(parts[0], path, number, "MovieID")
+        if iid in items:
+            raise DataError(path, line=number, field="MovieID", reason=f"duplicate item id {iid}")
+        raw = parts[1].strip()
+        title, year = split_title_year(raw)
+        items[iid] = _item(raw, title, year, [g for g in parts[2].strip().split("|") if g])
+    ratings = []
+    path = folder / "ratings.dat"
+    for number, line in _latin1_lines(path):
+        if not line.strip():
+            continue
+        u, i, r, t = _split_fields(line, "::", 4, path, number, ["UserID", "MovieID", "Rating", "Timestamp"])[:4]
+        ratings.append((u.strip(), _int(i, path, number, "MovieID"), _float(r, path, number, "Rating"),
+                        _int(t, path, number, "Timestamp")))
+    return items, ratings, "ml-1m"
+
+
+def _csv_rows(path: Path, required: list[str]):
+    text = "".join(line for _, line in iter_lines_utf8(path))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for name in required:
+        if name not in (reader.fieldnames or []):
+            raise DataError(path, line=1, field=name, reason=f"missing column in header {reader.fieldnames}")
+    for row in reader:
+        missing = [k for k in required if row.get(k) is None]
+        if missing:
+            raise DataError(path, line=reader.line_num, field=missing[0], reason="missing value")
+        yield reader.line_num, row
+
+
+def read_ml_latest(folder: Path):
+    items = {}
+    path = folder / "movies.csv"
+    for number, row in _csv_rows(path, ["movieId", "title", "genres"]):
+        iid = _int(row["movieId"], path, number, "movieId")
+        if iid in items:
+            raise DataError(path, line=number, field="movieId", reason=f"duplicate item id {iid}")
+        raw = row["title"].strip()
+        title, year = split_title_year(raw)
+        genres = [g for g in row["genres"].split("|") if g and g != "(no genres listed)"]
+        items[iid] = _item(raw, title, year, genres)
+    ratings = []
+    path = folder / "ratings.csv"
+    for number, row in _csv_rows(path, ["userId", "movieId", "rating", "timestamp"]):
+        ratings.append((row["userId"].strip(), _int(row["movieId"], path, number, "movieId"),
+                        _float(row["rating"], path, number, "rating"),
+                        _int(row["timestamp"], path, number, "timestamp")))
+    return items, ratings, folder.name if folder.name.startswith("ml-") else "ml-latest"
+
+
+LAYOUTS = {
+    "ml-100k": (("u.data", "u.item"), read_ml100k),
+    "ml-1m": (("ratings.dat", "movies.dat"), read_ml1m),
+    "ml-latest": (("ratings.csv", "movies.csv"), read_ml_latest),
+}
+
+
+def detect_layout(folder: Path) -> str:
+    """``recbole`` / ``ml-100k`` / ``ml-1m`` / ``ml-latest`` from the files present in ``folder``."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--raw_dir {folder} is not a directory")
+    found = [name for name, (files, _) in LAYOUTS.items() if all((folder / f).exists() for f in files)]
+    if any(folder.glob("*.inter")) and any(folder.glob("*.item")):
+        found.append("recbole")
+    if len(found) != 1:
+        expected = "; ".join(" + ".join(f) for f, _ in LAYOUTS.values()) + "; *.inter + *.item"
+        raise DataError(folder, reason=(f"ambiguous MovieLens layout {found}" if found else
+                                        f"no MovieLens files found (expected one of: {expected})"))
+    return found[0]
+
+
+def read_movielens(raw_dir: str | Path | None):
+    folder = recbole_ml100k_dir() if raw_dir is None else Path(raw_dir)
+    layout = detect_layout(folder)
+    reader = read_recbole if layout == "recbole" else LAYOUTS[layout][1]
+    items, ratings, name = reader(folder)
+    return items, ratings, name, layout, folder
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Build
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _user_sort_key(u: str):
+    return (0, int(u), "") if u.isdigit() else (1, 0, u)
+
+
+def _iso(ts: int | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def conversation_text(titles: list[str]) -> str:
+    return ("USER: I have watched these movies, oldest first: " + "; ".join(titles) +
+            ". Which movies should I watch next?")
+
+
+def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history: int = 5, max_history: int = 20,
+          num_groundtruth: int = 10, n_items: int = 20, split_fractions=(0.8, 0.1, 0.1),
+          max_samples_per_split: int | None = None, seed: int = 0, progress: bool = True,
+          quiet: bool = False) -> dict:
+    """Build the processed data set in ``output_dir``; returns the summary (also written to summary.json)."""
+    if output_dir is None:
+        raise ValueError("output_dir is required")
+    if min_history < 0 or max_history < 1 or num_groundtruth < 1 or n_items < 1:
+        raise ValueError("min_history >= 0, max_history >= 1, num_groundtruth >= 1 and n_items >= 1 are required")
+    f_train, f_val, f_test = split_fractions
+    if min(split_fractions) < 0 or abs(f_train + f_val + f_test - 1) > 1e-9 or f_train <= 0:
+        raise ValueError(f"split_fractions must be >= 0, sum to 1, train > 0; got {split_fractions}")
+
+    items, ratings, default_name, layout, folder = read_movielens(raw_dir)
+    name = name or default_name
+    skips = SkipCounter()
+    read = {"users": len({u for u, *_ in ratings}), "items": len(items), "ratings": len(ratings)}
+    if not items:
+        raise DataError(folder, reason="the item file lists no items (empty catalog)")
+
+    # Catalog rows (every item of the item file) and the matcher's canonical id of each dated item.
+    catalog_items = [{"id": iid, **items[iid]} for iid in sorted(items)]
+    catalog = Catalog(catalog_items, source=str(folder))
+    canonical: dict[int, int] = {}
+    for it in catalog_items:
+        if it["year"] is not None:
+            cid = catalog.match(it["title"], it["year"])
+            if cid is not None and cid != it["id"]:
+                canonical[it["id"]] = cid
+                it["duplicate_of"] = cid
+
+    # Interactions per user on canonical ids; drop what cannot be used, with a reason.
+    per_user: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    remapped = 0
+    for user, iid, _rating, ts in ratings:
+        if iid not in items:
+            skips.skip("rating of an item missing from the item file")
+            continue
+        if items[iid]["year"] is None:
+            skips.skip("rating of an item without a release year (cannot be written as Title (Year))")
+            continue
+        remapped += iid in canonical
+        per_user[user].append((ts, canonical.get(iid, iid)))
+    sequences: dict[str, list[tuple[int, int]]] = {}
+    for user in sorted(per_user, key=_user_sort_key):
+        seq, got = [], set()
+        for ts, iid in sorted(per_user[user], key=lambda p: (p[0], p[1])):
+            if iid in got:
+                skips.skip("second rating of the same item by a user, after merging duplicate catalog entries "
+                           "(first kept)")
+                continue
+            got.add(iid)
+            seq.append((ts, iid))
+        sequences[user] = seq
+
+    # Candidate samples (user, position) and the global temporal cuts.
+    candidates = [(user, t) for user, seq in sequences.items() for t in range(min_history, len(seq))]
+    short = sum(1 for seq in sequences.values() if len(seq) <= min_history)
+    skips.skip(f"user with <= min_history={min_history} usable ratings (no sample)", short)
+    if not candidates:
+        raise DataError(folder, reason=f"no user has more than min_history={min_history} ratings")
+    target_ts = sorted(sequences[u][t][0] for u, t in candidates)
+    n = len(target_ts)
+    t1 = target_ts[max(0, math.ceil(f_train * n) - 1)]
+    t2 = target_ts[max(0, math.ceil((f_train + f_val) * n) - 1)]
+    window_end = {"train": t1, "validation": t2, "test": None}
+
+    def split_of(ts: int) -> str:
+        return "train" if ts <= t1 else ("validation" if ts <= t2 else "test")
+
+    # Popularity = ratings in the train window (every position, not only targets).
+    popularity = Counter(iid for seq in sequences.values() for ts, iid in seq if ts <= t1)
+    popular_ids = [iid for iid, _ in sorted(popularity.items(), key=lambda kv: (-kv[1], kv[0]))]
+    for it in catalog_items:
+        it["popularity"] = popularity.get(it["id"], 0)
+
+    by_split: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
+    for user, t in candidates:
+        by_split[split_of(sequences[user][t][0])].append((user, t))
+    available = {s: len(v) for s, v in by_split.items()}
+    if max_samples_per_split is not None:
+        for s, cands in by_split.items():
+            if len(cands) > max_samples_per_split:
+                keep = sorted(random.Random(f"{seed}/{s}").sample(range(len(cands)), max_samples_per_split))
+                skips.skip(f"{s}: not in the --max_samples_per_split={max_samples_per_split} sample (seed {seed})",
+                           len(cands) - max_samples_per_split)
+                by_split[s] = [cands[i] for i in keep]
+
+    lines_by_id = {it["id"]: item_line(it["title"], it["year"]) for it in catalog_items}
+    line = lines_by_id.__getitem__
+
+    short_completion = 0
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    total = sum(len(v) for v in by_split.values())
+    bar = tqdm(total=total, desc=f"{name} samples", unit="sample", disable=not progress, mininterval=1.0)
+    for s in SPLITS:
+        end = window_end[s]
+        for user, t in by_split[s]:
+            seq = sequences[user]
+            ts, target = seq[t]
+            future = []
+            for j in range(t, min(len(seq), t + max(n_items, num_groundtruth))):
+                if end is not None and seq[j][0] > end:
+                    break
+                future.append(seq[j][1])
+            history = [iid for _, iid in seq[max(0, t - max_history):t]]
+            seen = [iid for _, iid in seq[:t]]
+            ids = pad_with_popular(future[:n_items], popular_ids, exclude=set(seen), n=n_items)
+            short_completion += len(ids) < n_items
+            splits[s].append({
+                "sample_id": f"{name}/u{user}/t{t}",
+                "prompt": build_prompt(conversation_text([line(i) for i in history]), n_items=n_items),
+                "completion": format_completion([line(i) for i in ids]),
+                "groundtruth": future[:num_groundtruth],
+                "seen": seen,
+                "history": history,
+                "target": target,
+                "timestamp": ts,
+            })
+            bar.update(1)
+    bar.close()
+
+    summary = {
+        "dataset": name,
+        "builder": "preprocess.movielens",
+        "source": str(folder),
+        "layout": layout,
+        "options": {"min_history": min_history, "max_history": max_history, "num_groundtruth": num_groundtruth,
+                    "n_items": n_items, "split_fractions": list(split_fractions),
+                    "max_samples_per_split": max_samples_per_split, "seed": seed},
+        "read": read,
+        "users_note": "distinct users with a sample in the split",
+        "splits": {s: {"users": len({u for u, _ in by_split[s]}), "available_samples": available[s]}
+                   for s in SPLITS},
+        "split_cuts": {"train_end": t1, "train_end_utc": _iso(t1), "validation_end": t2,
+                       "validation_end_utc": _iso(t2)},
+        "stats": {
+            "users with samples": len({u for u, _ in candidates}),
+            "usable ratings": sum(len(s) for s in sequences.values()),
+            "duplicate catalog entries merged (kept in catalog.json with duplicate_of)": len(canonical),
+            "ratings remapped to the merged id": remapped,
+            "ratings in the train window (popularity)": sum(popularity.values()),
+            "completions shorter than n_items (popular list exhausted)": short_completion,
+        },
+        "skipped": skips.as_dict(),
+    }
+    return save_processed(output_dir, splits, catalog_items, summary, quiet=quiet, progress=progress)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m preprocess.movielens",
+                                description="Build a processed sequential data set from MovieLens "
+                                            "(ML-100k from the recbole wheel by default).")
+    p.add_argument("--raw_dir", default=None,
+                   help="folder with MovieLens files (u.data+u.item, ratings.dat+movies.dat, ratings.csv+movies.csv "
+                        "or RecBole *.inter+*.item); default: ML-100k inside the recbole wheel")
+    p.add_argument("--output_dir", required=True, help="where to write train/ validation/ test/ catalog.json")
+    p.add_argument("--name", default=None, help="data set name used in sample ids (default from the layout)")
+    p.add_argument("--min_history", type=int, default=5, help="first target position (items before it) [5]")
+    p.add_argument("--max_history", type=int, default=20, help="history items shown in the prompt [20]")
+    p.add_argument("--num_groundtruth", type=int, default=10, help="next items in the split window used as GT [10]")
+    p.add_argument("--n_items", type=int, default=20, help="lines per completion / items asked for [20]")
+    p.add_argument("--split_fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
+                   metavar=("TRAIN", "VALID", "TEST"), help="temporal quantiles of target times [0.8 0.1 0.1]")
+    p.add_argument("--max_samples_per_split", type=int, default=None,
+                   help="keep a seeded random sample of at most N samples per split (original order kept)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max_samples_per_split sample [0]")
+    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    args = p.parse_args(argv)
+    try:
+        return build(args.raw_dir, args.output_dir, name=args.name, min_history=args.min_history,
+                     max_history=args.max_history, num_groundtruth=args.num_groundtruth, n_items=args.n_items,
+                     split_fractions=tuple(args.split_fractions), max_samples_per_split=args.max_samples_per_split,
+                     seed=args.seed, progress=not args.no_progress)
+    except (DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Rank-GRPO (and the GRPO / GSPO baselines) on a processed recommendation data set. CleanRL style, one file:
+arguments -> data -> model -> trainer -> train -> save.
+
+    # CPU demo (tiny random model from the SFT demo run)
+    python train_rank_grpo.py --config configs/tiny/rank_grpo_ml100k.yaml
+    # the paper's setup (4 GPUs, ZeRO-3, colocated vLLM)
+    accelerate launch --config_file configs/accelerate/zero3.yaml train_rank_grpo.py \
+        --config configs/rank_grpo_qwen25_0.5b.yaml --dataset_path processed_datasets/reddit_v2 --sft_checkpoint 1500
+
+The released README's command line works as is (``--train_path --model_name --sft_checkpoint N --reward_func --mu
+--lr --kl_beta ...``): ``--lr`` is ``learning_rate``, ``--kl_beta`` is ``beta``, ``--mu`` is ``num_iterations``,
+``--train_path`` is ``--dataset_path``, ``--sft_checkpoint N`` loads ``results/<run_name(model_name)>/checkpoint-N``
+(the SFT run folder, see train_sft.py) or a path. ``--algorithm grpo|gspo`` runs the baselines.
+The default output folder is ``results/grpo/<run_name>_lr{lr}_kl{beta}`` like the released layout (with an
+``_<algorithm>_<reward>`` suffix for anything but Rank-GRPO with exp_inf).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from trl import TrlParser
+
+from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+
+logger = logging.getLogger("train_rank_grpo")
+
+
+@dataclass
+class ScriptArguments:
+    dataset_path: str | None = field(default=None, metadata={"help": "processed_datasets/<name> folder."})
+    train_path: str | None = field(default=None, metadata={"help": "Alias of --dataset_path (released README)."})
+    model_name: str | None = field(
+        default=None, metadata={"help": "Base model (hub id or folder); with --sft_checkpoint it names the SFT run."})
+    sft_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "N: results/<run_name(model_name)>/checkpoint-N (or --sft_run_dir/checkpoint-N); 'last'; "
+                  "or a model folder. Omitted: train --model_name itself."},
+    )
+    sft_run_dir: str | None = field(
+        default=None, metadata={"help": "SFT run folder (default results/<run_name(model_name)>)."})
+    lr: float | None = field(default=None, metadata={"help": "Alias of --learning_rate."})
+    kl_beta: float | None = field(default=None, metadata={"help": "Alias of --beta (KL coefficient)."})
+    mu: int | None = field(default=None, metadata={"help": "Alias of --num_iterations (updates per generation)."})
+    wandb_project: str | None = field(
+        default=None, metadata={"help": "Sets WANDB_PROJECT (log with --report_to wandb)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N training records."})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "Split to evaluate on during training (e.g. validation); default none."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N eval records."})
+    log_file: str | None = field(default=None, metadata={"help": "Also write stdout/stderr to this file (tee)."})
+
+
+class _Tee:
+    def __init__(self, stream, fh):
+        self.stream, self.fh = stream, fh
+
+    def write(self, data):
+        self.stream.write(data)
+        self.fh.write(data)
+        return len(data)
+
+    def flush(self):
+        self.stream.flush()
+        self.fh.flush()
+
+    def isatty(self):
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def parse_args(argv=None) -> tuple[ScriptArguments, RankGRPOConfig]:
+    parser = TrlParser((ScriptArguments, RankGRPOConfig))
+    if not torch.cuda.is_available():  # CPU machine: run on CPU in fp32 unless the config says otherwise
+        parser.set_defaults(use_cpu=True, bf16=False)
+    script_args, config = parser.parse_args_and_config(argv)
+
+    # aliases of the released README
+    if script_args.train_path:
+        if script_args.dataset_path and script_args.dataset_path != script_args.train_path:
+            raise ValueError("--train_path and --dataset_path disagree; give one")
+        script_args.dataset_path = script_args.train_path
+    if script_args.dataset_path is None:
+        raise ValueError("--dataset_path (or --train_path) is required")
+    if script_args.lr is not None:
+        config.learning_rate = script_args.lr
+    if script_args.kl_beta is not None:
+        config.beta = script_args.kl_beta
+    if script_args.mu is not None:
+        config.num_iterations = script_args.mu
+    if script_args.wandb_project:
+        os.environ["WANDB_PROJECT"] = script_args.wandb_project
+    if script_args.model_name is None and script_args.sft_checkpoint is None:
+        raise ValueError("give --model_name (and optionally --sft_checkpoint)")
+    return script_args, config
+
+
+def resolve_model_path(script_args: ScriptArguments) -> str:
+    from modeling.loading import resolve_checkpoint, run_name
+
+    ckpt = script_args.sft_checkpoint
+    if ckpt is None:
+        return resolve_checkpoint(script_args.model_name)
+    if str(ckpt).isdigit() or str(ckpt).lower() in ("last", "latest"):
+        if script_args.model_name is None and script_args.sft_run_dir is None:
+            raise ValueError("--sft_checkpoint N needs --model_name (or --sft_run_dir) to find the SFT run folder")
+        run_dir = script_args.sft_run_dir or os.path.join("results", run_name(script_args.model_name))
+        return resolve_checkpoint(run_dir, ckpt)
+    return resolve_checkpoint(ckpt)
+
+
+def main(argv=None):
+    script_args, config = parse_args(argv)
+    if not script_args.log_file:
+        return run(script_args, config)
+    Path(script_args.log_file).parent.mkdir(parents=True, exist_ok=True)
+    saved = sys.stdout, sys.stderr
+    with open(script_args.log_file, "a", buffering=1) as fh:
+        sys.stdout, sys.stderr = _Tee(sys.stdout, fh), _Tee(sys.stderr, fh)
+        try:
+            return run(script_args, config)
+        finally:
+            sys.stdout, sys.stderr = saved
+
+
+def run(script_args: ScriptArguments, config: RankGRPOConfig):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=bool(script_args.log_file))
+    if config.use_vllm and not torch.cuda.is_available():
+        logger.warning("--use_vllm needs a GPU; no CUDA device here, generating with transformers instead")
+        config.use_vllm = False
+
+    from modeling.loading import is_adapter_dir, load_model_and_tokenizer, load_tokenizer, run_name
+    from preprocess.common import load_processed
+
+    # ---- model path and output folder
+    model_path = resolve_model_path(script_args)
+    name = run_name(script_args.model_name or model_path)
+    if config.output_dir in (None, "trainer_output"):  # the released layout; baselines / other rewards get a suffix
+        folder = f"{name}_lr{config.learning_rate}_kl{config.beta}"
+        if (config.algorithm, config.reward_func) != ("rank_grpo", "exp_inf"):
+            folder += f"_{config.algorithm}_{config.reward_func}"
+        config.output_dir = os.path.join("results", "grpo", folder)
+    if config.run_name in (None, config.output_dir, "trainer_output"):
+        config.run_name = f"{name}_{config.algorithm}_{config.reward_func}_lr{config.learning_rate}_kl{config.beta}"
+    logger.info("model %s -> output %s (algorithm %s, reward %s)", model_path, config.output_dir, config.algorithm,
+                config.reward_func)
+
+    # ---- data
+    dsd, catalog = load_processed(script_args.dataset_path, config.catalog_path)
+    train = dsd["train"]
+    if script_args.max_train_samples is not None:
+        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    keep = [c for c in ("prompt", "groundtruth", "seen", "sample_id") if c in train.column_names]
+    train = train.select_columns(keep)
+    eval_ds = None
+    if script_args.eval_split:
+        eval_ds = dsd[script_args.eval_split]
+        if script_args.max_eval_samples is not None:
+            eval_ds = eval_ds.select(range(min(script_args.max_eval_samples, len(eval_ds))))
+        eval_ds = eval_ds.select_columns(keep)
+    logger.info("data %s: %d train records%s, catalog %d items", script_args.dataset_path, len(train),
+                f", {len(eval_ds)} eval" if eval_ds is not None else "", len(catalog))
+
+    # ---- model + tokenizer (TRL loads the policy and the reference from the path, ZeRO-3 friendly)
+    if is_adapter_dir(model_path):  # LoRA SFT: merge once so policy and reference both load the SFT weights
+        merged = os.path.join(config.output_dir, "sft_merged")
+        if not os.path.isfile(os.path.join(merged, "config.json")):
+            m, t = load_model_and_tokenizer(model_path)
+            m.save_pretrained(merged)
+            t.save_pretrained(merged)
+        model_path = merged
+    tokenizer = load_tokenizer(model_path, padding_side="left")
+
+    # ---- train
+    trainer = RankGRPOTrainer(model=model_path, args=config, train_dataset=train, eval_dataset=eval_ds,
+                              processing_class=tokenizer, catalog=catalog)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(config.output_dir)
+    logger.info("saved to %s", config.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

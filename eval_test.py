@@ -1,0 +1,137 @@
+"""Evaluate one model (or a predictions file, or a baseline) on a split: greedy generation, Recall/NDCG/HR@K.
+
+    # a model folder
+    python eval_test.py --model_path results/sft/checkpoint-1500 --dataset_path processed_datasets/reddit_v2
+    # completions produced elsewhere (JSON Lines: {"index": row, "completion": text}), no model loaded
+    python eval_test.py --predictions preds.jsonl --dataset_path processed_datasets/reddit_v2 --output_dir out
+    # popularity baseline (most popular training items, seen ones removed)
+    python eval_test.py --baseline popularity --dataset_path processed_datasets/reddit_v2
+    # Rank-GRPO README form (its grpo_test.py): evaluates <model_root>/checkpoint-<N>
+    python eval_test.py --model_name Qwen/Qwen2.5-0.5B-Instruct --model_root results/grpo/RUN \
+        --dataset_path processed_datasets/reddit_v2 --catalog_path gt_catalog.pkl --checkpoint 15800
+
+Writes <output_dir>/metrics.json and predictions.jsonl and prints a table. Default output_dir: <model>/eval_<split>
+for a model (so <model_root>/checkpoint-N/eval_test), <predictions dir>/<stem>_eval_<split> for a predictions
+file, results/baselines/<data set>/<baseline>_eval_<split> for a baseline (`_<protocol>` appended when strict).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from evaluation.evaluate import (
+    add_common_arguments,
+    backend_options,
+    evaluate,
+    format_metrics,
+    groundtruth_completions,
+    load_split,
+    normalize_split,
+    output_tag,
+    popularity_completions,
+    read_predictions,
+    require_year_arg,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    src = parser.add_argument_group("what to evaluate (exactly one)")
+    src.add_argument("--model_path", help="model folder (a checkpoint or a saved model)")
+    src.add_argument("--predictions", help="JSON Lines file of {index, completion}: score without a model")
+    src.add_argument("--baseline", choices=("popularity", "groundtruth"),
+                     help="popularity: the most popular training items; groundtruth: oracle (sanity check)")
+    src.add_argument("--model_root", help="run folder: evaluates <model_root>/checkpoint-<checkpoint> "
+                                          "(Rank-GRPO's grpo_test.py form)")
+    src.add_argument("--checkpoint", default=None, help="checkpoint step under --model_root (an int, or last)")
+    src.add_argument("--model_name", default=None, help="base model name (recorded in metrics.json)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
+    parser.add_argument("--output_dir", default=None, help="where metrics.json / predictions.jsonl go")
+    add_common_arguments(parser)
+    return parser
+
+
+def resolve_model_path(args) -> str | None:
+    if args.model_root is None:
+        return args.model_path
+    if args.model_path:
+        raise SystemExit("error: give --model_path or --model_root [--checkpoint N], not both")
+    from modeling.loading import resolve_checkpoint
+
+    return str(resolve_checkpoint(args.model_root, args.checkpoint))
+
+
+def default_output_dir(args, model_path: str | None, tag: str) -> Path:
+    if model_path is not None:
+        return Path(model_path) / tag
+    if args.predictions:
+        p = Path(args.predictions)
+        return p.parent / f"{p.stem}_{tag}"
+    return Path("results") / "baselines" / Path(args.dataset_path).resolve().name / f"{args.baseline}_{tag}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    model_path = resolve_model_path(args)
+    sources = [x for x in (model_path, args.predictions, args.baseline) if x]
+    if len(sources) != 1:
+        raise SystemExit("error: give exactly one of --model_path / --model_root, --predictions, --baseline")
+    split = normalize_split(args.split)
+    tag = output_tag(split, args.protocol)
+    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, model_path, tag)
+
+    dataset, catalog, n_full, splits = load_split(args.dataset_path, split, args.catalog_path, args.max_samples)
+    provenance: dict = {
+        "split": split,
+        "dataset_path": str(Path(args.dataset_path).resolve()),
+        "catalog_path": str(Path(args.catalog_path).resolve()) if args.catalog_path else None,
+        "model_name": args.model_name,
+        "max_samples": args.max_samples,
+        "num_rows_in_split": n_full,
+    }
+    completions = backend = None
+    if model_path is not None:
+        from evaluation.backends import make_backend, resolve_backend_name
+
+        backend_name = resolve_backend_name(args.backend)
+        provenance.update(model_path=str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
+                          backend=backend_name, decoding="greedy", max_new_tokens=args.max_new_tokens,
+                          max_prompt_length=args.max_prompt_length)
+        print(f"[eval_test] generating with {backend_name} from {model_path} on {len(dataset)} {split} rows",
+              flush=True)
+        backend = make_backend(backend_name, model_path, **backend_options(args))
+    elif args.predictions:
+        preds = read_predictions(args.predictions, n_full, sample_ids=list(splits[split]["sample_id"]))
+        completions = preds[: len(dataset)]
+        missing = [i for i in preds.missing if i < len(dataset)]
+        provenance.update(predictions_file=str(Path(args.predictions).resolve()),
+                          num_missing_predictions=len(missing), missing_prediction_indices=missing[:100])
+        if missing:
+            print(f"[eval_test] WARNING: {len(missing)} of {len(dataset)} rows have no prediction in "
+                  f"{args.predictions}; they are scored as empty completions (zero)", file=sys.stderr, flush=True)
+    elif args.baseline == "popularity":
+        if "train" not in splits:
+            raise SystemExit(f"error: --baseline popularity needs a train split in {args.dataset_path}")
+        completions = popularity_completions(splits["train"], dataset, catalog, n_items=args.n_items)
+        provenance.update(baseline="popularity")
+    else:
+        completions = groundtruth_completions(dataset, catalog, n_items=args.n_items)
+        provenance.update(baseline="groundtruth")
+
+    metrics = evaluate(
+        dataset, catalog, output_dir, backend=backend, completions=completions, ks=args.ks,
+        protocol=args.protocol, n_items=args.n_items, require_year=require_year_arg(args.require_year),
+        provenance=provenance,
+    )
+    source = model_path or args.predictions or f"baseline {args.baseline}"
+    print(format_metrics(metrics, args.ks, title=f"== {source} =="), flush=True)
+    print(f"[eval_test] wrote {output_dir / 'metrics.json'} and {output_dir / 'predictions.jsonl'}", flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

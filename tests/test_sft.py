@@ -62,7 +62,7 @@ def test_seed_readme_command_parses(tmp_path):
            "--eval_strategy steps --eval_steps 10 --logging_steps 10").split()
     script_args, args = train_sft.parse_args(cmd)
     assert script_args.model_name == "qwen/Qwen2.5-0.5B-Instruct"
-    assert args.output_dir == "results/qwen--Qwen2.5-0.5B-Instruct"  # default: results/<run_name(model_name)>
+    assert args.output_dir == "results/qwen/Qwen2.5-0.5B-Instruct"  # default: results/<run_name(model_name)>
     assert args.warmup_steps == 0.05 and args.get_warmup_steps(1000) == 50
     assert (args.num_train_epochs, args.learning_rate, args.per_device_train_batch_size,
             args.gradient_accumulation_steps, args.save_steps, args.eval_steps) == (10, 5e-5, 12, 8, 100, 10)

@@ -149,7 +149,7 @@ def test_loading_helpers(tmp_path):
     assert resolve_checkpoint(tmp_path / "m") == str(tmp_path / "m")
     assert resolve_checkpoint("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
 
-    assert run_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen--Qwen2.5-0.5B-Instruct"
+    assert run_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
     assert run_name(str(tmp_path / "m") + "/") == "m"
     assert run_name(run / "checkpoint-100") == "run-checkpoint-100"
     assert run_name("./models/tiny ml100k") == "tiny_ml100k"

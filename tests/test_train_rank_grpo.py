@@ -153,7 +153,7 @@ def test_released_readme_command_line(tiny_setup, tmp_path):
     turned off with a warning (generation falls back to transformers)."""
     _, data, model = tiny_setup
     shutil.copytree(data, tmp_path / "processed_datasets" / "grpo" / "grpo_dataset")
-    shutil.copytree(model, tmp_path / "results" / "qwen--Qwen2.5-0.5B-Instruct" / "checkpoint-1500")
+    shutil.copytree(model, tmp_path / "results" / "qwen" / "Qwen2.5-0.5B-Instruct" / "checkpoint-1500")
     with open(tmp_path / "gt_catalog.pkl", "wb") as fh:  # Rank-GRPO's catalog format: (title, year) tuples
         pickle.dump([(t, y) for t, y in TITLES], fh)
     cmd = [sys.executable, str(REPO / "train_rank_grpo.py"),
@@ -190,7 +190,7 @@ def test_released_readme_command_line(tiny_setup, tmp_path):
                WANDB_MODE="disabled")
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = tmp_path / "results" / "grpo" / "qwen--Qwen2.5-0.5B-Instruct_lr1e-06_kl0.001"
+    out = tmp_path / "results" / "grpo" / "qwen" / "Qwen2.5-0.5B-Instruct_lr1e-06_kl0.001"
     assert (out / "model.safetensors").is_file(), list(tmp_path.rglob("*"))[:50]
     log = (tmp_path / "logs" / "outputs_tiny.txt").read_text()
     assert "'rewards/rank_exp_inf/mean'" in log and "train_runtime" in log

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from trl import TrlParser
 
 from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+from trainers.run_logging import tee_output
 
 logger = logging.getLogger("train_rank_grpo")
 
@@ -53,26 +52,6 @@ class ScriptArguments:
         default=None, metadata={"help": "Split to evaluate on during training (e.g. validation); default none."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N eval records."})
     log_file: str | None = field(default=None, metadata={"help": "Also write stdout/stderr to this file (tee)."})
-
-
-class _Tee:
-    def __init__(self, stream, fh):
-        self.stream, self.fh = stream, fh
-
-    def write(self, data):
-        self.stream.write(data)
-        self.fh.write(data)
-        return len(data)
-
-    def flush(self):
-        self.stream.flush()
-        self.fh.flush()
-
-    def isatty(self):
-        return False
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
 
 
 def parse_args(argv=None) -> tuple[ScriptArguments, RankGRPOConfig]:
@@ -117,16 +96,8 @@ def resolve_model_path(script_args: ScriptArguments) -> str:
 
 def main(argv=None):
     script_args, config = parse_args(argv)
-    if not script_args.log_file:
+    with tee_output(script_args.log_file):
         return run(script_args, config)
-    Path(script_args.log_file).parent.mkdir(parents=True, exist_ok=True)
-    saved = sys.stdout, sys.stderr
-    with open(script_args.log_file, "a", buffering=1) as fh:
-        sys.stdout, sys.stderr = _Tee(sys.stdout, fh), _Tee(sys.stderr, fh)
-        try:
-            return run(script_args, config)
-        finally:
-            sys.stdout, sys.stderr = saved
 
 
 def run(script_args: ScriptArguments, config: RankGRPOConfig):

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
+
+from trainers.run_logging import tee_output
 
 
 # ================================================================================================ 1. arguments
@@ -52,36 +53,6 @@ class SFTScriptArguments:
     # seed README's `--warmup_ratio 0.05` still works.
     warmup_ratio: float | None = field(
         default=None, metadata={"help": "warm-up as a fraction of the training steps (= warmup_steps in [0, 1))"})
-
-
-class _Tee:
-    """Write to the original stream and to a log file."""
-
-    def __init__(self, stream, fh):
-        self.stream, self.fh = stream, fh
-
-    def write(self, data):
-        self.stream.write(data)
-        self.fh.write(data)
-        return len(data)
-
-    def flush(self):
-        self.stream.flush()
-        self.fh.flush()
-
-    def isatty(self):
-        return False
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-def tee_output(log_file: str) -> None:
-    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
-    path = log_file if rank == 0 else f"{log_file}.rank{rank}"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fh = open(path, "a", buffering=1, encoding="utf-8")
-    sys.stdout, sys.stderr = _Tee(sys.stdout, fh), _Tee(sys.stderr, fh)
 
 
 def parse_args(argv=None) -> tuple[SFTScriptArguments, SFTConfig]:
@@ -225,8 +196,11 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
 # ================================================================================================ 3-6. main
 def main(argv=None):
     script_args, training_args = parse_args(argv)
-    if script_args.log_file:
-        tee_output(script_args.log_file)
+    with tee_output(script_args.log_file):
+        return run(script_args, training_args)
+
+
+def run(script_args: SFTScriptArguments, training_args: SFTConfig):
     if script_args.wandb_project:
         os.environ["WANDB_PROJECT"] = script_args.wandb_project
     t_start = time.time()

@@ -10,7 +10,7 @@ same completion) -> ``hit`` (id still in the ground-truth multiset; consumes one
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np

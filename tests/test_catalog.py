@@ -475,7 +475,7 @@ def test_ml100k_inverted_articles_match_display_form():
     raw_rows = [line.split("\t") for line in ML100K_ITEM.read_text(encoding="utf-8").splitlines()[1:]]
     n_inverted = 0
     for row in raw_rows:
-        iid, raw, year = int(row[0]), row[1], row[2]
+        raw, year = row[1], row[2]
         if ", The" in raw or ", A" in raw or ", An" in raw:
             n_inverted += 1
         if not year.isdigit():

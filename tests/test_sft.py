@@ -71,9 +71,16 @@ def test_seed_readme_command_parses(tmp_path):
 
 
 def test_config_file_and_cli_override(tmp_path):
-    script_args, args = train_sft.parse_args(["--config", str(REPO / "configs/tiny/sft_ml100k.yaml"), "--learning_rate", "0.01"])
-    assert script_args.model_name == "models/tiny-ml100k" and script_args.max_train_samples == 2000
-    assert args.learning_rate == 0.01 and args.output_dir == "results/tiny-ml100k-sft" and args.use_cpu
+    import yaml
+
+    path = REPO / "configs/tiny/sft_ml100k.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["learning_rate"] != 0.01
+    script_args, args = train_sft.parse_args(["--config", str(path), "--learning_rate", "0.01"])
+    # YAML values reach both dataclasses; the CLI overrides the YAML
+    assert script_args.model_name == cfg["model_name"] and script_args.max_train_samples == cfg["max_train_samples"]
+    assert args.max_steps == cfg["max_steps"] and args.per_device_train_batch_size == cfg["per_device_train_batch_size"]
+    assert args.learning_rate == 0.01 and args.output_dir == cfg["output_dir"] and args.use_cpu
     _, gpu = train_sft.parse_args(["--config", str(REPO / "configs/sft_qwen25_0.5b.yaml"), "--bf16", "false"])
     assert gpu.per_device_train_batch_size * gpu.gradient_accumulation_steps == 96 and gpu.max_length == 1024
 

@@ -43,6 +43,7 @@ from evaluation.evaluate import (
     require_year_arg,
 )
 from evaluation.plots import plot_curves, plot_trainer_state
+from trainers.run_logging import configure_wandb
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Settings that must match for a finished checkpoint evaluation to be reused.
@@ -178,13 +179,7 @@ def merge_csv(csv_path: Path, rows: dict[int, dict], columns: list[str]) -> None
 
 # ---------------------------------------------------------------------------------------------------- wandb
 def init_wandb(args, run_dir: Path, tag: str, settings: dict):
-    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun"):
-        base = run_dir / "wandb_eval"
-        for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"),
-                         ("WANDB_DATA_DIR", ".data")):
-            path = base / sub if sub else base
-            path.mkdir(parents=True, exist_ok=True)
-            os.environ.setdefault(var, str(path))
+    configure_wandb(run_dir, subdir="wandb_eval")  # offline: wandb folders stay inside the run folder
     import wandb
 
     return wandb.init(

@@ -24,7 +24,7 @@ import torch
 from trl import TrlParser
 
 from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
-from trainers.run_logging import tee_output
+from trainers.run_logging import configure_wandb, tee_output
 
 logger = logging.getLogger("train_rank_grpo")
 
@@ -73,8 +73,6 @@ def parse_args(argv=None) -> tuple[ScriptArguments, RankGRPOConfig]:
         config.beta = script_args.kl_beta
     if script_args.mu is not None:
         config.num_iterations = script_args.mu
-    if script_args.wandb_project:
-        os.environ["WANDB_PROJECT"] = script_args.wandb_project
     if script_args.model_name is None and script_args.sft_checkpoint is None:
         raise ValueError("give --model_name (and optionally --sft_checkpoint)")
     return script_args, config
@@ -120,6 +118,7 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
         config.output_dir = os.path.join("results", "grpo", folder)
     if config.run_name in (None, config.output_dir, "trainer_output"):
         config.run_name = f"{name}_{config.algorithm}_{config.reward_func}_lr{config.learning_rate}_kl{config.beta}"
+    configure_wandb(config.output_dir, script_args.wandb_project)  # offline: wandb files stay in the run
     logger.info("model %s -> output %s (algorithm %s, reward %s)", model_path, config.output_dir, config.algorithm,
                 config.reward_func)
 

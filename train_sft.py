@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-from trainers.run_logging import tee_output
+from trainers.run_logging import configure_wandb, tee_output
 
 
 # ================================================================================================ 1. arguments
@@ -201,8 +201,7 @@ def main(argv=None):
 
 
 def run(script_args: SFTScriptArguments, training_args: SFTConfig):
-    if script_args.wandb_project:
-        os.environ["WANDB_PROJECT"] = script_args.wandb_project
+    configure_wandb(training_args.output_dir, script_args.wandb_project)  # offline: wandb files stay in the run
     t_start = time.time()
 
     # --- model + tokenizer (padding on the right for training; TRL's collator pads right anyway)

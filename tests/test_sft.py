@@ -157,6 +157,25 @@ def test_few_steps_reduce_loss_and_save(tiny_setup):
     assert tok.eos_token == "<|im_end|>"
 
 
+def test_offline_wandb_run_stays_inside_the_run_folder(tiny_setup, monkeypatch):
+    """report_to wandb with WANDB_MODE=offline: the wandb run (history of the logged loss) lands in <output_dir>/wandb."""
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_PROJECT"):
+        monkeypatch.setenv(var, "")  # registers the original value, so what the script sets is undone afterwards
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tiny_setup["root"] / "wandb_run"
+    train_sft.main(_argv(tiny_setup, "--output_dir", str(out), "--max_steps", "2", "--logging_steps", "1",
+                         "--max_length", "256", "--save_strategy", "no", "--report_to", "wandb",
+                         "--wandb_project", "sft_test"))
+    import os
+
+    assert os.environ["WANDB_PROJECT"] == "sft_test" and os.environ["WANDB_DIR"] == str(out / "wandb")
+    runs = list((out / "wandb").rglob("offline-run-*"))
+    assert runs, sorted(str(p) for p in out.rglob("*"))[:40]
+    assert any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
 def test_lora_run_saves_an_adapter_that_loads(tiny_setup):
     from modeling.loading import load_model_and_tokenizer, resolve_checkpoint
 

@@ -47,3 +47,19 @@ def tee_output(log_file: str | None):
             yield
         finally:
             sys.stdout, sys.stderr = saved
+
+
+def configure_wandb(run_dir, project: str | None = None, subdir: str = "wandb") -> None:
+    """Set WANDB_PROJECT (when given) and, for offline runs (WANDB_MODE=offline), keep every wandb folder inside
+    the run folder (`<run_dir>/<subdir>`), so runs on machines without a home cache or network stay self-contained;
+    `wandb sync <run_dir>/<subdir>/wandb/offline-run-*` uploads them later. Existing WANDB_* settings win."""
+    if project:
+        os.environ["WANDB_PROJECT"] = project
+    if os.environ.get("WANDB_MODE", "").lower() not in ("offline", "dryrun"):
+        return
+    base = os.path.join(os.fspath(run_dir), subdir)
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"),
+                     ("WANDB_DATA_DIR", ".data")):
+        path = os.path.join(base, sub) if sub else base
+        os.makedirs(path, exist_ok=True)
+        os.environ.setdefault(var, path)

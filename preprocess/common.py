@@ -436,6 +436,19 @@ def _is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and (path / "dataset_info.json").exists() and (path / "state.json").exists()
 
 
+def load_source_catalog(raw_dir: str | os.PathLike, catalog_path, default_name: str):
+    """A builder's source catalog: ``catalog_path`` or ``<raw_dir>/<default_name>`` (the folder of ``raw_dir`` when
+    it is a file); a catalog that cannot be loaded is a DataError naming that file."""
+    from rewards.catalog import CatalogError, load_catalog
+
+    raw = Path(raw_dir)
+    path = Path(catalog_path) if catalog_path is not None else (raw if raw.is_dir() else raw.parent) / default_name
+    try:
+        return path, load_catalog(path)
+    except CatalogError as err:
+        raise DataError(path, reason=f"cannot load the catalog: {err}") from err
+
+
 def load_processed(dataset_path: str | os.PathLike, catalog_path: str | os.PathLike | None = None):
     """Load ``(datasets.DatasetDict, Catalog)`` from a processed folder.
 

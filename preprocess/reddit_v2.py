@@ -49,6 +49,7 @@ from preprocess.common import (
     DataError,
     SkipCounter,
     format_completion,
+    load_source_catalog,
     hash_split,
     item_line,
     iter_lines_utf8,
@@ -57,7 +58,7 @@ from preprocess.common import (
     save_processed,
     split_from_name,
 )
-from rewards.catalog import Catalog, CatalogError, load_catalog, split_title_year
+from rewards.catalog import split_title_year
 
 FORMAT_FIELDS = ("sample_id", "prompt", "completion", "seen_titles", "groundtruth_with_release_year",
                  "num_groundtruth")
@@ -221,13 +222,7 @@ def build(raw_dir, output_dir, *, catalog_path=None, name: str = "reddit_v2", sp
     if completion not in ("source", "groundtruth"):
         raise ValueError(f"completion must be source or groundtruth, got {completion!r}")
     sources = discover_sources(raw)
-    if catalog_path is None:
-        catalog_path = (raw if raw.is_dir() else raw.parent) / "gt_catalog.pkl"
-    catalog_path = Path(catalog_path)
-    try:
-        catalog: Catalog = load_catalog(catalog_path)
-    except CatalogError as err:
-        raise DataError(catalog_path, reason=f"cannot load the catalog: {err}") from err
+    catalog_path, catalog = load_source_catalog(raw, catalog_path, "gt_catalog.pkl")
 
     named = {s.name: split_from_name(s.name) for s in sources}
     if split == "name" or (split == "auto" and len(sources) > 1 and all(named.values())):

@@ -48,6 +48,7 @@ from preprocess.common import (
     SkipCounter,
     build_prompt,
     format_completion,
+    load_source_catalog,
     hash_split,
     item_line,
     iter_lines_utf8,
@@ -56,7 +57,6 @@ from preprocess.common import (
     split_from_name,
     stable_bucket,
 )
-from rewards.catalog import Catalog, CatalogError, load_catalog
 
 MENTION = re.compile(r"@(\d+)")
 CONVERSATION_FIELDS = ("conversationId", "messages", "initiatorWorkerId", "respondentWorkerId", "movieMentions")
@@ -130,13 +130,7 @@ def build(raw_dir, output_dir, *, catalog_path=None, name: str = "redial", n_ite
           quiet: bool = False) -> dict:
     raw = Path(raw_dir)
     files = discover_files(raw)
-    if catalog_path is None:
-        catalog_path = (raw if raw.is_dir() else raw.parent) / "movies_with_mentions.csv"
-    catalog_path = Path(catalog_path)
-    try:
-        catalog: Catalog = load_catalog(catalog_path)
-    except CatalogError as err:
-        raise DataError(catalog_path, reason=f"cannot load the catalog: {err}") from err
+    catalog_path, catalog = load_source_catalog(raw, catalog_path, "movies_with_mentions.csv")
 
     # Split of each file.
     if len(files) == 1:

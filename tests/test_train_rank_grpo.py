@@ -196,3 +196,18 @@ def test_released_readme_command_line(tiny_setup, tmp_path):
     assert "'rewards/rank_exp_inf/mean'" in log and "train_runtime" in log
     if not torch.cuda.is_available():
         assert "--use_vllm needs a GPU" in log
+
+
+def test_rl_configs_find_the_sft_runs_they_start_from():
+    """Each RL config's SFT checkpoint (`--sft_checkpoint` under results/<run_name(model_name)>, or the tiny twins'
+    model folder) is where the matching SFT config writes."""
+    from modeling.loading import run_name
+
+    sft_gpu = yaml.safe_load((REPO / "configs" / "sft_qwen25_0.5b.yaml").read_text())
+    rl_gpu = yaml.safe_load((REPO / "configs" / "rank_grpo_qwen25_0.5b.yaml").read_text())
+    assert rl_gpu["model_name"] == sft_gpu["model_name"] and rl_gpu["sft_checkpoint"] == "last"
+    assert sft_gpu["output_dir"] == f"results/{run_name(rl_gpu['model_name'])}"
+
+    sft_tiny = yaml.safe_load((REPO / "configs" / "tiny" / "sft_ml100k.yaml").read_text())
+    rl_tiny = yaml.safe_load((REPO / "configs" / "tiny" / "rank_grpo_ml100k.yaml").read_text())
+    assert rl_tiny["model_name"] == sft_tiny["output_dir"] and rl_tiny["dataset_path"] == sft_tiny["dataset_path"]

@@ -105,7 +105,7 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
         logger.warning("--use_vllm needs a GPU; no CUDA device here, generating with transformers instead")
         config.use_vllm = False
 
-    from modeling.loading import is_adapter_dir, load_model_and_tokenizer, load_tokenizer, run_name
+    from modeling.loading import is_adapter_dir, load_model_and_tokenizer, load_tokenizer, resolve_resume, run_name
     from preprocess.common import load_processed
 
     # ---- model path and output folder
@@ -151,7 +151,7 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
     # ---- train
     trainer = RankGRPOTrainer(model=model_path, args=config, train_dataset=train, eval_dataset=eval_ds,
                               processing_class=tokenizer, catalog=catalog)
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resolve_resume(config.resume_from_checkpoint, config.output_dir))
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(config.output_dir)

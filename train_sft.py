@@ -205,7 +205,7 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
     t_start = time.time()
 
     # --- model + tokenizer (padding on the right for training; TRL's collator pads right anyway)
-    from modeling.loading import load_model_and_tokenizer
+    from modeling.loading import load_model_and_tokenizer, resolve_resume
 
     init_kwargs = dict(training_args.model_init_kwargs or {})
     dtype = init_kwargs.pop("dtype", init_kwargs.pop("torch_dtype", "float32"))  # fp32 master weights (TRL default)
@@ -240,7 +240,8 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
                          processing_class=tokenizer, peft_config=peft_config)
 
     # --- train
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint,
+                                                                 training_args.output_dir))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()

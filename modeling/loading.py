@@ -150,3 +150,16 @@ def run_name(model_name: str | os.PathLike) -> str:
     if not name or any(not part for part in name.split("/")):
         raise ValueError(f"cannot derive a run name from {model_name!r}")
     return name
+
+
+def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """`--resume_from_checkpoint`: None/""/"false" -> start fresh; "true"/"last"/"latest" -> the newest
+    `checkpoint-N` in `output_dir` (an error listing none when there is none); a path -> that checkpoint folder."""
+    if value is None or value is False or str(value).strip().lower() in ("", "false", "none", "no"):
+        return None
+    if value is True or str(value).strip().lower() in ("true", "last", "latest", "yes"):
+        return resolve_checkpoint(output_dir, "last")
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+    return str(path)

@@ -176,6 +176,26 @@ def test_offline_wandb_run_stays_inside_the_run_folder(tiny_setup, monkeypatch):
     assert any(p.suffix == ".wandb" for p in runs[0].iterdir())
 
 
+def test_resume_from_the_latest_checkpoint(tiny_setup):
+    """Stop after 4 steps (checkpoints 2, 4), then --resume_from_checkpoint last continues from checkpoint-4 to
+    step 6 instead of starting over; the resumed run logs only steps 5 and 6."""
+    out = tiny_setup["root"] / "resume"
+    common = ("--output_dir", str(out), "--logging_steps", "1", "--max_length", "256", "--save_strategy", "steps",
+              "--save_steps", "2", "--per_device_train_batch_size", "2")
+    first = train_sft.main(_argv(tiny_setup, *common, "--max_steps", "4"))
+    assert first.state.global_step == 4 and (out / "checkpoint-4").is_dir()
+    written = (out / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
+    resumed = train_sft.main(_argv(tiny_setup, *common, "--max_steps", "6", "--resume_from_checkpoint", "last"))
+    assert resumed.state.global_step == 6 and (out / "checkpoint-6").is_dir()
+    # a restart from step 0 would have written checkpoint-2 again; a resume starts after checkpoint-4
+    assert (out / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == written
+    steps = [h["step"] for h in resumed.state.log_history if "loss" in h]
+    assert steps == [1, 2, 3, 4, 5, 6]  # history of steps 1-4 restored from the checkpoint, 5-6 trained now
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_sft.main(_argv(tiny_setup, "--output_dir", str(tiny_setup["root"] / "empty"), "--max_steps", "1",
+                             "--resume_from_checkpoint", "last"))
+
+
 def test_lora_run_saves_an_adapter_that_loads(tiny_setup):
     from modeling.loading import load_model_and_tokenizer, resolve_checkpoint
 

@@ -15,3 +15,7 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (expected ../shared/data beside the repo; see README 'Data')")
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "multiprocess: launches a real 2-process CPU run with accelerate (gloo)")

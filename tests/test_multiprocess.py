@@ -27,13 +27,13 @@ import math
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import REPO
+from test_rank_grpo import ref_advantages  # the one slow Eq. 7 reference
 
 multiprocess = pytest.mark.multiprocess  # registered in conftest.py
 
@@ -54,20 +54,6 @@ CANNED = [
     ("Here:\n\nAlien (1979)\nHeat (1995)\nFargo (1996)", True,
      [0, 0, 1, 0, 0], -0.1),  # preamble (no item), 3 items then EOS: early stop
 ]
-
-
-def ref_advantages(R, G, eps):
-    """Eq. 7 by hand: per group of G rows, per column: (r - mean) / (stdev + eps); a constant column -> 0."""
-    A = [[0.0] * len(R[0]) for _ in R]
-    for g0 in range(0, len(R), G):
-        for k in range(len(R[0])):
-            col = [R[i][k] for i in range(g0, g0 + G)]
-            if max(col) == min(col):
-                continue
-            m, s = statistics.mean(col), statistics.stdev(col)
-            for i in range(g0, g0 + G):
-                A[i][k] = (R[i][k] - m) / (s + eps)
-    return A
 
 
 def _launch_impossible() -> str | None:

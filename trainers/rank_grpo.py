@@ -43,6 +43,9 @@ import numpy as np
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from rewards.judge import judge
+from rewards.rank_rewards import batch_rank_rewards, batch_sequence_ndcg
+
 from trainers.token_map import (
     ByteTable,
     assign_tokens_to_items,
@@ -197,8 +200,6 @@ def score_completion(text: str, catalog, groundtruth: Sequence[int], seen: Seque
                      n_items: int = 20, require_year: bool = True, overflow_penalty: float = -0.1,
                      early_stop_penalty: float = -0.1, eos_bonus: float = 0.0) -> CompletionScore:
     """Judge one completion with the shared matcher and compute its length-shaping reward."""
-    from rewards.judge import judge
-
     j = judge(text, catalog, list(groundtruth or []), list(seen or []), n_items=n_items, require_year=require_year)
     counted = j.items[:n_items]
     overflow = len(j.items) >= n_items and bool(text[counted[-1].end:].strip())
@@ -214,8 +215,6 @@ def score_completion(text: str, catalog, groundtruth: Sequence[int], seen: Seque
 
 def sequence_rewards(rel: np.ndarray, n_groundtruth: Sequence[int], scheme: str, n_items: int) -> np.ndarray:
     """(B,) sequence reward for grpo/gspo: NDCG@N, or a rank scheme's rewards summed over the ranks."""
-    from rewards.rank_rewards import batch_rank_rewards, batch_sequence_ndcg
-
     if scheme == "ndcg":
         return batch_sequence_ndcg(rel, np.asarray(n_groundtruth), n_items=n_items)
     return batch_rank_rewards(rel, scheme, n_items=n_items).sum(axis=1)
@@ -390,8 +389,6 @@ class RankGRPOTrainer(GRPOTrainer):
                 early_stop_penalty=args.early_stop_penalty, eos_bonus=args.eos_bonus))
         rel = np.stack([s.rel for s in scores]) if scores else np.zeros((0, args.n_items))
         n_gt = [s.n_groundtruth for s in scores]
-        from rewards.rank_rewards import batch_rank_rewards, batch_sequence_ndcg
-
         ndcg = batch_sequence_ndcg(rel, np.asarray(n_gt), n_items=args.n_items)
         if self.algorithm == "rank_grpo":
             rank_r = batch_rank_rewards(rel, args.reward_func, n_items=args.n_items)

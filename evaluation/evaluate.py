@@ -57,8 +57,10 @@ def normalize_split(split: str) -> str:
 
 
 def default_require_year(catalog) -> bool:
-    """Require `Title (Year)` lines unless the catalog has no years at all (e.g. Amazon product titles)."""
-    return any(item.get("year") is not None for item in catalog)
+    """Require `Title (Year)` lines unless the catalog has no years at all (`rewards.catalog.resolve_require_year`)."""
+    from rewards.catalog import resolve_require_year
+
+    return resolve_require_year(catalog)
 
 
 def load_split(dataset_path, split: str, catalog_path=None, max_samples: int | None = None):

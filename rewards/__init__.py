@@ -12,6 +12,7 @@ from .catalog import (
     normalize_title,
     restricted_pickle_loads,
     split_title_year,
+    resolve_require_year,
     validate_year,
 )
 from .judge import DUPLICATE, HIT, MISS, OUT_OF_CATALOG, SEEN, STATUSES, Judgement, judge, judge_items
@@ -38,6 +39,7 @@ __all__ = [
     "normalize_title",
     "restricted_pickle_loads",
     "split_title_year",
+    "resolve_require_year",
     "validate_year",
     "DUPLICATE",
     "HIT",

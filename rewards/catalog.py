@@ -294,6 +294,11 @@ class Catalog:
         return list(self._items)
 
     @property
+    def has_years(self) -> bool:
+        """True when any item has a year (movie catalogs); False for yearless catalogs (Amazon product titles)."""
+        return any(it["year"] is not None for it in self._items)
+
+    @property
     def report(self) -> dict:
         """Counts of rows fixed/skipped while loading, by reason (e.g. ``invalid_year_set_to_null``)."""
         return dict(self._report)
@@ -377,6 +382,14 @@ class Catalog:
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
+
+
+def resolve_require_year(catalog: "Catalog", require_year: bool | None = None) -> bool:
+    """THE rule for whether only ``Title (Year)`` lines are items, used by training and evaluation alike:
+    an explicit ``require_year`` wins; ``None`` means "from the catalog" (years required iff it has any)."""
+    if require_year is not None:
+        return bool(require_year)
+    return catalog.has_years
 
 
 class RestrictedUnpickler(pickle.Unpickler):

@@ -85,6 +85,19 @@ class Judgement:
         """In catalog, unseen, not a duplicate (status ``hit`` or ``miss``)."""
         return self.mask(HIT, MISS)
 
+    def catalog_hit_ratio(self, n: int | None = None) -> float:
+        """THE catalog-hit ratio (training logs and evaluation): in-catalog items among the first ``n`` parsed
+        items (default ``n_items``) / those items; 0.0 when nothing was parsed."""
+        n = self.n_items if n is None else int(n)
+        cut = self.ids[:n]
+        return sum(i is not None for i in cut) / len(cut) if cut else 0.0
+
+    def valid_item_ratio(self, n: int | None = None) -> float:
+        """THE valid-item ratio: items among the first ``n`` list positions that are ``hit`` or ``miss`` (in the
+        catalog, unseen, not a duplicate) / ``n``."""
+        n = self.n_items if n is None else int(n)
+        return sum(s in (HIT, MISS) for s in self.status[:n]) / n if n else 0.0
+
     @property
     def n_hits(self) -> int:
         return sum(s == HIT for s in self.status)

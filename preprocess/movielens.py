@@ -296,6 +296,7 @@ def detect_layout(folder: Path) -> str:
 
 
 def read_movielens(raw_dir: str | Path | None):
+    """``(items, ratings, default name, layout, folder)`` of ``raw_dir`` (default: ML-100k in the recbole wheel)."""
     folder = recbole_ml100k_dir() if raw_dir is None else Path(raw_dir)
     layout = detect_layout(folder)
     reader = read_recbole if layout == "recbole" else LAYOUTS[layout][1]
@@ -304,7 +305,7 @@ def read_movielens(raw_dir: str | Path | None):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Build
+# Build: read -> catalog -> user sequences (counted skips) -> sample positions -> temporal split -> samples -> save
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -321,11 +322,9 @@ def conversation_text(titles: list[str]) -> str:
             ". Which movies should I watch next?")
 
 
-def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history: int = 5, max_history: int = 20,
-          num_groundtruth: int = 10, n_items: int = 20, split_fractions=(0.8, 0.1, 0.1),
-          max_samples_per_split: int | None = None, seed: int = 0, progress: bool = True,
-          quiet: bool = False) -> dict:
-    """Build the processed data set in ``output_dir``; returns the summary (also written to summary.json)."""
+def _check_options(output_dir, min_history: int, max_history: int, num_groundtruth: int, n_items: int,
+                   split_fractions) -> None:
+    """Refuse options that cannot build anything (before reading any file)."""
     if output_dir is None:
         raise ValueError("output_dir is required")
     if min_history < 0 or max_history < 1 or num_groundtruth < 1 or n_items < 1:
@@ -334,14 +333,15 @@ def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history
     if min(split_fractions) < 0 or abs(f_train + f_val + f_test - 1) > 1e-9 or f_train <= 0:
         raise ValueError(f"split_fractions must be >= 0, sum to 1, train > 0; got {split_fractions}")
 
-    items, ratings, default_name, layout, folder = read_movielens(raw_dir)
-    name = name or default_name
-    skips = SkipCounter()
-    read = {"users": len({u for u, *_ in ratings}), "items": len(items), "ratings": len(ratings)}
+
+def build_catalog(items: dict[int, dict], folder: Path) -> tuple[list[dict], dict[int, int]]:
+    """Catalog rows (every item of the item file, by id) and ``{duplicate id: the matcher's id}``.
+
+    Items the one matcher cannot tell apart (same normalised title and year) are merged into the id it returns;
+    the duplicate keeps its row, marked ``duplicate_of``. Yearless items are never merged (the matcher needs a year).
+    """
     if not items:
         raise DataError(folder, reason="the item file lists no items (empty catalog)")
-
-    # Catalog rows (every item of the item file) and the matcher's canonical id of each dated item.
     catalog_items = [{"id": iid, **items[iid]} for iid in sorted(items)]
     catalog = Catalog(catalog_items, source=str(folder))
     canonical: dict[int, int] = {}
@@ -351,8 +351,16 @@ def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history
             if cid is not None and cid != it["id"]:
                 canonical[it["id"]] = cid
                 it["duplicate_of"] = cid
+    return catalog_items, canonical
 
-    # Interactions per user on canonical ids; drop what cannot be used, with a reason.
+
+def user_sequences(ratings, items: dict[int, dict], canonical: dict[int, int],
+                   skips: SkipCounter) -> tuple[dict[str, list[tuple[int, int]]], int]:
+    """Each user's ``(timestamp, canonical id)`` list ordered by (timestamp, id), and the number of remapped ratings.
+
+    Left out, counted in ``skips``: ratings of unknown items, of yearless items, and a user's second rating of
+    the same (merged) item.
+    """
     per_user: dict[str, list[tuple[int, int]]] = defaultdict(list)
     remapped = 0
     for user, iid, _rating, ts in ratings:
@@ -375,31 +383,50 @@ def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history
             got.add(iid)
             seq.append((ts, iid))
         sequences[user] = seq
+    return sequences, remapped
 
-    # Candidate samples (user, position) and the global temporal cuts.
+
+def sample_positions(sequences: dict[str, list], min_history: int, skips: SkipCounter,
+                     folder: Path) -> list[tuple[str, int]]:
+    """Every ``(user, t)`` with at least ``min_history`` earlier items; users with none are counted in ``skips``."""
     candidates = [(user, t) for user, seq in sequences.items() for t in range(min_history, len(seq))]
     short = sum(1 for seq in sequences.values() if len(seq) <= min_history)
     skips.skip(f"user with <= min_history={min_history} usable ratings (no sample)", short)
     if not candidates:
         raise DataError(folder, reason=f"no user has more than min_history={min_history} ratings")
+    return candidates
+
+
+def temporal_cuts(sequences: dict[str, list], candidates: list[tuple[str, int]], split_fractions) -> tuple[int, int]:
+    """``(T1, T2)``: the train and train+validation quantiles of all target timestamps (ties go to the earlier
+    split, so every validation/test target is strictly later than every train target)."""
+    f_train, f_val, _ = split_fractions
     target_ts = sorted(sequences[u][t][0] for u, t in candidates)
     n = len(target_ts)
     t1 = target_ts[max(0, math.ceil(f_train * n) - 1)]
     t2 = target_ts[max(0, math.ceil((f_train + f_val) * n) - 1)]
-    window_end = {"train": t1, "validation": t2, "test": None}
+    return t1, t2
 
-    def split_of(ts: int) -> str:
-        return "train" if ts <= t1 else ("validation" if ts <= t2 else "test")
 
-    # Popularity = ratings in the train window (every position, not only targets).
+def train_popularity(sequences: dict[str, list], t1: int, catalog_items: list[dict]) -> tuple[Counter, list[int]]:
+    """Ratings in the train window (every position, not only targets) per item, and the ids most popular first;
+    writes ``popularity`` into every catalog row."""
     popularity = Counter(iid for seq in sequences.values() for ts, iid in seq if ts <= t1)
     popular_ids = [iid for iid, _ in sorted(popularity.items(), key=lambda kv: (-kv[1], kv[0]))]
     for it in catalog_items:
         it["popularity"] = popularity.get(it["id"], 0)
+    return popularity, popular_ids
 
+
+def split_positions(candidates: list[tuple[str, int]], sequences: dict[str, list], t1: int, t2: int,
+                    max_samples_per_split: int | None, seed: int,
+                    skips: SkipCounter) -> tuple[dict[str, list[tuple[str, int]]], dict[str, int]]:
+    """Sample positions per split by target time, and how many each split had before ``max_samples_per_split``
+    kept a seeded random sample (in original order; the rest is counted in ``skips``)."""
     by_split: dict[str, list[tuple[str, int]]] = {s: [] for s in SPLITS}
     for user, t in candidates:
-        by_split[split_of(sequences[user][t][0])].append((user, t))
+        ts = sequences[user][t][0]
+        by_split["train" if ts <= t1 else ("validation" if ts <= t2 else "test")].append((user, t))
     available = {s: len(v) for s, v in by_split.items()}
     if max_samples_per_split is not None:
         for s, cands in by_split.items():
@@ -408,10 +435,19 @@ def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history
                 skips.skip(f"{s}: not in the --max_samples_per_split={max_samples_per_split} sample (seed {seed})",
                            len(cands) - max_samples_per_split)
                 by_split[s] = [cands[i] for i in keep]
+    return by_split, available
 
-    lines_by_id = {it["id"]: item_line(it["title"], it["year"]) for it in catalog_items}
-    line = lines_by_id.__getitem__
 
+def build_samples(by_split: dict[str, list[tuple[str, int]]], sequences: dict[str, list],
+                  window_end: dict[str, int | None], catalog_items: list[dict], popular_ids: list[int], *,
+                  name: str, max_history: int, num_groundtruth: int, n_items: int,
+                  progress: bool) -> tuple[dict[str, list[dict]], int]:
+    """The records of every split, and how many completions came out shorter than ``n_items``.
+
+    Ground truth = the next ``num_groundtruth`` items from t on inside the sample's split window (no future
+    leakage); the completion = the next ``n_items`` of them, padded with popular train items the user has not seen.
+    """
+    line = {it["id"]: item_line(it["title"], it["year"]) for it in catalog_items}.__getitem__
     short_completion = 0
     splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
     total = sum(len(v) for v in by_split.values())
@@ -442,6 +478,29 @@ def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history
             })
             bar.update(1)
     bar.close()
+    return splits, short_completion
+
+
+def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history: int = 5, max_history: int = 20,
+          num_groundtruth: int = 10, n_items: int = 20, split_fractions=(0.8, 0.1, 0.1),
+          max_samples_per_split: int | None = None, seed: int = 0, progress: bool = True,
+          quiet: bool = False) -> dict:
+    """Build the processed data set in ``output_dir``; returns the summary (also written to summary.json)."""
+    _check_options(output_dir, min_history, max_history, num_groundtruth, n_items, split_fractions)
+    items, ratings, default_name, layout, folder = read_movielens(raw_dir)
+    name = name or default_name
+    skips = SkipCounter()
+    read = {"users": len({u for u, *_ in ratings}), "items": len(items), "ratings": len(ratings)}
+
+    catalog_items, canonical = build_catalog(items, folder)
+    sequences, remapped = user_sequences(ratings, items, canonical, skips)
+    candidates = sample_positions(sequences, min_history, skips, folder)
+    t1, t2 = temporal_cuts(sequences, candidates, split_fractions)
+    popularity, popular_ids = train_popularity(sequences, t1, catalog_items)
+    by_split, available = split_positions(candidates, sequences, t1, t2, max_samples_per_split, seed, skips)
+    splits, short_completion = build_samples(
+        by_split, sequences, {"train": t1, "validation": t2, "test": None}, catalog_items, popular_ids, name=name,
+        max_history=max_history, num_groundtruth=num_groundtruth, n_items=n_items, progress=progress)
 
     summary = {
         "dataset": name,

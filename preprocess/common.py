@@ -189,6 +189,21 @@ def hash_split(key: str, fractions: Sequence[float] = (0.8, 0.1, 0.1), salt: str
     return "test"
 
 
+def assign_split(key: str, named: str | None, fractions: Sequence[float] = (0.8, 0.1, 0.1), *,
+                 carve_validation: float = 0.0) -> str:
+    """The split of one sample: its source's ``named`` split, else ``hash_split(key, fractions)``.
+
+    ``carve_validation`` moves that share of a ``named == "train"`` source's keys to validation by a stable hash
+    (salt ``"valid"``, independent of the 80/10/10 buckets), for inputs that ship a train file but no validation
+    file. Every key of one conversation/request gets the same split, so a group never straddles two splits.
+    """
+    if named is None:
+        return hash_split(key, fractions)
+    if named == "train" and carve_validation > 0 and stable_bucket(key, "valid") < carve_validation:
+        return "validation"
+    return named
+
+
 def split_from_name(name: str) -> str | None:
     """``train`` / ``validation`` / ``test`` when a file or split name says so unambiguously, else None."""
     import re

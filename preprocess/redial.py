@@ -46,21 +46,27 @@ from preprocess.common import (
     SPLITS,
     DataError,
     SkipCounter,
+    assign_split,
     build_prompt,
     format_completion,
-    load_source_catalog,
-    hash_split,
     item_line,
     iter_lines_utf8,
+    load_source_catalog,
     pad_with_popular,
     save_processed,
     split_from_name,
-    stable_bucket,
 )
 
 MENTION = re.compile(r"@(\d+)")
 CONVERSATION_FIELDS = ("conversationId", "messages", "initiatorWorkerId", "respondentWorkerId", "movieMentions")
 MESSAGE_FIELDS = ("text", "senderWorkerId")
+#: Counts reported in summary.json's ``stats`` (every one present, 0 when nothing happened).
+STAT_NAMES = (
+    "conversations read", "messages read", "turns (consecutive messages merged)", "recommender turns",
+    "recommender turns mentioning a movie", "mentions (@id) read", "mentions of ids not in the catalog",
+    "mentions without a title in movieMentions (catalog title used)", "mentions with no title at all",
+    "ids mapped to the matcher's id of a duplicate catalog entry",
+    "groundtruth ids without a year (kept in groundtruth, not written in the completion)")
 _SPACES = re.compile(r"\s+")
 
 
@@ -125,139 +131,161 @@ def merge_turns(messages: list[dict]) -> list[dict]:
     return turns
 
 
-def build(raw_dir, output_dir, *, catalog_path=None, name: str = "redial", n_items: int = 20,
-          valid_fraction: float = 0.1, split_fractions=(0.8, 0.1, 0.1), progress: bool = True,
-          quiet: bool = False) -> dict:
-    raw = Path(raw_dir)
-    files = discover_files(raw)
-    catalog_path, catalog = load_source_catalog(raw, catalog_path, "movies_with_mentions.csv")
+def file_splits(files: list[Path], valid_fraction: float) -> tuple[dict[Path, str | None], float, str]:
+    """``({file: its split, or None for the 80/10/10 hash}, share of train carved out to validation, description)``.
 
-    # Split of each file.
+    One file: every conversation is hashed 80/10/10. Several files: each file's name says its split; when there is
+    a train file but no validation file, ``valid_fraction`` of the train conversations move to validation.
+    """
     if len(files) == 1:
-        file_split = {files[0]: None}  # hash 80/10/10
-        split_mode = "hash of conversationId (80/10/10; one input file)"
-    else:
-        file_split = {f: split_from_name(f.stem) for f in files}
-        unknown = [str(f) for f, s in file_split.items() if s is None]
-        if unknown:
-            raise DataError(unknown[0], reason="cannot tell the split from the file name (use train_data / "
-                                               "valid_data / test_data or *train*/*valid*/*test*.jsonl)")
-        carve = "train" in file_split.values() and "validation" not in file_split.values() and valid_fraction > 0
-        split_mode = "file names" + (f" (validation = {valid_fraction:.0%} of train conversations by hash of "
-                                     "conversationId)" if carve else "")
+        return {files[0]: None}, 0.0, "hash of conversationId (80/10/10; one input file)"
+    file_split = {f: split_from_name(f.stem) for f in files}
+    unknown = [str(f) for f, s in file_split.items() if s is None]
+    if unknown:
+        raise DataError(unknown[0], reason="cannot tell the split from the file name (use train_data / "
+                                           "valid_data / test_data or *train*/*valid*/*test*.jsonl)")
+    carve = valid_fraction if "validation" not in file_split.values() else 0.0
+    described = "train" in file_split.values() and "validation" not in file_split.values() and valid_fraction > 0
+    split_mode = "file names" + (f" (validation = {valid_fraction:.0%} of train conversations by hash of "
+                                 "conversationId)" if described else "")
+    return file_split, carve, split_mode
 
-    def split_of(path: Path, conv_id: str) -> str:
-        s = file_split[path]
-        if s is None:
-            return hash_split(conv_id, split_fractions)
-        carve_out = s == "train" and "validation" not in file_split.values()
-        if carve_out and stable_bucket(conv_id, "valid") < valid_fraction:
-            return "validation"
-        return s
 
-    # Canonical id of every catalog item (the id the matcher gives its own Title (Year)).
+def canonical_ids(catalog) -> tuple[dict[int, int], list[int]]:
+    """``{catalog id: the id the matcher gives its own Title (Year)}`` (ReDial lists some movies twice), and the
+    dated canonical ids by decreasing ``nbMentions`` (the completion's padding)."""
     canonical: dict[int, int] = {}
     for it in catalog:
         cid = catalog.match(it["title"], it["year"]) if it["year"] is not None else None
         canonical[it["id"]] = cid if cid is not None else it["id"]
     popular = [it["id"] for it in sorted(catalog, key=lambda it: (-(it.get("popularity") or 0), it["id"]))
                if it["year"] is not None and canonical[it["id"]] == it["id"]]
+    return canonical, popular
 
-    def line_of(iid: int) -> str:
-        it = catalog[iid]
-        return item_line(it["title"], it["year"])
 
-    skips = SkipCounter()
-    stats: Counter = Counter({k: 0 for k in (
-        "conversations read", "messages read", "turns (consecutive messages merged)", "recommender turns",
-        "recommender turns mentioning a movie", "mentions (@id) read", "mentions of ids not in the catalog",
-        "mentions without a title in movieMentions (catalog title used)", "mentions with no title at all",
-        "ids mapped to the matcher's id of a duplicate catalog entry",
-        "groundtruth ids without a year (kept in groundtruth, not written in the completion)")})
-    records: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    convs_per_split: dict[str, set[str]] = {s: set() for s in SPLITS}
+def iter_conversations(files: list[Path], stats: Counter):
+    """Yield ``(path, conversationId, conversation)`` of every file in order; a repeated id is a DataError."""
     conv_seen: dict[str, str] = {}
-    remapped: set[int] = set()
-    bar = tqdm(desc=f"{name} conversations", unit="conv", disable=not progress, mininterval=1.0)
     for path in files:
         for number, conv in read_conversations(path):
             conv_id = str(conv["conversationId"])
-            where = f"{path}:{number}"
             if conv_id in conv_seen:
                 raise DataError(path, line=number, field="conversationId",
                                 reason=f"duplicate conversationId {conv_id} (first at {conv_seen[conv_id]})")
-            conv_seen[conv_id] = where
+            conv_seen[conv_id] = f"{path}:{number}"
             stats["conversations read"] += 1
             stats["messages read"] += len(conv["messages"])
-            split = split_of(path, conv_id)
-            mentions = {str(k): _norm(v) for k, v in conv["movieMentions"].items() if isinstance(v, str) and _norm(v)}
-            seeker, recommender = conv["initiatorWorkerId"], conv["respondentWorkerId"]
+            yield path, conv_id, conv
 
-            def title_of(mid: str) -> str:
-                if mid in mentions:
-                    return mentions[mid]
-                if int(mid) in catalog:
-                    stats["mentions without a title in movieMentions (catalog title used)"] += 1
-                    return catalog.display(int(mid))
-                stats["mentions with no title at all"] += 1
-                return "a movie"
 
-            def to_id(mid: str) -> int | None:
-                iid = int(mid)
-                if iid not in catalog:
-                    stats["mentions of ids not in the catalog"] += 1
-                    return None
-                if canonical[iid] != iid:
-                    remapped.add(iid)
-                return canonical[iid]
+class MentionResolver:
+    """``@<movieId>`` -> catalog id and display title, counting (in ``stats``) every mention it cannot resolve."""
 
-            lines: list[str] = []
-            seen: dict[int, None] = {}
-            for turn in merge_turns(conv["messages"]):
-                stats["turns (consecutive messages merged)"] += 1
-                if turn["sender"] == seeker:
-                    role = "USER"
-                elif turn["sender"] == recommender:
-                    role = "SYSTEM"
-                else:
-                    skips.skip("turn by a worker who is neither initiator nor respondent (left out of the text)")
-                    continue
-                mids = MENTION.findall(turn["text"])
-                stats["mentions (@id) read"] += len(mids)
-                ids = [i for i in (to_id(m) for m in mids) if i is not None]
-                if role == "SYSTEM":
-                    stats["recommender turns"] += 1
-                if role == "SYSTEM" and mids:
-                    stats["recommender turns mentioning a movie"] += 1
-                    gt = [i for i in dict.fromkeys(ids) if i not in seen]
-                    if not lines:
-                        skips.skip("recommender turn mentioning a movie before any other turn (no conversation)")
-                    elif not gt:
-                        skips.skip("recommender turn mentions only movies already mentioned earlier" if ids else
-                                   "recommender turn mentions only movies not in the catalog")
-                    else:
-                        undated = [i for i in gt if catalog[i]["year"] is None]
-                        stats["groundtruth ids without a year (kept in groundtruth, not written in the completion)"
-                              ] += len(undated)
-                        comp_ids = pad_with_popular([i for i in gt if catalog[i]["year"] is not None], popular,
-                                                    exclude=set(seen), n=n_items)
-                        records[split].append({
-                            "sample_id": f"{name}/c{conv_id}/m{turn['message_id']}",
-                            "prompt": build_prompt("\n".join(lines), n_items=n_items),
-                            "completion": format_completion([line_of(i) for i in comp_ids]),
-                            "groundtruth": gt,
-                            "seen": list(seen),
-                            "history": [],
-                            "target": None,
-                            "timestamp": None,
-                        })
-                        convs_per_split[split].add(conv_id)
-                text = MENTION.sub(lambda m: title_of(m.group(1)), turn["text"])
-                lines.append(f"{role}: {text}")
-                seen.update(dict.fromkeys(ids))
-            bar.update(1)
-    bar.close()
-    stats["ids mapped to the matcher's id of a duplicate catalog entry"] = len(remapped)
+    def __init__(self, catalog, canonical: dict[int, int], stats: Counter):
+        self.catalog, self.canonical, self.stats = catalog, canonical, stats
+        self.remapped: set[int] = set()  # ids mapped to the matcher's id of a duplicate catalog entry
+
+    def title(self, mid: str, mentions: dict[str, str]) -> str:
+        """The conversation's own title of the movie, else the catalog's ``Title (Year)``."""
+        if mid in mentions:
+            return mentions[mid]
+        if int(mid) in self.catalog:
+            self.stats["mentions without a title in movieMentions (catalog title used)"] += 1
+            return self.catalog.display(int(mid))
+        self.stats["mentions with no title at all"] += 1
+        return "a movie"
+
+    def to_id(self, mid: str) -> int | None:
+        """The canonical catalog id, or None (counted) for an id the catalog does not list."""
+        iid = int(mid)
+        if iid not in self.catalog:
+            self.stats["mentions of ids not in the catalog"] += 1
+            return None
+        if self.canonical[iid] != iid:
+            self.remapped.add(iid)
+        return self.canonical[iid]
+
+
+def conversation_samples(conv: dict, conv_id: str, resolver: MentionResolver, popular: list[int], *, name: str,
+                         n_items: int, stats: Counter, skips: SkipCounter) -> list[dict]:
+    """The records of one conversation: one per recommender turn that mentions a movie new to the conversation
+    (turns that do not qualify are counted in ``skips``)."""
+    catalog = resolver.catalog
+    mentions = {str(k): _norm(v) for k, v in conv["movieMentions"].items() if isinstance(v, str) and _norm(v)}
+    seeker, recommender = conv["initiatorWorkerId"], conv["respondentWorkerId"]
+    samples: list[dict] = []
+    lines: list[str] = []
+    seen: dict[int, None] = {}
+    for turn in merge_turns(conv["messages"]):
+        stats["turns (consecutive messages merged)"] += 1
+        if turn["sender"] == seeker:
+            role = "USER"
+        elif turn["sender"] == recommender:
+            role = "SYSTEM"
+        else:
+            skips.skip("turn by a worker who is neither initiator nor respondent (left out of the text)")
+            continue
+        mids = MENTION.findall(turn["text"])
+        stats["mentions (@id) read"] += len(mids)
+        ids = [i for i in (resolver.to_id(m) for m in mids) if i is not None]
+        if role == "SYSTEM":
+            stats["recommender turns"] += 1
+        if role == "SYSTEM" and mids:
+            stats["recommender turns mentioning a movie"] += 1
+            gt = [i for i in dict.fromkeys(ids) if i not in seen]
+            if not lines:
+                skips.skip("recommender turn mentioning a movie before any other turn (no conversation)")
+            elif not gt:
+                skips.skip("recommender turn mentions only movies already mentioned earlier" if ids else
+                           "recommender turn mentions only movies not in the catalog")
+            else:
+                undated = [i for i in gt if catalog[i]["year"] is None]
+                stats["groundtruth ids without a year (kept in groundtruth, not written in the completion)"
+                      ] += len(undated)
+                comp_ids = pad_with_popular([i for i in gt if catalog[i]["year"] is not None], popular,
+                                            exclude=set(seen), n=n_items)
+                samples.append({
+                    "sample_id": f"{name}/c{conv_id}/m{turn['message_id']}",
+                    "prompt": build_prompt("\n".join(lines), n_items=n_items),
+                    "completion": format_completion([item_line(catalog[i]["title"], catalog[i]["year"])
+                                                     for i in comp_ids]),
+                    "groundtruth": gt,
+                    "seen": list(seen),
+                    "history": [],
+                    "target": None,
+                    "timestamp": None,
+                })
+        text = MENTION.sub(lambda m: resolver.title(m.group(1), mentions), turn["text"])
+        lines.append(f"{role}: {text}")
+        seen.update(dict.fromkeys(ids))
+    return samples
+
+
+def build(raw_dir, output_dir, *, catalog_path=None, name: str = "redial", n_items: int = 20,
+          valid_fraction: float = 0.1, split_fractions=(0.8, 0.1, 0.1), progress: bool = True,
+          quiet: bool = False) -> dict:
+    """Build the processed data set in ``output_dir``; returns the summary (also written to summary.json)."""
+    raw = Path(raw_dir)
+    files = discover_files(raw)
+    catalog_path, catalog = load_source_catalog(raw, catalog_path, "movies_with_mentions.csv")
+    file_split, carve, split_mode = file_splits(files, valid_fraction)
+    canonical, popular = canonical_ids(catalog)
+
+    skips = SkipCounter()
+    stats: Counter = Counter({k: 0 for k in STAT_NAMES})
+    resolver = MentionResolver(catalog, canonical, stats)
+    records: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    convs_per_split: dict[str, set[str]] = {s: set() for s in SPLITS}
+    conversations = tqdm(iter_conversations(files, stats), desc=f"{name} conversations", unit="conv",
+                         disable=not progress, mininterval=1.0)
+    for path, conv_id, conv in conversations:
+        split = assign_split(conv_id, file_split[path], split_fractions, carve_validation=carve)
+        samples = conversation_samples(conv, conv_id, resolver, popular, name=name, n_items=n_items, stats=stats,
+                                       skips=skips)
+        records[split] += samples
+        if samples:
+            convs_per_split[split].add(conv_id)
+    stats["ids mapped to the matcher's id of a duplicate catalog entry"] = len(resolver.remapped)
 
     summary = {
         "dataset": name,

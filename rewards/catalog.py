@@ -7,9 +7,12 @@ Matching rules (docs/ARCHITECTURE.md):
 
 * titles are compared after :func:`normalize_title` (an O(1) dict lookup);
 * among the catalog entries with that title: the exact year first, then the nearest year within
-  ``year_tolerance`` (ties -> the earlier year); catalog entries without a year match any query year,
-  but only when no dated entry does;
-* a query without a year matches only a title that has exactly one catalog entry;
+  ``year_tolerance`` (ties -> the earlier year, then the entry whose title is written exactly as the query's,
+  up to case and spacing: ``Adaptation. (2002)`` and ``Adaptation (2002)`` are two entries, each reachable);
+  catalog entries without a year match any query year, but only when no dated entry does;
+* a query without a year matches the title's undated entry when it has one (ReDial's yearless movies:
+  ``The Mummy`` is the undated entry even though ``The Mummy (1999)`` exists too), otherwise only a title
+  that has exactly one catalog entry; among several undated entries the exact spelling, then catalog order;
 * an optional rapidfuzz fallback over the normalised keys when ``fuzzy_threshold`` is set.
 """
 from __future__ import annotations
@@ -235,6 +238,7 @@ class Catalog:
         self._items: list[dict] = []
         self._by_id: dict[int, dict] = {}
         self._index: dict[str, list[tuple[int, int]]] = {}  # key -> [(id, priority)] in catalog order
+        self._spelling: dict[int, str] = {}  # id -> casefolded title, the tie-break between equal keys
 
         for row, raw in enumerate(items):
             if not isinstance(raw, dict):
@@ -258,6 +262,7 @@ class Catalog:
             if iid in self._by_id:
                 raise CatalogError(f"{self.source}: row {row}: duplicate id {iid}")
             self._by_id[iid] = item
+            self._spelling[iid] = item["title"].casefold()
             self._items.append(item)
             for key, prio in _title_keys(item["title"]):
                 self._index.setdefault(key, []).append((iid, prio))
@@ -355,11 +360,15 @@ class Catalog:
         if not cands:
             return None
         if year is None:
+            undated = self._undated(cands, title)
+            if undated is not None:
+                return undated
             # only a title with a single entry (full titles first, alternate titles if there are none)
             primary = [iid for iid, prio in cands if prio == 0] or [iid for iid, _ in cands]
             return primary[0] if len(primary) == 1 else None
+        spelled = _SPACES.sub(" ", title).strip().casefold() if len(cands) > 1 else None
         best: int | None = None
-        best_key: tuple[int, int, int] | None = None
+        best_key: tuple[int, int, int, bool] | None = None
         undated: int | None = None
         undated_prio = 2
         for iid, prio in cands:
@@ -371,12 +380,32 @@ class Catalog:
             d = abs(y - year)
             if d > self.year_tolerance:
                 continue
-            k = (d, y, prio)  # nearest first, then the earlier year, then full title; then catalog order
+            # nearest first, then the earlier year, then full title, then the exact spelling; then catalog order
+            k = (d, y, prio, spelled is not None and self._spelling[iid] != spelled)
             if best_key is None or k < best_key:
                 best, best_key = iid, k
         if best is not None:
             return best
         return undated
+
+    def _undated(self, cands: list[tuple[int, int]], title: str) -> int | None:
+        """The entry a yearless query names among ``cands``: an undated one (full titles before alternate
+        titles, then the exact spelling, then catalog order), or None when every entry has a year."""
+        undated = [(prio, iid) for iid, prio in cands if self._by_id[iid]["year"] is None]
+        if not undated:
+            return None
+        if len(undated) > 1:
+            spelled = _SPACES.sub(" ", str(title)).strip().casefold()
+            undated.sort(key=lambda pi: (pi[0], self._spelling[pi[1]] != spelled))  # stable: catalog order
+        return undated[0][1]
+
+    def match_undated(self, title: str) -> int | None:
+        """The catalog id of a line written WITHOUT a year when years are required: the title's undated
+        entry (as :meth:`match` picks it), or None when the title has none (a dated title must carry its year)."""
+        if title is None:
+            return None
+        cands = self._candidates(str(title))
+        return self._undated(cands, str(title)) if cands else None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Relevance judgement of one completion (METHODS.md §2, docs/ARCHITECTURE.md).
+"""Relevance judgement of completions (METHODS.md §2, docs/ARCHITECTURE.md).
 
 Every parsed item gets one status, checked in this order:
 
@@ -6,17 +6,25 @@ Every parsed item gets one status, checked in this order:
 same completion) -> ``hit`` (id still in the ground-truth multiset; consumes one copy) -> ``miss``.
 
 ``rel_k = 1`` iff status is ``hit``. ALL parsed items are judged; callers cut to N.
+
+Which lines are items: ``rewards.parse.parse_line`` on each line; with ``require_year`` a line without a year
+is an item only when it names a catalog entry that has no year (``Catalog.match_undated``; parse.py's
+docstring says why). :func:`line_catalog_id` is that one rule, used by :func:`judge` (one completion, with
+spans) and by :func:`match_texts` (a batch: each distinct line parsed and matched once).
+
+One status rule: :func:`judge_ids` (ids of one list) is what :func:`judge_items` and :func:`judge_id_lists`
+(a batch of lists, e.g. ranked catalog ids from a recommender that writes no text) both apply.
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from .catalog import Catalog
-from .parse import ParsedItem, parse_items
+from .parse import ParsedItem, parse_items, parse_line, split_lines
 
 __all__ = [
     "DUPLICATE",
@@ -25,9 +33,15 @@ __all__ = [
     "OUT_OF_CATALOG",
     "SEEN",
     "STATUSES",
+    "BatchJudgement",
     "Judgement",
     "judge",
+    "judge_batch",
+    "judge_id_lists",
+    "judge_ids",
     "judge_items",
+    "line_catalog_id",
+    "match_texts",
 ]
 
 OUT_OF_CATALOG = "out_of_catalog"
@@ -123,6 +137,30 @@ class Judgement:
         ]
 
 
+def judge_ids(ids: Sequence[int | None], groundtruth: Iterable[int], seen: Iterable[int] = ()) -> list[str]:
+    """THE status rule (module docstring) for one list of catalog ids in rank order (None = no catalog item)."""
+    remaining = Counter(groundtruth)
+    seen_set = seen if isinstance(seen, (set, frozenset)) else set(seen)
+    listed: set[int] = set()
+    status: list[str] = []
+    append = status.append
+    for iid in ids:
+        if iid is None:
+            append(OUT_OF_CATALOG)
+            continue
+        if iid in seen_set:
+            append(SEEN)
+        elif iid in listed:
+            append(DUPLICATE)
+        elif remaining[iid] > 0:
+            remaining[iid] -= 1
+            append(HIT)
+        else:
+            append(MISS)
+        listed.add(iid)
+    return status
+
+
 def judge_items(
     items: list[ParsedItem],
     ids: list[int | None],
@@ -131,27 +169,27 @@ def judge_items(
     n_items: int = 20,
 ) -> Judgement:
     """Statuses for already parsed and matched items (``ids[k]`` = catalog id of ``items[k]`` or None)."""
-    remaining = Counter(groundtruth)
-    n_gt = sum(remaining.values())
-    seen_set = set(seen)
-    listed: set[int] = set()
-    status: list[str] = []
-    for iid in ids:
-        if iid is None:
-            st = OUT_OF_CATALOG
-        elif iid in seen_set:
-            st = SEEN
-        elif iid in listed:
-            st = DUPLICATE
-        elif remaining[iid] > 0:
-            remaining[iid] -= 1
-            st = HIT
-        else:
-            st = MISS
-        if iid is not None:
-            listed.add(iid)
-        status.append(st)
-    return Judgement(list(items), list(ids), status, n_groundtruth=n_gt, n_items=n_items)
+    groundtruth = list(groundtruth)
+    status = judge_ids(ids, groundtruth, seen)
+    return Judgement(list(items), list(ids), status, n_groundtruth=len(groundtruth), n_items=n_items)
+
+
+_NOT_AN_ITEM = object()  # line_catalog_id's answer for a line that is no item at all
+
+
+def line_catalog_id(stripped: str, catalog: Catalog, require_year: bool = True):
+    """The catalog id of one stripped line (None: an item that matched nothing), or ``_NOT_AN_ITEM``."""
+    parsed = parse_line(stripped, require_year=False)
+    return _NOT_AN_ITEM if parsed is None else _catalog_id(parsed[0], parsed[1], catalog, require_year)
+
+
+def _catalog_id(title: str, year: int | None, catalog: Catalog, require_year: bool):
+    """The matching step of a parsed line: with ``require_year`` a line without a year is an item only when it
+    names an undated catalog entry (else ``_NOT_AN_ITEM``); every other item gets ``catalog.match``."""
+    if year is not None or not require_year:
+        return catalog.match(title, year)
+    iid = catalog.match_undated(title)
+    return _NOT_AN_ITEM if iid is None else iid
 
 
 def judge(
@@ -164,6 +202,97 @@ def judge(
 ) -> Judgement:
     """Parse ``text``, match every item against ``catalog`` and judge it against the ground-truth
     multiset ``groundtruth`` (catalog ids) and the ids in ``seen``."""
-    items = parse_items(text, require_year=require_year)
-    ids = [catalog.match(it.title, it.year) for it in items]
+    items: list[ParsedItem] = []
+    ids: list[int | None] = []
+    # every candidate line (years optional), kept when the matching step makes it an item: line_catalog_id's rule
+    for it in parse_items(text, require_year=False):
+        iid = _catalog_id(it.title, it.year, catalog, require_year)
+        if iid is not _NOT_AN_ITEM:
+            items.append(it)
+            ids.append(iid)
     return judge_items(items, ids, groundtruth, seen, n_items=n_items)
+
+
+# ------------------------------------------------------------------------------------------------ batches
+def match_texts(
+    texts: Sequence[str], catalog: Catalog, require_year: bool = True, memo: dict | None = None
+) -> list[list[int | None]]:
+    """Catalog ids of the items of each text, in list order (None = an item that matched nothing).
+
+    Exactly ``[judge(t, ...).ids for t in texts]``, but each distinct line is parsed and matched once
+    (``memo``: line -> answer; pass the same dict to several calls with the SAME catalog and require_year
+    to share it)."""
+    memo = {} if memo is None else memo
+    skip = _NOT_AN_ITEM
+    out: list[list[int | None]] = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"match_texts expects str completions, got {type(text).__name__}")
+        ids: list[int | None] = []
+        for line in split_lines(text):
+            iid = memo.get(line, memo)  # the memo itself marks "not seen yet" (ids and None are answers)
+            if iid is memo:
+                stripped = line.strip()
+                iid = line_catalog_id(stripped, catalog, require_year) if stripped else skip
+                memo[line] = iid
+            if iid is not skip:
+                ids.append(iid)
+        out.append(ids)
+    return out
+
+
+@dataclass
+class BatchJudgement:
+    """Columnar judgement of a batch: per sample its catalog ids and statuses in list order (no spans)."""
+
+    ids: list[list[int | None]]
+    status: list[list[str]]
+    n_groundtruth: np.ndarray  # (B,) int64
+    n_items: int = 20
+
+    def __post_init__(self) -> None:
+        if not len(self.ids) == len(self.status) == len(self.n_groundtruth):
+            raise ValueError(f"BatchJudgement fields differ in length: {len(self.ids)} id lists, "
+                             f"{len(self.status)} status lists, {len(self.n_groundtruth)} ground-truth sizes")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_judgements(cls, judgements: Sequence[Judgement], n_items: int | None = None) -> "BatchJudgement":
+        n = judgements[0].n_items if n_items is None and judgements else (20 if n_items is None else n_items)
+        return cls([list(j.ids) for j in judgements], [list(j.status) for j in judgements],
+                   np.asarray([j.n_groundtruth for j in judgements], dtype=np.int64), n_items=int(n))
+
+
+def judge_id_lists(
+    id_lists: Sequence[Sequence[int | None]],
+    groundtruths: Sequence[Iterable[int]],
+    seens: Sequence[Iterable[int]] | None = None,
+    n_items: int = 20,
+) -> BatchJudgement:
+    """:func:`judge_ids` on every list (``seens`` None = nothing seen)."""
+    if len(id_lists) != len(groundtruths):
+        raise ValueError(f"{len(id_lists)} id lists for {len(groundtruths)} ground truths")
+    if seens is not None and len(seens) != len(id_lists):
+        raise ValueError(f"{len(seens)} seen lists for {len(id_lists)} id lists")
+    ids_out, status_out, n_gt = [], [], np.empty(len(id_lists), dtype=np.int64)
+    for b, ids in enumerate(id_lists):
+        gt = list(groundtruths[b] or ())
+        ids = list(ids)
+        ids_out.append(ids)
+        status_out.append(judge_ids(ids, gt, (seens[b] or ()) if seens is not None else ()))
+        n_gt[b] = len(gt)
+    return BatchJudgement(ids_out, status_out, n_gt, n_items=int(n_items))
+
+
+def judge_batch(
+    texts: Sequence[str],
+    catalog: Catalog,
+    groundtruths: Sequence[Iterable[int]],
+    seens: Sequence[Iterable[int]] | None = None,
+    n_items: int = 20,
+    require_year: bool = True,
+) -> BatchJudgement:
+    """``judge`` on every text, columnar: :func:`match_texts` then :func:`judge_id_lists` (the id-list path)."""
+    return judge_id_lists(match_texts(texts, catalog, require_year), groundtruths, seens, n_items=n_items)

@@ -7,10 +7,29 @@ item iff what remains is ``Title (YYYY)`` (four-digit year, then only spaces/clo
 With ``require_year=False`` any other non-empty line that is not prose (a preamble/outro: ends with ``:``,
 starts like "Here are ...", or is a sentence) is an item with ``year=None``.
 
+Two rules keep titles that look like markup intact:
+
+* numbering is ``N.`` / ``N)`` NOT directly followed by a digit: in ``9.99 (2012)``, ``2.0 (2017)`` or
+  ``11.22.63 (2016)`` the period is part of the title (``1. 2.0 (2017)`` still loses its ``1.``);
+* ``**`` / ``__`` is markdown only where it opens or closes a word (not between two letters/digits), so a
+  censored word keeps its asterisks: ``Don't F**k with Cats (2019)``, ``**M*A*S*H (1970)**``.
+
+Yearless catalog items (ReDial has 616: users named them without a year). Such an item is recommended by its
+catalog display form, the bare ``Title`` (``preprocess.common.item_line``, the oracle and popularity
+baselines all write it that way). ``parse_items`` stays catalog-free: under ``require_year=True`` it returns
+only ``Title (YYYY)`` lines. The catalog-aware rule lives in ``rewards.judge``: with years required, a bare
+title line (not prose) ALSO counts as an item when it names a catalog entry that has no year
+(``Catalog.match_undated``); any other line without a year is not an item, exactly as before. So the paper's
+``Title (Year)`` behaviour holds for every dated title, and a yearless one is reachable in the only form
+it has.
+
 ``ParsedItem.start``/``end`` is the span of the item's WHOLE line in the original text: from its first
 non-whitespace character (numbering and markdown included) to its last non-whitespace character + 1
 (the newline excluded), so ``text[item.start:item.end] == line.strip()``. ``line`` is the 0-based line
 index. Token-to-item assignment (Rank-GRPO) uses exactly these spans.
+
+Every line is parsed on its own (:func:`parse_line`), so batch scoring (``rewards.judge.match_texts``)
+parses each distinct line once.
 """
 from __future__ import annotations
 
@@ -18,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-__all__ = ["ParsedItem", "iter_lines", "parse_items", "clean_line", "is_prose"]
+__all__ = ["ParsedItem", "iter_lines", "parse_items", "parse_line", "split_lines", "clean_line", "is_prose"]
 
 
 @dataclass(frozen=True)
@@ -39,8 +58,10 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _BULLET = re.compile(r"^(?:[-*+\u2013\u2014]\s+|[\u2022\u00b7\u2023\u25aa\u25cf\u25e6\u2043\u2219]\s*|>\s*)")
 _HEADING = re.compile(r"^#{1,6}\s+")
 # Numbering is stripped once per line (a title may itself start with digits: "300: Rise of an Empire").
-_NUMBERING = re.compile(r"^(?:\#\s?\d{1,3}\s*[.):]?\s*|\d{1,3}\s*[.)]\s*|\d{1,3}\s*[-\u2013\u2014]\s+)")
-_INLINE_MARKDOWN = re.compile(r"\*\*|__|`+")
+# "N." / "N)" directly followed by a digit is a decimal point inside a title ("2.0 (2017)"), not numbering.
+_NUMBERING = re.compile(r"^(?:\#\s?\d{1,3}\s*[.):]?\s*|\d{1,3}\s*[.)](?!\d)\s*|\d{1,3}\s*[-\u2013\u2014]\s+)")
+# "**" / "__" between two letters/digits is a censored word ("F**k"), not emphasis: only strip it at a word edge.
+_INLINE_MARKDOWN = re.compile(r"(?<![^\W_])(?:\*\*|__)|(?:\*\*|__)(?![^\W_])|`+")
 _SURROUND = " \t\"'*_\u201c\u201d\u2018\u2019"
 _ITEM = re.compile(
     r"^(?P<title>.*?\S)\s*\(\s*(?P<year>\d{4})\s*\)(?P<tail>[\s.,;!*_\"'`\u201d\u2019]*)$"
@@ -82,9 +103,13 @@ def iter_lines(text: str) -> Iterator[tuple[int, int, int, str]]:
 
 def clean_line(line: str) -> str:
     """Strip list numbering, bullets, markdown and surrounding quotes from one (stripped) line."""
-    s = _INLINE_MARKDOWN.sub("", line).strip()
+    if "*" in line or "_" in line or "`" in line:  # (a cheap test: most lines hold no markdown at all)
+        line = _INLINE_MARKDOWN.sub("", line)
+    s = line.strip()
     numbered = False
     for _ in range(8):
+        if not s or s[0].isalpha():  # no bullet, heading or numbering starts with a letter: nothing to strip
+            break
         before = s
         s = _BULLET.sub("", s, count=1)
         s = _HEADING.sub("", s, count=1)
@@ -117,6 +142,8 @@ def is_prose(line: str) -> bool:
 
 def _clean_title(title: str) -> str:
     t = title.strip()
+    if t and t[0] not in _SURROUND and t[-1] not in _SURROUND:  # nothing to strip (the common case)
+        return t
     for _ in range(3):
         new = t.strip(_SURROUND)
         # Strip a lone leading apostrophe only when it pairs with a trailing one ("'71" keeps it).
@@ -128,6 +155,35 @@ def _clean_title(title: str) -> str:
     return t
 
 
+def parse_line(stripped: str, require_year: bool = True) -> tuple[str, int | None] | None:
+    """``(title, year)`` of one stripped line, or None when the line is not an item (module docstring).
+
+    The one per-line rule: :func:`parse_items` applies it to every line, batch scoring to every distinct line.
+    """
+    content = clean_line(stripped)
+    if not content:
+        return None
+    m = _ITEM.match(content)  # a "Title (YYYY)" line is an item whatever its first words
+    if m:
+        title = _clean_title(m.group("title"))
+        if title and _HAS_WORD.search(title):
+            return title, int(m.group("year"))
+        return None
+    if require_year or is_prose(content):
+        return None
+    title = _clean_title(content.rstrip(",;:"))
+    if title and _HAS_WORD.search(title):
+        return title, None
+    return None
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of ``text``, as :func:`iter_lines` splits them (``\\r\\n``, ``\\r``, ``\\n``), not stripped."""
+    if "\r" not in text:
+        return text.split("\n")
+    return _LINE_BREAK.split(text)
+
+
 def parse_items(text: str, require_year: bool = True) -> list[ParsedItem]:
     """Ordered items of a completion (see the module docstring)."""
     if not isinstance(text, str):
@@ -136,18 +192,7 @@ def parse_items(text: str, require_year: bool = True) -> list[ParsedItem]:
     for idx, start, end, stripped in iter_lines(text):
         if not stripped:
             continue
-        content = clean_line(stripped)
-        if not content:
-            continue
-        m = _ITEM.match(content)  # a "Title (YYYY)" line is an item whatever its first words
-        if m:
-            title = _clean_title(m.group("title"))
-            if title and _HAS_WORD.search(title):
-                items.append(ParsedItem(title, int(m.group("year")), start, end, idx))
-            continue
-        if require_year or is_prose(content):
-            continue
-        title = _clean_title(content.rstrip(",;:"))
-        if title and _HAS_WORD.search(title):
-            items.append(ParsedItem(title, None, start, end, idx))
+        parsed = parse_line(stripped, require_year)
+        if parsed is not None:
+            items.append(ParsedItem(parsed[0], parsed[1], start, end, idx))
     return items

@@ -210,7 +210,12 @@ def test_match_undated_and_query_without_year():
     assert cat.match("Undated Only", 1950) == 80
     assert cat.match("The Matrix", None) == 20  # one entry: a yearless query matches
     assert cat.match("Heat", None) is None  # two entries: ambiguous
-    assert cat.match("The Thing", None) is None
+    # A yearless query names the undated entry (ReDial's yearless "The Mummy" beside "The Mummy (1999)"); before,
+    # this returned None, so such a catalog item could never be matched by any line.
+    assert cat.match("The Thing", None) == 50
+    assert cat.match_undated("The Thing") == 50
+    assert cat.match_undated("The Matrix") is None  # dated only: a yearless line does not name it
+    assert cat.match_undated("Nonexistent") is None
     assert cat.match("The Matrix (1999)") == 20  # year taken from the title when not given
     assert cat.match("Heat (1995)") == 11
     assert cat.match("Nonexistent", 1999) is None
@@ -444,17 +449,19 @@ def test_redial_csv_catalog():
     assert cat.match("Exorcist, The", 1974) == 76012
     n_no_year = sum(split_title_year(r["movieName"])[1] is None for r in rows)
     assert cat.report == {"no_year_in_name": n_no_year}
-    # every dated ReDial name matches its own id or an entry with the same title and a year within tolerance
+    # Every ReDial name matches its OWN id, the 616 yearless ones included (before, a yearless name whose title
+    # also had a dated entry, "The Mummy", matched nothing), except a name spelled exactly like an earlier row
+    # (same title up to case and spacing, same year): the first such row wins.
+    first_of: dict = {}
     for r in rows:
         title, year = split_title_year(r["movieName"])
-        got = cat.match(title, year)
-        if year is None and len(cat.ids_for_title(title)) > 1:
-            assert got is None  # a yearless query is ambiguous when the title has several entries
-            continue
-        assert got is not None, r
-        assert normalize_title(cat[got]["title"]) == normalize_title(title)
-        if year is not None and cat[got]["year"] is not None:
-            assert abs(cat[got]["year"] - year) <= 2
+        first_of.setdefault((" ".join(title.split()).casefold(), year), int(r["movieId"]))
+    for r in rows:
+        title, year = split_title_year(r["movieName"])
+        assert cat.match(title, year) == first_of[(" ".join(title.split()).casefold(), year)], r
+        if year is None:
+            assert cat.match_undated(title) == cat.match(title, None)
+    assert cat.match("The Mummy", None) == 76171
 
 
 def test_ml100k_inverted_articles_match_display_form():
@@ -498,3 +505,26 @@ def test_normalize_idempotent_on_real_titles():
         once = normalize_title(t)
         assert normalize_title(once) == once, t
         assert once == once.strip() and "  " not in once
+
+
+def test_equal_keys_tie_break_on_exact_spelling_so_every_entry_is_reachable():
+    # Reddit-v2's catalog holds "Adaptation (2002)" AND "Adaptation. (2002)", "Mother (2017)" AND "Mother! (2017)":
+    # equal normalised keys and years. Each entry's own display form must match that entry, not the first one.
+    cat = Catalog([
+        {"id": 1, "title": "Adaptation", "year": 2002},
+        {"id": 2, "title": "Adaptation.", "year": 2002},
+        {"id": 3, "title": "Tinker Bell", "year": None},
+        {"id": 4, "title": "tinker  bell!", "year": None},
+        {"id": 5, "title": "Tinker Bell", "year": 2008},
+    ])
+    assert cat.match("Adaptation", 2002) == 1
+    assert cat.match("Adaptation.", 2002) == 2
+    assert cat.match("ADAPTATION.", 2002) == 2  # up to case
+    assert cat.match("Adaptation!", 2002) == 1  # neither spelling: catalog order, as before
+    assert cat.match("Adaptation.", 2003) == 2  # within tolerance: same rule
+    assert cat.match("Tinker Bell", None) == 3
+    assert cat.match("Tinker Bell!", None) == 4
+    assert cat.match("Tinker Bell", 2008) == 5
+    assert cat.match_undated("tinker bell!") == 4
+    for it in cat:
+        assert cat.match(it["title"], it["year"]) == it["id"], it

@@ -217,3 +217,54 @@ def test_real_reddit_completions():
         _check_spans(decorated, again)
     # only the completion that copied the catalog's bad row ("The Wall (201)") is short
     assert short == [["The Wall (201)"]]
+
+
+@pytest.mark.parametrize(
+    "line, title, year",
+    [
+        # a period directly followed by a digit is part of the title, not list numbering
+        ("9.99 (2012)", "9.99", 2012),
+        ("2.0 (2017)", "2.0", 2017),
+        ("11.22.63 (2016)", "11.22.63", 2016),
+        ("1. 2.0 (2017)", "2.0", 2017),
+        ("3) 11.22.63 (2016)", "11.22.63", 2016),
+        ("- **2.0 (2017)**", "2.0", 2017),
+        ("1.The Matrix (1999)", "The Matrix", 1999),  # numbering without a space still goes
+        # "**" between two letters is a censored word, not emphasis
+        ("Don't F**k with Cats: Hunting an Internet Killer (2019)",
+         "Don't F**k with Cats: Hunting an Internet Killer", 2019),
+        ("1. **Don't F**k with Cats: Hunting an Internet Killer (2019)**",
+         "Don't F**k with Cats: Hunting an Internet Killer", 2019),
+        ("**M*A*S*H (1970)**", "M*A*S*H", 1970),
+        ("***The Matrix (1999)***", "The Matrix", 1999),
+        ("**The Matrix**(1999)", "The Matrix", 1999),
+    ],
+)
+def test_titles_that_look_like_markup_keep_their_characters(line, title, year):
+    (item,) = parse_items(line)
+    assert (item.title, item.year) == (title, year)
+
+
+def test_censored_and_decimal_titles_match_their_catalog_entry():
+    from rewards.catalog import Catalog
+
+    cat = Catalog([
+        {"id": 1, "title": "Don't F**k with Cats: Hunting an Internet Killer", "year": 2019},
+        {"id": 2, "title": "11.22.63", "year": 2016},
+        {"id": 3, "title": "2.0", "year": 2017},
+        {"id": 4, "title": "Fk with Cats", "year": 2019},
+    ])
+    text = "1. **Don't F**k with Cats: Hunting an Internet Killer (2019)**\n2. 11.22.63 (2016)\n3. 2.0 (2017)"
+    assert [cat.match(it.title, it.year) for it in parse_items(text)] == [1, 2, 3]
+
+
+def test_parse_line_is_the_per_line_rule_of_parse_items():
+    from rewards.parse import parse_line, split_lines
+
+    text = "Here you go:\r\n1. The Matrix (1999)\r\rHeat\n- **Alien (1979)**\n\nEnjoy!"
+    for require_year in (True, False):
+        expect = [(it.title, it.year) for it in parse_items(text, require_year=require_year)]
+        got = [p for p in (parse_line(line.strip(), require_year) for line in split_lines(text) if line.strip()) if p]
+        assert got == expect
+    assert split_lines("a\r\nb\rc\nd") == ["a", "b", "c", "d"]
+    assert split_lines("a\x0bb\n") == ["a\x0bb", ""]  # only \r and \n end a line

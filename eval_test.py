@@ -2,7 +2,8 @@
 
     # a model folder
     python eval_test.py --model_path results/sft/checkpoint-1500 --dataset_path processed_datasets/reddit_v2
-    # completions produced elsewhere (JSON Lines: {"index": row, "completion": text}), no model loaded
+    # completions (or ranked ids) produced elsewhere: JSON Lines {"index": row, "completion": text} or
+    # {"index": row, "item_ids": [catalog ids]}, no model loaded
     python eval_test.py --predictions preds.jsonl --dataset_path processed_datasets/reddit_v2 --output_dir out
     # popularity baseline (most popular training items, seen ones removed)
     python eval_test.py --baseline popularity --dataset_path processed_datasets/reddit_v2
@@ -13,6 +14,8 @@
 Writes <output_dir>/metrics.json and predictions.jsonl and prints a table. Default output_dir: <model>/eval_<split>
 for a model (so <model_root>/checkpoint-N/eval_test), <predictions dir>/<stem>_eval_<split> for a predictions
 file, results/baselines/<data set>/<baseline>_eval_<split> for a baseline (`_<protocol>` appended when strict).
+Every source is a recommender (evaluation/recommenders.py) scored by the same code; --max_samples N scores a
+seeded random subset of N rows (--seed), and predictions keep each row's `index` in the full split.
 """
 from __future__ import annotations
 
@@ -21,18 +24,22 @@ import sys
 from pathlib import Path
 
 from evaluation.evaluate import (
-    add_common_arguments,
+    add_evaluation_arguments,
     backend_options,
-    evaluate,
     format_metrics,
-    groundtruth_completions,
     load_split,
     normalize_split,
     output_tag,
-    popularity_completions,
-    read_predictions,
-    require_year_arg,
 )
+from evaluation.recommenders import (
+    GroundtruthRecommender,
+    PopularityRecommender,
+    StaticPredictions,
+    TextRecommender,
+    evaluate_recommender,
+)
+from trainers.run_logging import tee_output
+from trainers.script_args import add_common_script_arguments, require_year_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,16 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = parser.add_argument_group("what to evaluate (exactly one)")
     src.add_argument("--model_path", help="model folder (a checkpoint or a saved model)")
-    src.add_argument("--predictions", help="JSON Lines file of {index, completion}: score without a model")
+    src.add_argument("--predictions", help="JSON Lines file of {index, completion} or {index, item_ids}: score "
+                                           "without a model")
     src.add_argument("--baseline", choices=("popularity", "groundtruth"),
-                     help="popularity: the most popular training items; groundtruth: oracle (sanity check)")
+                     help="popularity: the most popular training items; groundtruth: oracle (sanity check). Both "
+                          "are written as `Title (Year)` lines and parsed back, as a model's answer would be")
     src.add_argument("--model_root", help="run folder: evaluates <model_root>/checkpoint-<checkpoint> "
                                           "(Rank-GRPO's grpo_test.py form)")
     src.add_argument("--checkpoint", default=None, help="checkpoint step under --model_root (an int, or last)")
     src.add_argument("--model_name", default=None, help="base model name (recorded in metrics.json)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
     parser.add_argument("--output_dir", default=None, help="where metrics.json / predictions.jsonl go")
-    add_common_arguments(parser)
+    add_common_script_arguments(parser)
+    add_evaluation_arguments(parser)
     return parser
 
 
@@ -74,26 +84,9 @@ def default_output_dir(args, model_path: str | None, tag: str) -> Path:
     return Path("results") / "baselines" / Path(args.dataset_path).resolve().name / f"{args.baseline}_{tag}"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
-    model_path = resolve_model_path(args)
-    sources = [x for x in (model_path, args.predictions, args.baseline) if x]
-    if len(sources) != 1:
-        raise SystemExit("error: give exactly one of --model_path / --model_root, --predictions, --baseline")
-    split = normalize_split(args.split)
-    tag = output_tag(split, args.protocol)
-    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, model_path, tag)
-
-    dataset, catalog, n_full, splits = load_split(args.dataset_path, split, args.catalog_path, args.max_samples)
-    provenance: dict = {
-        "split": split,
-        "dataset_path": str(Path(args.dataset_path).resolve()),
-        "catalog_path": str(Path(args.catalog_path).resolve()) if args.catalog_path else None,
-        "model_name": args.model_name,
-        "max_samples": args.max_samples,
-        "num_rows_in_split": n_full,
-    }
-    completions = backend = None
+def make_recommender(args, model_path: str | None, data, provenance: dict):
+    """The recommender the command line names (a model, a predictions file or a baseline); fills provenance."""
+    require_year = require_year_arg(args.require_year)
     if model_path is not None:
         from evaluation.backends import make_backend, resolve_backend_name
 
@@ -101,32 +94,58 @@ def main(argv: list[str] | None = None) -> dict:
         provenance.update(model_path=str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
                           backend=backend_name, decoding="greedy", max_new_tokens=args.max_new_tokens,
                           max_prompt_length=args.max_prompt_length)
-        print(f"[eval_test] generating with {backend_name} from {model_path} on {len(dataset)} {split} rows",
-              flush=True)
+        print(f"[eval_test] generating with {backend_name} from {model_path} on {len(data.dataset)} "
+              f"{data.split} rows", flush=True)
         backend = make_backend(backend_name, model_path, **backend_options(args))
-    elif args.predictions:
-        preds = read_predictions(args.predictions, n_full, sample_ids=list(splits[split]["sample_id"]))
-        completions = preds[: len(dataset)]
-        missing = [i for i in preds.missing if i < len(dataset)]
+        return TextRecommender(backend, data.catalog, require_year)
+    if args.predictions:
+        preds = StaticPredictions.from_file(args.predictions, data.catalog, data.num_rows_in_split,
+                                            sample_ids=list(data.full["sample_id"]), rows=data.rows,
+                                            require_year=require_year)
+        missing = [data.rows[i] for i in preds.missing]
         provenance.update(predictions_file=str(Path(args.predictions).resolve()),
                           num_missing_predictions=len(missing), missing_prediction_indices=missing[:100])
         if missing:
-            print(f"[eval_test] WARNING: {len(missing)} of {len(dataset)} rows have no prediction in "
-                  f"{args.predictions}; they are scored as empty completions (zero)", file=sys.stderr, flush=True)
-    elif args.baseline == "popularity":
-        if "train" not in splits:
+            print(f"[eval_test] WARNING: {len(missing)} of {len(data.dataset)} rows have no prediction in "
+                  f"{args.predictions}; they are scored as empty lists (zero)", file=sys.stderr, flush=True)
+        return preds
+    provenance.update(baseline=args.baseline)
+    if args.baseline == "popularity":
+        if "train" not in data.splits:
             raise SystemExit(f"error: --baseline popularity needs a train split in {args.dataset_path}")
-        completions = popularity_completions(splits["train"], dataset, catalog, n_items=args.n_items)
-        provenance.update(baseline="popularity")
-    else:
-        completions = groundtruth_completions(dataset, catalog, n_items=args.n_items)
-        provenance.update(baseline="groundtruth")
+        return PopularityRecommender(data.splits["train"], data.catalog, args.n_items, as_text=True,
+                                     require_year=require_year)
+    return GroundtruthRecommender(data.catalog, args.n_items, as_text=True, require_year=require_year)
 
-    metrics = evaluate(
-        dataset, catalog, output_dir, backend=backend, completions=completions, ks=args.ks,
-        protocol=args.protocol, n_items=args.n_items, require_year=require_year_arg(args.require_year),
-        provenance=provenance,
-    )
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    with tee_output(args.log_file):
+        return run(args)
+
+
+def run(args) -> dict:
+    model_path = resolve_model_path(args)
+    if len([x for x in (model_path, args.predictions, args.baseline) if x]) != 1:
+        raise SystemExit("error: give exactly one of --model_path / --model_root, --predictions, --baseline")
+    split = normalize_split(args.split)
+    tag = output_tag(split, args.protocol)
+    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, model_path, tag)
+
+    data = load_split(args.dataset_path, split, args.catalog_path, args.max_samples, args.seed)
+    provenance: dict = {
+        "split": split,
+        "dataset_path": str(Path(args.dataset_path).resolve()),
+        "catalog_path": str(Path(args.catalog_path).resolve()) if args.catalog_path else None,
+        "model_name": args.model_name,
+        "max_samples": args.max_samples,
+        "seed": args.seed,
+        "num_rows_in_split": data.num_rows_in_split,
+    }
+    recommender = make_recommender(args, model_path, data, provenance)
+    metrics = evaluate_recommender(recommender, data.dataset, data.catalog, output_dir, ks=args.ks,
+                                   protocol=args.protocol, n_items=args.n_items, provenance=provenance,
+                                   row_indices=data.rows)
     source = model_path or args.predictions or f"baseline {args.baseline}"
     print(format_metrics(metrics, args.ks, title=f"== {source} =="), flush=True)
     print(f"[eval_test] wrote {output_dir / 'metrics.json'} and {output_dir / 'predictions.jsonl'}", flush=True)

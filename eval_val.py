@@ -16,39 +16,43 @@ For each <run_dir>/checkpoint-<N> in step order (only N divisible by --step_inte
     step axis). With WANDB_MODE=offline, wandb's dirs default to <run_dir>/wandb_eval (sync later with
     `wandb sync`).
 Also draws the latest trainer_state.json's loss / reward curves into <run_dir>/train_curves.png.
-`_<protocol>` is appended to the eval_<split> names for --protocol strict.
+`_<protocol>` is appended to the eval_<split> names for --protocol strict. --max_samples N evaluates a seeded
+random subset of N rows (--seed), the same rows for every checkpoint.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import gc
-import hashlib
-import json
-import math
 import os
-import re
 import time
 from pathlib import Path
 
+from evaluation.checkpoints import (
+    TrainLogReplay,
+    catalog_fingerprint,
+    checkpoint_complete,
+    csv_row,
+    data_fingerprint,
+    finished_metrics,
+    free_recommender,
+    latest_trainer_state,
+    list_checkpoints,
+    merge_csv,
+    number,
+    train_log_events,
+)
 from evaluation.evaluate import (
-    add_common_arguments,
+    add_evaluation_arguments,
     backend_options,
-    evaluate,
     format_metrics,
     load_split,
     metric_keys,
     normalize_split,
     output_tag,
-    require_year_arg,
 )
 from evaluation.plots import plot_curves, plot_trainer_state
-from trainers.run_logging import configure_wandb
-
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# Settings that must match for a finished checkpoint evaluation to be reused.
-REUSE_KEYS = ("split", "protocol", "n_items", "ks", "num_samples", "max_new_tokens", "max_prompt_length",
-              "require_year_arg", "data_fingerprint", "catalog_fingerprint")
+from evaluation.recommenders import TextRecommender, evaluate_recommender
+from trainers.run_logging import configure_wandb, tee_output
+from trainers.script_args import add_common_script_arguments, require_year_arg
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,37 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("--wandb_project", default=None)
     log.add_argument("--wandb_entity", default=None)
     log.add_argument("--wandb_run_name", default=None, help="default: <run_dir name>-eval_<split>")
-    add_common_arguments(parser)
+    add_common_script_arguments(parser)
+    add_evaluation_arguments(parser)
     return parser
 
 
-# --------------------------------------------------------------------------------------------- checkpoints
-def list_checkpoints(run_dir: Path, step_interval: int | None = None) -> list[tuple[int, Path]]:
-    """`(step, path)` of every checkpoint-<N> folder, by step; multiples of step_interval only when given."""
-    out = []
-    for child in run_dir.iterdir() if run_dir.is_dir() else []:
-        m = CHECKPOINT_RE.match(child.name)
-        if m and child.is_dir():
-            out.append((int(m.group(1)), child))
-    out.sort()
-    if step_interval:
-        if step_interval < 1:
-            raise SystemExit(f"error: --step_interval must be >= 1, got {step_interval}")
-        out = [(s, p) for s, p in out if s % step_interval == 0]
-    return out
-
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
-
-
-def checkpoint_complete(path: Path) -> bool:
-    """A loadable model folder: a config (model or adapter) and a weights file."""
-    has_config = (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
-    return has_config and any((path / name).is_file() for name in WEIGHT_FILES)
-
-
-def _settings(args, split: str, dataset, catalog) -> dict:
+def eval_settings(args, split: str, dataset, catalog) -> dict:
     """What a finished evaluation must share to be reused (paths may move: data and catalog by content)."""
     return {
         "split": split, "protocol": args.protocol, "n_items": args.n_items, "ks": list(args.ks),
@@ -112,72 +91,6 @@ def _settings(args, split: str, dataset, catalog) -> dict:
     }
 
 
-def data_fingerprint(dataset) -> str:
-    h = hashlib.sha1()
-    for name in ("sample_id", "prompt", "groundtruth", "seen"):
-        h.update(json.dumps(list(dataset[name]), sort_keys=True, ensure_ascii=False).encode())
-    return h.hexdigest()[:16]
-
-
-def catalog_fingerprint(catalog) -> str:
-    rows = sorted((it["id"], it["title"], it.get("year")) for it in catalog)
-    return hashlib.sha1(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def finished_metrics(metrics_path: Path, settings: dict) -> tuple[dict | None, str]:
-    """The metrics of a finished evaluation with the same settings, else (None, why it cannot be reused)."""
-    if not metrics_path.is_file():
-        return None, "not evaluated yet"
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        return None, f"unreadable {metrics_path} ({err})"
-    old = metrics.get("eval_settings") or {}
-    diff = [k for k in REUSE_KEYS if old.get(k) != settings.get(k)]
-    if diff:
-        return None, "settings changed: " + ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
-    return metrics, "done"
-
-
-# ------------------------------------------------------------------------------------------------------ CSV
-def _number(value):
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def csv_row(step: int, metrics: dict, columns: list[str]) -> dict:
-    row = {"step": step}
-    for c in columns:
-        if c != "step":
-            row[c] = _number(metrics.get(c))
-    return row
-
-
-def merge_csv(csv_path: Path, rows: dict[int, dict], columns: list[str]) -> None:
-    """Write `csv_path` = its existing rows (by step) updated with `rows`, sorted by step (atomic)."""
-    merged: dict[int, dict] = {}
-    all_columns = list(columns)
-    if csv_path.is_file():
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            for c in reader.fieldnames or []:
-                if c not in all_columns:
-                    all_columns.append(c)
-            for r in reader:
-                try:
-                    merged[int(float(r["step"]))] = r
-                except (KeyError, TypeError, ValueError):
-                    continue
-    merged.update(rows)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=all_columns, extrasaction="ignore")
-        writer.writeheader()
-        for step in sorted(merged):
-            writer.writerow({c: ("" if merged[step].get(c) is None else merged[step].get(c)) for c in all_columns})
-    os.replace(tmp, csv_path)
-
-
-# ---------------------------------------------------------------------------------------------------- wandb
 def init_wandb(args, run_dir: Path, tag: str, settings: dict):
     configure_wandb(run_dir, subdir="wandb_eval")  # offline: wandb folders stay inside the run folder
     import wandb
@@ -190,56 +103,36 @@ def init_wandb(args, run_dir: Path, tag: str, settings: dict):
     )
 
 
-def latest_trainer_state(run_dir: Path, checkpoints: list[tuple[int, Path]]) -> Path | None:
-    """The trainer_state.json with the highest global_step among the run folder and its checkpoints."""
-    best, best_step = None, -1
-    for path in [run_dir / "trainer_state.json"] + [p / "trainer_state.json" for _, p in checkpoints]:
-        if not path.is_file():
-            continue
-        try:
-            step = int(json.loads(path.read_text(encoding="utf-8")).get("global_step") or 0)
-        except (OSError, ValueError, TypeError):
-            continue
-        if step >= best_step:
-            best, best_step = path, step
-    return best
+def evaluate_checkpoint(args, step: int, ckpt: Path, data, settings: dict, backend_name: str, out_dir: Path):
+    """Greedy generation from one checkpoint, scored and written to <checkpoint>/eval_<split>/."""
+    from evaluation.backends import make_backend
 
-
-def train_log_events(trainer_state: Path | None) -> list[tuple[int, dict]]:
-    """`(step, {"train/<key>": value})` from a trainer_state.json log_history (numbers only), by step."""
-    if trainer_state is None:
-        return []
-    history = json.loads(trainer_state.read_text(encoding="utf-8")).get("log_history") or []
-    events: dict[int, dict] = {}
-    for entry in history:
-        step = entry.get("step")
-        if not isinstance(step, int):
-            continue
-        for key, value in entry.items():
-            if key in ("step",) or _number(value) is None or not math.isfinite(value):
-                continue
-            events.setdefault(step, {})[f"train/{key}"] = value
-    return sorted(events.items())
-
-
-# ----------------------------------------------------------------------------------------------------- main
-def _free(backend) -> None:
-    """Release a backend's model before the next checkpoint is loaded (the caller drops its reference too)."""
-    close = getattr(backend, "close", None)
-    if callable(close):
-        close()
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    t0 = time.time()
+    recommender = TextRecommender(make_backend(backend_name, str(ckpt), **backend_options(args)), data.catalog,
+                                  require_year_arg(args.require_year))
+    metrics = evaluate_recommender(
+        recommender, data.dataset, data.catalog, out_dir, ks=args.ks, protocol=args.protocol,
+        n_items=args.n_items, row_indices=data.rows,
+        provenance={
+            "split": data.split, "step": step, "model_path": str(ckpt.resolve()), "model_name": args.model_name,
+            "backend": backend_name, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
+            "max_prompt_length": args.max_prompt_length, "dataset_path": settings["dataset_path"],
+            "catalog_path": settings["catalog_path"], "max_samples": args.max_samples, "seed": args.seed,
+            "num_rows_in_split": data.num_rows_in_split, "eval_settings": settings,
+        },
+    )
+    free_recommender(recommender)
+    print(format_metrics(metrics, args.ks, title=f"== step {step} ({time.time() - t0:.1f}s) =="), flush=True)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> dict[int, dict]:
     args = build_parser().parse_args(argv)
+    with tee_output(args.log_file):
+        return run(args)
+
+
+def run(args) -> dict[int, dict]:
     report_to = "wandb" if args.upload_wandb else args.report_to
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -251,28 +144,17 @@ def main(argv: list[str] | None = None) -> dict[int, dict]:
         print(f"[eval_val] no checkpoint-<N> folders under {run_dir}"
               + (f" with step % {args.step_interval} == 0" if args.step_interval else ""), flush=True)
 
-    dataset, catalog, n_full, _ = load_split(args.dataset_path, split, args.catalog_path, args.max_samples)
-    settings = _settings(args, split, dataset, catalog)
+    data = load_split(args.dataset_path, split, args.catalog_path, args.max_samples, args.seed)
+    settings = eval_settings(args, split, data.dataset, data.catalog)
     columns = ["step"] + metric_keys(args.ks) + ["num_parsed", "num_samples"]
     csv_path, png_path = run_dir / f"{tag}.csv", run_dir / f"{tag}.png"
 
     trainer_state = latest_trainer_state(run_dir, checkpoints)
-    train_events = train_log_events(trainer_state) if report_to == "wandb" else []
     wandb_run = init_wandb(args, run_dir, tag, settings) if report_to == "wandb" else None
-
-    def log_train_until(step: int, inclusive: bool) -> dict:
-        """Log training entries before `step`; return those at `step` (merged into the eval log call)."""
-        at_step: dict = {}
-        while train_events and (train_events[0][0] < step or (inclusive and train_events[0][0] == step)):
-            s, values = train_events.pop(0)
-            if s == step:
-                at_step.update(values)
-            else:
-                wandb_run.log(values, step=s)
-        return at_step
+    train_log = TrainLogReplay(wandb_run, train_log_events(trainer_state)) if wandb_run is not None else None
 
     results: dict[int, dict] = {}
-    from evaluation.backends import make_backend, resolve_backend_name
+    from evaluation.backends import resolve_backend_name
 
     backend_name = resolve_backend_name(args.backend) if checkpoints else args.backend
     for step, ckpt in checkpoints:
@@ -286,28 +168,13 @@ def main(argv: list[str] | None = None) -> dict[int, dict]:
             print(f"[eval_val] step {step}: done already ({out_dir / 'metrics.json'}), skipped", flush=True)
         else:
             print(f"[eval_val] step {step}: evaluating {ckpt} ({why})", flush=True)
-            t0 = time.time()
-            backend = make_backend(backend_name, str(ckpt), **backend_options(args))
-            metrics = evaluate(
-                dataset, catalog, out_dir, backend=backend, ks=args.ks, protocol=args.protocol,
-                n_items=args.n_items, require_year=require_year_arg(args.require_year),
-                provenance={
-                    "split": split, "step": step, "model_path": str(ckpt.resolve()), "model_name": args.model_name,
-                    "backend": backend_name, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
-                    "max_prompt_length": args.max_prompt_length, "dataset_path": settings["dataset_path"],
-                    "catalog_path": settings["catalog_path"], "max_samples": args.max_samples,
-                    "num_rows_in_split": n_full, "eval_settings": settings,
-                },
-            )
-            _free(backend)
-            backend = None
-            print(format_metrics(metrics, args.ks, title=f"== step {step} ({time.time() - t0:.1f}s) =="), flush=True)
+            metrics = evaluate_checkpoint(args, step, ckpt, data, settings, backend_name, out_dir)
         results[step] = metrics
         merge_csv(csv_path, {step: csv_row(step, metrics, columns)}, columns)
         plot_curves(csv_path, png_path, title=f"{run_dir.resolve().name} {tag}")
         if wandb_run is not None:
-            values = log_train_until(step, inclusive=True)
-            values.update({f"{split}/{k}": metrics[k] for k in columns[1:] if _number(metrics.get(k)) is not None})
+            values = train_log.until(step)
+            values.update({f"{split}/{k}": metrics[k] for k in columns[1:] if number(metrics.get(k)) is not None})
             wandb_run.log(values, step=step)
 
     if trainer_state is not None:
@@ -316,14 +183,11 @@ def main(argv: list[str] | None = None) -> dict[int, dict]:
         if train_png:
             print(f"[eval_val] wrote {train_png}", flush=True)
     if wandb_run is not None:
-        if train_events:
-            log_train_until(train_events[-1][0] + 1, inclusive=False)
-        images = {}
+        train_log.flush()
         import wandb
 
-        for key, path in ((f"{split}/curves", png_path), ("train/curves", run_dir / "train_curves.png")):
-            if path.is_file():
-                images[key] = wandb.Image(str(path))
+        images = {key: wandb.Image(str(path)) for key, path in
+                  ((f"{split}/curves", png_path), ("train/curves", run_dir / "train_curves.png")) if path.is_file()}
         if images:
             wandb_run.log(images)
         wandb_run.finish()

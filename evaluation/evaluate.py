@@ -1,6 +1,9 @@
 """Evaluation: generate once per distinct prompt, score with `rewards` (the one matcher), write the outputs.
 
-Scoring goes through `rewards.judge.judge` (parse + match + relevance status) and `rewards.metrics`
+Any recommender (text generation, a ranker over the catalog, an agent) is evaluated through
+`evaluation.recommenders.evaluate_recommender`; this module holds the pieces it is made of (splits and subsets,
+generation, the predictions file format, baselines' rankings, outputs, table) and the text-only shortcut
+`evaluate`. Scoring goes through `rewards.judge.judge` (parse + match + relevance status) and `rewards.metrics`
 (Recall/NDCG/HR@K, catalog-hit and valid-item ratios) only: evaluation has no matcher of its own, so a title
 that earns a reward during training is the same title that counts as a hit here.
 
@@ -9,17 +12,19 @@ Outputs of one evaluation (`write_outputs`):
 * `metrics.json`: the mean metrics (`recall@K`, `ndcg@K`, `hr@K` for K in ks, `catalog_hit_ratio`,
   `valid_item_ratio`, `num_parsed`), `num_samples`, `protocol`, `split` and the provenance (model path or
   predictions file or baseline, dataset path, catalog, generation settings, missing predictions).
-* `predictions.jsonl`: one JSON object per sample, in split order: `index` (row in the split), `sample_id`,
-  `completion` (text), then that sample's scores. The file is valid input for `--predictions`.
+* `predictions.jsonl`: one JSON object per sample, in split order: `index` (row in the full split, also for a
+  --max_samples subset), `sample_id`, `completion` (text; absent for id-only recommenders), then that sample's
+  scores, `statuses` and `item_ids` (ranked catalog ids, null = not in the catalog). The file is valid input for
+  `--predictions` (text rows are re-parsed, id-only rows scored by their ids).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +68,63 @@ def default_require_year(catalog) -> bool:
     return resolve_require_year(catalog)
 
 
-def load_split(dataset_path, split: str, catalog_path=None, max_samples: int | None = None):
-    """`(dataset, catalog, n_rows_full, datasets)` for one split of a processed data set, cut to max_samples."""
+DEFAULT_SEED = 42  # TrainingArguments' default seed: an eval script's subset = a training script's by default
+
+
+def subset_rows(n_rows: int, max_samples: int | None, seed: int = DEFAULT_SEED) -> list[int] | None:
+    """THE subset rule behind every script's --max_samples / --max_train_samples / --max_eval_samples: a seeded
+    uniform random subset of `max_samples` rows, returned in split order (None = keep every row).
+
+    The rows are the first `max_samples` of one seeded permutation of the split, so the same (N, seed) gives the
+    same rows in every script and a smaller N's rows are among a larger N's. Random rather than the first N rows
+    because the builders write rows grouped by user (MovieLens) or by thread: the first N rows are a few users.
+    """
+    if max_samples is None or max_samples >= n_rows:
+        return None
+    if max_samples < 0:
+        raise ValueError(f"max_samples must be >= 0, got {max_samples}")
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(n_rows)[:max_samples]
+    return sorted(int(i) for i in order)
+
+
+def take_subset(dataset, max_samples: int | None, seed: int = DEFAULT_SEED):
+    """`(subset, rows)`: `dataset` cut by `subset_rows` (`rows[i]` = split row of subset row i)."""
+    rows = subset_rows(len(dataset), max_samples, seed)
+    if rows is None:
+        return dataset, list(range(len(dataset)))
+    subset = dataset.select(rows) if hasattr(dataset, "select") else [dataset[i] for i in rows]
+    return subset, rows
+
+
+@dataclass
+class LoadedSplit:
+    """One split of a processed data set, cut to the --max_samples subset."""
+
+    dataset: Any  # the subset (a datasets.Dataset)
+    catalog: Any  # rewards.catalog.Catalog
+    rows: list[int]  # rows[i] = index in the full split of dataset row i (predictions' `index`)
+    num_rows_in_split: int
+    splits: Any  # every split of the data set (DatasetDict): popularity needs train
+    split: str
+
+    @property
+    def full(self):
+        return self.splits[self.split]
+
+
+def load_split(dataset_path, split: str, catalog_path=None, max_samples: int | None = None,
+               seed: int = DEFAULT_SEED) -> LoadedSplit:
+    """One split of a processed data set (and its catalog), cut to `subset_rows(n, max_samples, seed)`."""
     from preprocess.common import load_processed
 
     dd, catalog = load_processed(dataset_path, catalog_path)
     split = normalize_split(split)
     if split not in dd:
         raise KeyError(f"{dataset_path}: no split {split!r} (splits: {', '.join(dd)})")
-    dataset = dd[split]
-    n_full = len(dataset)
-    if max_samples is not None and max_samples < n_full:
-        dataset = dataset.select(range(max_samples))
-    return dataset, catalog, n_full, dd
+    dataset, rows = take_subset(dd[split], max_samples, seed)
+    return LoadedSplit(dataset, catalog, rows, len(dd[split]), dd, split)
 
 
 # ---------------------------------------------------------------------------------------------- generation
@@ -201,15 +250,19 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(output_dir, metrics: dict, per_sample: list[dict], completions: Sequence[str]) -> Path:
-    """Write `predictions.jsonl` then `metrics.json` (last, atomically: its presence marks a finished run)."""
+def write_outputs(output_dir, metrics: dict, per_sample: list[dict], completions: Sequence[str | None]) -> Path:
+    """Write `predictions.jsonl` then `metrics.json` (last, atomically: its presence marks a finished run).
+
+    `completions[i]` is row i's text, or None for a recommender that returns ids only (no `completion` field)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if len(per_sample) != len(completions):
         raise ValueError(f"{len(per_sample)} per-sample rows but {len(completions)} completions")
     lines = []
     for row, text in zip(per_sample, completions):
-        record = {"index": row["index"], "sample_id": row.get("sample_id"), "completion": text}
+        record = {"index": row["index"], "sample_id": row.get("sample_id")}
+        if text is not None:
+            record["completion"] = text
         record.update({k: v for k, v in row.items() if k not in record})
         lines.append(json.dumps(_clean_json(record), ensure_ascii=False, default=_json_default))
     _atomic_write(output_dir / "predictions.jsonl", "".join(line + "\n" for line in lines))
@@ -239,20 +292,45 @@ def _completion_text(value, where: str) -> str:
                            f"got {type(value).__name__}")
 
 
-def read_predictions(path, n_rows: int, sample_ids: Sequence[str] | None = None) -> Predictions:
-    """Completions from a JSON Lines file of `{"index": int, "completion": str, ...}` (extra fields ignored).
+@dataclass
+class PredictionRecord:
+    """One line of a predictions file: the completion text, or (when there is none) the ranked item ids."""
+
+    text: str | None
+    item_ids: list[int | None] | None
+    line: int
+
+
+def _item_ids(value, where: str, catalog) -> list[int | None]:
+    if not isinstance(value, list):
+        raise PredictionsError(f"{where}: field 'item_ids' must be a list of catalog ids (or null), "
+                               f"got {type(value).__name__}")
+    for position, iid in enumerate(value):
+        if iid is None:
+            continue
+        if isinstance(iid, bool) or not isinstance(iid, int):
+            raise PredictionsError(f"{where}: item_ids[{position}] must be an int or null, got {iid!r}")
+        if catalog is not None and iid not in catalog:
+            raise PredictionsError(f"{where}: item_ids[{position}] = {iid} is not an id of the catalog "
+                                   f"({len(catalog)} items); were these predictions made with another catalog?")
+    return list(value)
+
+
+def read_prediction_records(path, n_rows: int, sample_ids: Sequence[str] | None = None,
+                            catalog=None) -> dict[int, PredictionRecord]:
+    """`{index: PredictionRecord}` from a JSON Lines file of `{"index": int, "completion": str, ...}` or
+    `{"index": int, "item_ids": [int | null, ...], ...}` (extra fields ignored; `completion` wins when both are
+    there, so re-scoring text follows the current matcher).
 
     `index` is the row in the split (0-based, < n_rows). Blank lines are skipped. Errors name the file and the
     line: not UTF-8, malformed JSON, not an object, missing field, bad type, index out of range, duplicate
-    index, and (when `sample_ids` is given and the line has a `sample_id`) a sample_id that is not the one at
-    that row. Rows with no prediction get "" (scored as an empty completion, i.e. zero) and are listed in
-    `.missing`.
+    index, an item id not in `catalog` (when given), and (when `sample_ids` is given and the line has a
+    `sample_id`) a sample_id that is not the one at that row.
     """
     path = Path(path)
     if not path.is_file():
         raise PredictionsError(f"{path}: predictions file not found")
-    texts: list[str | None] = [None] * n_rows
-    line_of: dict[int, int] = {}
+    records: dict[int, PredictionRecord] = {}
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             where = f"{path}: line {lineno}"
@@ -271,24 +349,40 @@ def read_predictions(path, n_rows: int, sample_ids: Sequence[str] | None = None)
                 raise PredictionsError(f"{where}: malformed JSON (column {err.colno}: {err.msg})") from None
             if not isinstance(record, dict):
                 raise PredictionsError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            for field in ("index", "completion"):
-                if field not in record:
-                    raise PredictionsError(f"{where}: missing field '{field}'")
+            if "index" not in record:
+                raise PredictionsError(f"{where}: missing field 'index'")
+            has_text = record.get("completion") is not None
+            if not has_text and record.get("item_ids") is None:
+                raise PredictionsError(f"{where}: missing field 'completion' (or 'item_ids')")
             index = record["index"]
             if isinstance(index, bool) or not isinstance(index, int):
                 raise PredictionsError(f"{where}: field 'index' must be an int, got {index!r}")
             if not 0 <= index < n_rows:
                 raise PredictionsError(f"{where}: index {index} out of range (the split has {n_rows} rows)")
-            if index in line_of:
-                raise PredictionsError(f"{where}: duplicate index {index} (first on line {line_of[index]})")
+            if index in records:
+                raise PredictionsError(f"{where}: duplicate index {index} (first on line {records[index].line})")
             if sample_ids is not None and record.get("sample_id") is not None:
                 if str(record["sample_id"]) != str(sample_ids[index]):
                     raise PredictionsError(
                         f"{where}: sample_id {record['sample_id']!r} does not match row {index} of the split "
                         f"({sample_ids[index]!r}); were these predictions made on another split or data set?"
                     )
-            line_of[index] = lineno
-            texts[index] = _completion_text(record["completion"], where)
+            text = _completion_text(record["completion"], where) if has_text else None
+            ids = _item_ids(record["item_ids"], where, catalog) if not has_text else None
+            records[index] = PredictionRecord(text, ids, lineno)
+    return records
+
+
+def read_predictions(path, n_rows: int, sample_ids: Sequence[str] | None = None) -> Predictions:
+    """Completions (text) from a predictions file (`read_prediction_records`; every line needs a `completion`).
+    Rows with no prediction get "" (scored as an empty completion, i.e. zero) and are listed in `.missing`.
+    Files with `item_ids` only are read by `evaluation.recommenders.StaticPredictions.from_file`."""
+    records = read_prediction_records(path, n_rows, sample_ids)
+    for index, record in records.items():
+        if record.text is None:
+            raise PredictionsError(f"{path}: line {record.line}: missing field 'completion' (this reader needs "
+                                   "text; StaticPredictions.from_file also scores item_ids)")
+    texts = [records[i].text if i in records else None for i in range(n_rows)]
     missing = [i for i, t in enumerate(texts) if t is None]
     return Predictions([t if t is not None else "" for t in texts], missing, str(path))
 
@@ -354,24 +448,19 @@ def evaluate(
     require_year: bool | None = None,
     provenance: dict | None = None,
 ) -> dict:
-    """Generate (when `backend` is given) or take `completions`, score, write the outputs; returns metrics."""
+    """Generate (when `backend` is given) or take `completions`, score, write the outputs; returns metrics.
+
+    A text-only shortcut of `evaluation.recommenders.evaluate_recommender` (TextRecommender / StaticPredictions)."""
+    from evaluation.recommenders import StaticPredictions, TextRecommender, evaluate_recommender
+
     if (backend is None) == (completions is None):
         raise ValueError("pass exactly one of backend= or completions=")
-    t0 = time.time()
     if backend is not None:
-        completions = generate_completions(backend, dataset)
-    t1 = time.time()
-    metrics, per_sample = score_completions(
-        dataset, catalog, list(completions), ks=ks, protocol=protocol, n_items=n_items, require_year=require_year
-    )
-    metrics["num_distinct_prompts"] = count_distinct_prompts(dataset)
-    metrics.update(provenance or {})
-    metrics["generation_seconds"] = round(t1 - t0, 3) if backend is not None else None
-    metrics["scoring_seconds"] = round(time.time() - t1, 3)
-    metrics["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    if output_dir is not None:
-        write_outputs(output_dir, metrics, per_sample, list(completions))
-    return metrics
+        recommender = TextRecommender(backend, catalog, require_year)
+    else:
+        recommender = StaticPredictions.from_texts(list(completions), catalog, require_year)
+    return evaluate_recommender(recommender, dataset, catalog, output_dir, ks=ks, protocol=protocol,
+                                n_items=n_items, provenance=provenance)
 
 
 def format_metrics(metrics: dict, ks: Sequence[int] | None = None, title: str | None = None) -> str:
@@ -397,24 +486,14 @@ def format_metrics(metrics: dict, ks: Sequence[int] | None = None, title: str | 
 
 
 # ----------------------------------------------------------------------------------------- shared CLI options
-def add_common_arguments(parser) -> None:
-    """Options shared by eval_test.py and eval_val.py (data, scoring, generation)."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_path", required=True,
-                      help="processed data set folder (processed_datasets/<name>, written by python -m preprocess.*)")
-    data.add_argument("--catalog_path", default=None,
-                      help="catalog file (.json/.csv/.pkl/.item, e.g. Rank-GRPO's gt_catalog.pkl); default "
-                           "<dataset_path>/catalog.json. Must describe the same ids as the data set's catalog.")
-    data.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N rows of the split")
-
+def add_evaluation_arguments(parser) -> None:
+    """Scoring and generation options of eval_test.py and eval_val.py (their data options, shared with the
+    training scripts, come from `trainers.script_args.add_common_script_arguments`)."""
     scoring = parser.add_argument_group("scoring")
     scoring.add_argument("--protocol", choices=PROTOCOLS, default="packed",
                          help="packed (default; the released Rank-GRPO evaluation: seen and out-of-catalog items are "
                               "removed and the rest packed upward) or strict (positions as generated)")
     scoring.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="cut-offs K (default 5 10 15 20)")
-    scoring.add_argument("--n_items", type=int, default=20, help="list length N the prompt asks for (default 20)")
-    scoring.add_argument("--require_year", choices=("auto", "true", "false"), default="auto",
-                         help="only `Title (Year)` lines count as items; auto = true unless the catalog has no years")
 
     gen = parser.add_argument_group("generation (greedy)")
     gen.add_argument("--backend", choices=("hf", "vllm", "auto"), default="auto",
@@ -431,12 +510,8 @@ def add_common_arguments(parser) -> None:
     gen.add_argument("--no_progress", action="store_true", help="no progress bars")
 
 
-def require_year_arg(value: str) -> bool | None:
-    return {"auto": None, "true": True, "false": False}[value]
-
-
 def backend_options(args) -> dict:
-    """make_backend options from parsed add_common_arguments args."""
+    """make_backend options from parsed add_evaluation_arguments args."""
     return dict(
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
         dtype=args.dtype, trust_remote_code=args.trust_remote_code or None,

@@ -23,18 +23,19 @@ from dataclasses import dataclass, field
 import torch
 from trl import TrlParser
 
-from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+from trainers.rank_grpo import RankGRPOConfig, trainer_class
 from trainers.run_logging import configure_wandb, tee_output
+from trainers.script_args import CommonScriptArguments, take_subset
 
 logger = logging.getLogger("train_rank_grpo")
 
 
 @dataclass
-class ScriptArguments:
-    dataset_path: str | None = field(default=None, metadata={"help": "processed_datasets/<name> folder."})
+class ScriptArguments(CommonScriptArguments):
+    """Rank-GRPO's own fields; dataset_path, model_name, max_train_samples / max_eval_samples (seeded random
+    subsets, seed = --seed), wandb_project and log_file come from trainers.script_args.CommonScriptArguments."""
+
     train_path: str | None = field(default=None, metadata={"help": "Alias of --dataset_path (released README)."})
-    model_name: str | None = field(
-        default=None, metadata={"help": "Base model (hub id or folder); with --sft_checkpoint it names the SFT run."})
     sft_checkpoint: str | None = field(
         default=None,
         metadata={"help": "N: results/<run_name(model_name)>/checkpoint-N (or --sft_run_dir/checkpoint-N); 'last'; "
@@ -45,13 +46,8 @@ class ScriptArguments:
     lr: float | None = field(default=None, metadata={"help": "Alias of --learning_rate."})
     kl_beta: float | None = field(default=None, metadata={"help": "Alias of --beta (KL coefficient)."})
     mu: int | None = field(default=None, metadata={"help": "Alias of --num_iterations (updates per generation)."})
-    wandb_project: str | None = field(
-        default=None, metadata={"help": "Sets WANDB_PROJECT (log with --report_to wandb)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use the first N training records."})
     eval_split: str | None = field(
         default=None, metadata={"help": "Split to evaluate on during training (e.g. validation); default none."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use the first N eval records."})
-    log_file: str | None = field(default=None, metadata={"help": "Also write stdout/stderr to this file (tee)."})
 
 
 def parse_args(argv=None) -> tuple[ScriptArguments, RankGRPOConfig]:
@@ -124,16 +120,12 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
 
     # ---- data
     dsd, catalog = load_processed(script_args.dataset_path, config.catalog_path)
-    train = dsd["train"]
-    if script_args.max_train_samples is not None:
-        train = train.select(range(min(script_args.max_train_samples, len(train))))
+    train, _ = take_subset(dsd["train"], script_args.max_train_samples, config.seed)
     keep = [c for c in ("prompt", "groundtruth", "seen", "sample_id") if c in train.column_names]
     train = train.select_columns(keep)
     eval_ds = None
     if script_args.eval_split:
-        eval_ds = dsd[script_args.eval_split]
-        if script_args.max_eval_samples is not None:
-            eval_ds = eval_ds.select(range(min(script_args.max_eval_samples, len(eval_ds))))
+        eval_ds, _ = take_subset(dsd[script_args.eval_split], script_args.max_eval_samples, config.seed)
         eval_ds = eval_ds.select_columns(keep)
     logger.info("data %s: %d train records%s, catalog %d items", script_args.dataset_path, len(train),
                 f", {len(eval_ds)} eval" if eval_ds is not None else "", len(catalog))
@@ -149,8 +141,8 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
     tokenizer = load_tokenizer(model_path, padding_side="left")
 
     # ---- train
-    trainer = RankGRPOTrainer(model=model_path, args=config, train_dataset=train, eval_dataset=eval_ds,
-                              processing_class=tokenizer, catalog=catalog)
+    trainer = trainer_class(config.algorithm)(model=model_path, args=config, train_dataset=train,
+                                              eval_dataset=eval_ds, processing_class=tokenizer, catalog=catalog)
     trainer.train(resume_from_checkpoint=resolve_resume(config.resume_from_checkpoint, config.output_dir))
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:

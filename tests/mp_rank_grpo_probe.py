@@ -24,8 +24,10 @@ import argparse
 import json
 import os
 
+import numpy as np
 import torch
 
+from rewards.rank_rewards import batch_rank_rewards
 from trainers import rank_grpo
 from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
 
@@ -65,9 +67,12 @@ class ProbeTrainer(RankGRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         seq = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        stash = self._rank_stash
-        _STEP.update(local_rank_rewards=stash["rank_rewards"].tolist(),
-                     local_tail_rewards=stash["tail_rewards"].tolist(), gathered_seq_rewards=seq.view(-1).tolist())
+        scores = self.list_judge.last  # this process's judgement (before gather), read by the loss hook next
+        rel = np.stack([s.rel for s in scores])
+        rank = batch_rank_rewards(rel, self.args.reward_func, self.args.n_items)  # float32, as the trainer gathers them
+        _STEP.update(local_rank_rewards=torch.tensor(rank, dtype=torch.float32).tolist(),
+                     local_tail_rewards=torch.tensor([s.tail_reward for s in scores], dtype=torch.float32).tolist(),
+                     gathered_seq_rewards=seq.sum(dim=1).tolist())
         return seq
 
     def _generate_and_score_completions(self, inputs):

@@ -244,7 +244,12 @@ def test_rewards_advantages_token_map_on_real_reddit(reddit, qwen_tok, tmp_path)
                 want = sum(r[k - 1] for r in R) / len(R)
                 assert trainer._metrics["train"][f"rewards/pos_{k}/mean"][-1] == pytest.approx(want, abs=1e-6)
             want_seq = sum(sum(r) + x["tail"] for r, x in zip(R, ref)) / len(R)
-            assert trainer._metrics["train"][f"rewards/{trainer.reward_func_names[0]}/mean"][-1] == pytest.approx(want_seq, abs=1e-5)
+            # TRL's reward path: the rank-reward sum and the length shaping, each under its own name
+            assert trainer.reward_func_names == ["rank_exp_inf", "length_shaping"]
+            got_seq = sum(trainer._metrics["train"][f"rewards/{name}/mean"][-1] for name in trainer.reward_func_names)
+            assert got_seq == pytest.approx(want_seq, abs=1e-5)
+            want_tail = sum(x["tail"] for x in ref) / len(ref)
+            assert trainer._metrics["train"]["rewards/length_shaping/mean"][-1] == pytest.approx(want_tail, abs=1e-6)
 
     # ---- item ratios (Eq. 6) and the clipped loss, off-policy (mu > 1: old logps differ)
     trainer.args.reward_func, trainer.args.length_shaping = "exp_inf", "reward"

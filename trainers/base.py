@@ -1,0 +1,139 @@
+"""Shared plumbing of the recommendation RL trainers (one place, so a method's trainer holds only what is new).
+
+``RecRLConfig`` adds to TRL's ``GRPOConfig`` what every method needs: the catalog, the list length N, the one
+``require_year`` rule and prompt-side truncation. ``RecRLTrainer`` (a ``trl.GRPOTrainer``):
+
+* loads the catalog (``catalog=`` or ``args.catalog_path``) and resolves ``require_year`` from it
+  (``rewards.catalog.resolve_require_year``, the rule evaluation uses);
+* truncates prompts on the prompt side (``preprocess.prompting.truncate_prompt``), never the completion;
+* takes its reward functions from the ``build_reward_funcs`` hook, which go through TRL's own reward path;
+* decodes completion token ids to their exact text with a byte table (``trainers.token_map``);
+* ``process_slice`` / ``local_rows``: this process's rows of a tensor gathered over processes (TRL's order);
+* ``log_metrics``: named scalar metrics for the current mode.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from rewards.catalog import resolve_require_year
+from trainers.token_map import ByteTable, build_byte_table, decode_bytes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RecRLConfig(GRPOConfig):
+    """``GRPOConfig`` plus what every recommendation RL method needs."""
+
+    n_items: int = field(default=20, metadata={"help": "N, the length of the recommendation list."})
+    require_year: bool | None = field(
+        default=None,
+        metadata={"help": "Only `Title (Year)` lines are items. Default (None): from the catalog -- required iff it "
+                  "has any year (evaluation uses the same rule)."},
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Prompt-side truncation (preprocess.prompting.truncate_prompt) applied to the datasets "
+                  "before training; the completion is never cut. None: no truncation."},
+    )
+    catalog_path: str | None = field(
+        default=None,
+        metadata={"help": "Catalog file (.json/.csv/.pkl read with a restricted unpickler); default: the processed "
+                  "data set's catalog.json."},
+    )
+
+    def __post_init__(self):
+        if self.n_items < 1:
+            raise ValueError(f"n_items must be >= 1, got {self.n_items}")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must stay False: the rewards need the groundtruth/seen columns")
+        super().__post_init__()
+
+
+def truncate_dataset_prompts(dataset, tokenizer, max_prompt_length: int):
+    """Prompt-side truncation (preprocess.prompting.truncate_prompt) of a chat-format ``prompt`` column."""
+    from preprocess.prompting import truncate_prompt
+
+    if dataset is None or "prompt" not in getattr(dataset, "column_names", []):
+        return dataset
+    return dataset.map(lambda x: {"prompt": truncate_prompt(x["prompt"], tokenizer, max_prompt_length)},
+                       desc=f"truncating prompts to {max_prompt_length} tokens")
+
+
+class RecRLTrainer(GRPOTrainer):
+    """``trl.GRPOTrainer`` with the catalog, prompt truncation, reward functions from ``build_reward_funcs`` and
+    helpers for per-process rows and named metrics. Subclasses override ``build_reward_funcs`` and, for their own
+    advantages / loss, TRL's ``_generate_and_score_completions`` / ``_compute_loss``."""
+
+    def __init__(self, model, args: RecRLConfig, train_dataset=None, eval_dataset=None, processing_class=None,
+                 catalog=None, **kwargs):
+        if not isinstance(args, RecRLConfig):
+            raise TypeError(f"{type(self).__name__} needs a RecRLConfig (or a subclass), got {type(args).__name__}")
+        if "reward_funcs" in kwargs:
+            raise ValueError(f"{type(self).__name__} builds its own reward functions (build_reward_funcs)")
+        if catalog is None:
+            if args.catalog_path is None:
+                raise ValueError(f"{type(self).__name__} needs a catalog: pass catalog= or set args.catalog_path")
+            from rewards.catalog import load_catalog
+
+            catalog = load_catalog(args.catalog_path)
+        self.catalog = catalog
+        self.require_year = resolve_require_year(catalog, args.require_year)
+        if args.max_prompt_length is not None:
+            if processing_class is None:
+                raise ValueError("max_prompt_length needs processing_class (the tokenizer) to count prompt tokens")
+            train_dataset = truncate_dataset_prompts(train_dataset, processing_class, args.max_prompt_length)
+            if isinstance(eval_dataset, dict):
+                eval_dataset = {k: truncate_dataset_prompts(v, processing_class, args.max_prompt_length)
+                                for k, v in eval_dataset.items()}
+            else:
+                eval_dataset = truncate_dataset_prompts(eval_dataset, processing_class, args.max_prompt_length)
+        self.args = args  # build_reward_funcs may read it before TRL sets it
+        super().__init__(model=model, reward_funcs=self.build_reward_funcs(), args=args,
+                         train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
+                         **kwargs)
+        vocab = self.model.config.get_text_config().vocab_size
+        try:
+            self._byte_table: ByteTable | None = build_byte_table(self._tokenizer, vocab_size=vocab)
+        except NotImplementedError as exc:
+            logger.warning("%s -- using the SLOW per-sequence fallback (prefix decoding) for token->item maps", exc)
+            self._byte_table = None
+        self._eos_ids = set(self.eos_token_ids) | {self._tokenizer.pad_token_id}
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def build_reward_funcs(self) -> list:
+        """The TRL reward functions of this method (called once, before ``GRPOTrainer.__init__``)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def decode_completion(self, ids: list[int]) -> str:
+        """The exact text of completion token ids (byte table; tokenizer decode for non-byte-level vocabularies)."""
+        if self._byte_table is not None:
+            return decode_bytes(ids, self._byte_table)
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
+
+    @property
+    def mode(self) -> str:
+        return "train" if self.model.training else "eval"
+
+    @property
+    def group_size(self) -> int:
+        return self.num_generations if self.mode == "train" else self.num_generations_eval
+
+    def process_slice(self, n_local: int) -> slice:
+        """Rows of this process in a tensor gathered over processes (``accelerator.gather`` order, as TRL)."""
+        i = self.accelerator.process_index
+        return slice(i * n_local, (i + 1) * n_local)
+
+    def local_rows(self, gathered: torch.Tensor, n_local: int) -> torch.Tensor:
+        return gathered[self.process_slice(n_local)].contiguous()
+
+    def log_metrics(self, metrics: dict[str, float], mode: str | None = None) -> None:
+        """Append named scalars to this step's metrics (averaged per logging step by TRL, logged to wandb)."""
+        table = self._metrics[mode or self.mode]
+        for name, value in metrics.items():
+            table[name].append(float(value))

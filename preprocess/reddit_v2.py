@@ -48,11 +48,11 @@ from preprocess.common import (
     SPLITS,
     DataError,
     SkipCounter,
+    assign_split,
     format_completion,
-    load_source_catalog,
-    hash_split,
     item_line,
     iter_lines_utf8,
+    load_source_catalog,
     pad_with_popular,
     read_text_utf8,
     save_processed,
@@ -63,6 +63,10 @@ from rewards.catalog import split_title_year
 FORMAT_FIELDS = ("sample_id", "prompt", "completion", "seen_titles", "groundtruth_with_release_year",
                  "num_groundtruth")
 REQUIRED_FIELDS = ("prompt", "seen_titles", "groundtruth_with_release_year")
+#: Counts reported in summary.json's ``stats`` (every one present, 0 when nothing happened; others appear when
+#: they occur).
+STAT_NAMES = ("groundtruth pairs read", "groundtruth pairs not in the catalog (dropped from groundtruth)",
+              "seen titles read", "seen titles not in the catalog", "groundtruth ids also in seen (can never be hit)")
 
 
 class Source:
@@ -213,31 +217,45 @@ def conversation_of(prompt: list[dict]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def build(raw_dir, output_dir, *, catalog_path=None, name: str = "reddit_v2", split: str = "auto",
-          completion: str = "source", n_items: int = 20, split_fractions=(0.8, 0.1, 0.1), progress: bool = True,
-          quiet: bool = False) -> dict:
-    raw = Path(raw_dir)
-    if split not in ("auto", "name", "hash"):
-        raise ValueError(f"split must be auto, name or hash, got {split!r}")
-    if completion not in ("source", "groundtruth"):
-        raise ValueError(f"completion must be source or groundtruth, got {completion!r}")
-    sources = discover_sources(raw)
-    catalog_path, catalog = load_source_catalog(raw, catalog_path, "gt_catalog.pkl")
-
+def choose_split_mode(sources: list[Source], split: str, raw: Path) -> tuple[dict[str, str | None], str]:
+    """``({source name: its split, or None to hash the conversation}, "name" | "hash")`` for ``--split``."""
     named = {s.name: split_from_name(s.name) for s in sources}
     if split == "name" or (split == "auto" and len(sources) > 1 and all(named.values())):
         missing = [n for n, v in named.items() if v is None]
         if missing:
             raise DataError(raw, reason=f"--split name: cannot tell the split of {missing} from the name")
-        split_mode = "name"
-    else:
-        split_mode = "hash"
+        return named, "name"
+    return {n: None for n in named}, "hash"
 
-    skips = SkipCounter()
-    stats: Counter = Counter({k: 0 for k in (
-        "groundtruth pairs read", "groundtruth pairs not in the catalog (dropped from groundtruth)", "seen titles read",
-        "seen titles not in the catalog", "groundtruth ids also in seen (can never be hit)")})
-    dropped_fields: Counter = Counter()
+
+def parse_record(rec: dict, fail, stats: Counter, dropped_fields: Counter) -> dict:
+    """One release record -> ``{"prompt", "completion" (or None), "gt_pairs", "seen_titles"}``; a malformed field
+    is a DataError (through ``fail``), fields outside the format and extra message keys are counted."""
+    for f in REQUIRED_FIELDS:
+        if f not in rec or rec[f] is None:
+            fail(f, "missing (a Rank-GRPO Reddit-v2 record needs prompt, seen_titles and "
+                    "groundtruth_with_release_year)")
+    for f in rec:
+        if f not in FORMAT_FIELDS:
+            dropped_fields[f] += 1
+    prompt, extra = parse_messages(rec["prompt"], fail, "prompt", "user")
+    stats["message keys other than role/content dropped"] += extra
+    if prompt[-1]["role"] != "user":
+        fail("prompt", f"the last message must be the user turn, got role {prompt[-1]['role']!r}")
+    src_completion = None
+    if rec.get("completion") not in (None, "", []):
+        src_completion, extra = parse_messages(rec["completion"], fail, "completion", "assistant")
+        stats["message keys other than role/content dropped"] += extra
+        if len(src_completion) != 1 or src_completion[0]["role"] != "assistant":
+            fail("completion", "expected exactly one assistant message")
+    return {"prompt": prompt, "completion": src_completion,
+            "gt_pairs": parse_groundtruth(rec["groundtruth_with_release_year"], fail),
+            "seen_titles": parse_titles(rec["seen_titles"], fail)}
+
+
+def read_samples(sources: list[Source], name: str, stats: Counter, dropped_fields: Counter,
+                 progress: bool) -> list[dict]:
+    """Every record of every source, parsed, with its unique ``sid`` and ``source`` name."""
     parsed: list[dict] = []
     sample_ids: dict[str, str] = {}
     bar = tqdm(desc=f"{name} samples", unit="sample", disable=not progress, mininterval=1.0)
@@ -249,41 +267,30 @@ def build(raw_dir, output_dir, *, catalog_path=None, name: str = "reddit_v2", sp
             def fail(field, reason, _path=path, _line=line, _where=where):
                 raise DataError(_path, line=_line, record=_where, field=field, reason=reason)
 
-            for f in REQUIRED_FIELDS:
-                if f not in rec or rec[f] is None:
-                    fail(f, "missing (a Rank-GRPO Reddit-v2 record needs prompt, seen_titles and "
-                            "groundtruth_with_release_year)")
-            for f in rec:
-                if f not in FORMAT_FIELDS:
-                    dropped_fields[f] += 1
-            prompt, extra = parse_messages(rec["prompt"], fail, "prompt", "user")
-            stats["message keys other than role/content dropped"] += extra
-            if prompt[-1]["role"] != "user":
-                fail("prompt", f"the last message must be the user turn, got role {prompt[-1]['role']!r}")
-            src_completion = None
-            if rec.get("completion") not in (None, "", []):
-                src_completion, extra = parse_messages(rec["completion"], fail, "completion", "assistant")
-                stats["message keys other than role/content dropped"] += extra
-                if len(src_completion) != 1 or src_completion[0]["role"] != "assistant":
-                    fail("completion", "expected exactly one assistant message")
-            gt_pairs = parse_groundtruth(rec["groundtruth_with_release_year"], fail)
-            seen_titles = parse_titles(rec["seen_titles"], fail)
+            sample = parse_record(rec, fail, stats, dropped_fields)
             raw_id = rec.get("sample_id")
             sid = f"{name}/{raw_id}" if raw_id not in (None, "") else f"{name}/{source.name}/{index}"
             if sid in sample_ids:
                 fail("sample_id", f"duplicate sample id {sid!r} (also in {sample_ids[sid]})")
             sample_ids[sid] = str(path)
-            parsed.append({"sid": sid, "source": source.name, "prompt": prompt, "completion": src_completion,
-                           "gt_pairs": gt_pairs, "seen_titles": seen_titles})
+            parsed.append({"sid": sid, "source": source.name, **sample})
             bar.update(1)
     bar.close()
+    return parsed
 
-    records: dict[str, list[dict]] = {s: [] for s in SPLITS}
+
+def resolve_samples(parsed: list[dict], catalog, source_split: dict[str, str | None], split_fractions,
+                    stats: Counter, skips: SkipCounter) -> tuple[list[tuple], dict[str, set[str]]]:
+    """``[(split, sample, groundtruth ids, seen ids)]`` and the conversations of each split.
+
+    Ground-truth pairs go through ``Catalog.match``; a sample none of whose pairs resolves is skipped (counted),
+    unresolved pairs and seen titles are counted in ``stats``.
+    """
     conversations: dict[str, set[str]] = {s: set() for s in SPLITS}
-    pending = []
+    resolved = []
     for p in parsed:
         conv = conversation_of(p["prompt"])
-        s = named[p["source"]] if split_mode == "name" else hash_split(conv, split_fractions)
+        s = assign_split(conv, source_split[p["source"]], split_fractions)
         if not p["prompt"][-1]["content"].startswith(RANK_GRPO_INSTRUCTION):
             stats["prompts not starting with the Rank-GRPO instruction (kept as given)"] += 1
         gt = []
@@ -308,12 +315,23 @@ def build(raw_dir, output_dir, *, catalog_path=None, name: str = "reddit_v2", sp
         stats["seen titles read"] += len(p["seen_titles"])
         stats["groundtruth ids also in seen (can never be hit)"] += sum(1 for i in gt if i in seen)
         conversations[s].add(conv)
-        pending.append((s, p, gt, list(seen)))
+        resolved.append((s, p, gt, list(seen)))
+    return resolved, conversations
 
-    # Popularity for generated completions: ground-truth frequency over train samples.
-    gt_freq = Counter(i for s, _, gt, _ in pending if s == "train" for i in gt)
+
+def train_groundtruth_popularity(resolved: list[tuple], catalog) -> tuple[Counter, list[int]]:
+    """Ground-truth frequency over train samples, and the dated ids most frequent first (completion padding)."""
+    gt_freq = Counter(i for s, _, gt, _ in resolved if s == "train" for i in gt)
     popular = [i for i, _ in sorted(gt_freq.items(), key=lambda kv: (-kv[1], kv[0])) if catalog[i]["year"] is not None]
-    for s, p, gt, seen in pending:
+    return gt_freq, popular
+
+
+def build_records(resolved: list[tuple], catalog, popular: list[int], *, completion: str, n_items: int,
+                  stats: Counter) -> dict[str, list[dict]]:
+    """The records of every split: the source completion (``completion="source"``, when the record has one), else
+    the ground-truth titles padded with popular unseen items."""
+    records: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for s, p, gt, seen in resolved:
         if completion == "source" and p["completion"] is not None:
             comp = p["completion"]
         else:
@@ -324,6 +342,29 @@ def build(raw_dir, output_dir, *, catalog_path=None, name: str = "reddit_v2", sp
             comp = format_completion([item_line(catalog[i]["title"], catalog[i]["year"]) for i in ids])
         records[s].append({"sample_id": p["sid"], "prompt": p["prompt"], "completion": comp, "groundtruth": gt,
                            "seen": seen, "history": [], "target": None, "timestamp": None})
+    return records
+
+
+def build(raw_dir, output_dir, *, catalog_path=None, name: str = "reddit_v2", split: str = "auto",
+          completion: str = "source", n_items: int = 20, split_fractions=(0.8, 0.1, 0.1), progress: bool = True,
+          quiet: bool = False) -> dict:
+    """Build the processed data set in ``output_dir``; returns the summary (also written to summary.json)."""
+    raw = Path(raw_dir)
+    if split not in ("auto", "name", "hash"):
+        raise ValueError(f"split must be auto, name or hash, got {split!r}")
+    if completion not in ("source", "groundtruth"):
+        raise ValueError(f"completion must be source or groundtruth, got {completion!r}")
+    sources = discover_sources(raw)
+    catalog_path, catalog = load_source_catalog(raw, catalog_path, "gt_catalog.pkl")
+    source_split, split_mode = choose_split_mode(sources, split, raw)
+
+    skips = SkipCounter()
+    stats: Counter = Counter({k: 0 for k in STAT_NAMES})
+    dropped_fields: Counter = Counter()
+    parsed = read_samples(sources, name, stats, dropped_fields, progress)
+    resolved, conversations = resolve_samples(parsed, catalog, source_split, split_fractions, stats, skips)
+    gt_freq, popular = train_groundtruth_popularity(resolved, catalog)
+    records = build_records(resolved, catalog, popular, completion=completion, n_items=n_items, stats=stats)
 
     summary = {
         "dataset": name,

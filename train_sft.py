@@ -25,14 +25,15 @@ import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from trainers.run_logging import configure_wandb, tee_output
+from trainers.script_args import CommonScriptArguments, take_subset
 
 
 # ================================================================================================ 1. arguments
 @dataclass
-class SFTScriptArguments:
-    dataset_path: str | None = field(
-        default=None, metadata={"help": "processed_datasets/<name> folder (train/ and validation/ splits)"})
-    model_name: str | None = field(default=None, metadata={"help": "HF hub id or local model folder"})
+class SFTScriptArguments(CommonScriptArguments):
+    """SFT's own fields; dataset_path, model_name, max_train_samples / max_eval_samples (seeded random subsets, seed =
+    --seed), wandb_project and log_file come from trainers.script_args.CommonScriptArguments (one meaning each)."""
+
     catalog_path: str | None = field(
         default=None, metadata={"help": "optional catalog.json; only checked against the data set's catalog"})
     max_prompt_length: int | None = field(
@@ -43,12 +44,6 @@ class SFTScriptArguments:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "module names for LoRA (default: all-linear)"})
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "use a random (seeded) subset of this many train samples"})
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "use a random (seeded) subset of this many validation samples"})
-    wandb_project: str | None = field(default=None, metadata={"help": "sets WANDB_PROJECT"})
-    log_file: str | None = field(default=None, metadata={"help": "also write stdout/stderr to this file"})
     # transformers 5 removed TrainingArguments.warmup_ratio (warmup_steps < 1 is now a ratio); kept here so the
     # seed README's `--warmup_ratio 0.05` still works.
     warmup_ratio: float | None = field(
@@ -97,8 +92,7 @@ def load_splits(script_args, training_args):
     for col in ("prompt", "completion"):
         if col not in train.column_names:
             raise ValueError(f"{root}/train has no `{col}` column (columns: {train.column_names})")
-    if script_args.max_train_samples is not None and script_args.max_train_samples < len(train):
-        train = train.shuffle(seed=training_args.seed).select(range(script_args.max_train_samples))
+    train, _ = take_subset(train, script_args.max_train_samples, training_args.seed)
 
     eval_ds = None
     if training_args.eval_strategy != "no":
@@ -106,8 +100,7 @@ def load_splits(script_args, training_args):
             raise FileNotFoundError(f"eval_strategy={training_args.eval_strategy} but {root}/validation is missing; "
                                     "pass --eval_strategy no")
         eval_ds = load_from_disk(str(root / "validation"))
-        if script_args.max_eval_samples is not None and script_args.max_eval_samples < len(eval_ds):
-            eval_ds = eval_ds.shuffle(seed=training_args.seed).select(range(script_args.max_eval_samples))
+        eval_ds, _ = take_subset(eval_ds, script_args.max_eval_samples, training_args.seed)
     return train, eval_ds
 
 

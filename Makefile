@@ -1,6 +1,5 @@
 # Every target installs first (INSTALL.sh is idempotent and takes seconds when nothing changed).
 PY := .venv/bin/python
-export PYTHONPATH := $(CURDIR)
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1

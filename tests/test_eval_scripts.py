@@ -179,3 +179,31 @@ def test_seed_grpo_test_command_line(env):
     assert metrics["model_path"] == str((run / "checkpoint-2").resolve())
     assert len(_jsonl(out_dir / "predictions.jsonl")) == 6
     assert "Recall" in proc.stdout and "NDCG" in proc.stdout and "protocol=packed" in proc.stdout
+
+
+def test_common_arguments_have_one_help_text_in_every_script():
+    """--max_*samples, --dataset_path, --seed, --log_file: the same meaning (and words) in all four scripts."""
+    import re
+
+    import eval_test
+    import eval_val
+    from trainers.script_args import COMMON_HELP
+
+    def words(text: str) -> str:
+        return re.sub(r"\s+", " ", text)
+
+    for script in (eval_test, eval_val):
+        text = words(script.build_parser().format_help())
+        for name in ("dataset_path", "catalog_path", "max_samples", "seed", "n_items", "require_year", "log_file"):
+            assert words(COMMON_HELP[name]) in text, (script.__name__, name)
+    pytest.importorskip("trl")
+    from trl import TrlParser
+
+    import train_rank_grpo
+    import train_sft
+
+    for script_args, config in ((train_sft.SFTScriptArguments, train_sft.SFTConfig),
+                                (train_rank_grpo.ScriptArguments, train_rank_grpo.RankGRPOConfig)):
+        text = words(TrlParser((script_args, config)).format_help())
+        for name in ("dataset_path", "max_train_samples", "max_eval_samples", "log_file"):
+            assert words(COMMON_HELP[name]) in text, (script_args.__name__, name)

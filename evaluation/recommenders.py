@@ -71,6 +71,11 @@ def text_item_ids(text: str, catalog, require_year: bool) -> list[int | None]:
     return [catalog.match(item.title, item.year) for item in parse_items(text or "", require_year=require_year)]
 
 
+def texts_item_ids(texts: Sequence[str], catalog, require_year: bool) -> list[list[int | None]]:
+    """`text_item_ids` of each text: the one place the seam turns a batch of completions into id lists."""
+    return [text_item_ids(t, catalog, require_year) for t in texts]
+
+
 def _resolve_require_year(catalog, require_year: bool | None) -> bool:
     from rewards.catalog import resolve_require_year
 
@@ -92,7 +97,7 @@ class TextRecommender:
         t0 = time.time()
         texts = generate_completions(self.backend, dataset, self.prompt_column)
         self.generation_seconds = round(time.time() - t0, 3)
-        return [Recommendation(text_item_ids(t, self.catalog, self.require_year), t) for t in texts]
+        return [Recommendation(ids, t) for ids, t in zip(texts_item_ids(texts, self.catalog, self.require_year), texts)]
 
     def close(self) -> None:
         """Release the backend's model (before the next checkpoint of a sweep is loaded)."""
@@ -118,7 +123,8 @@ class StaticPredictions:
     @classmethod
     def from_texts(cls, texts: Sequence[str], catalog, require_year: bool | None = None) -> "StaticPredictions":
         require_year = _resolve_require_year(catalog, require_year)
-        return cls([Recommendation(text_item_ids(t, catalog, require_year), t) for t in texts],
+        texts = list(texts)
+        return cls([Recommendation(ids, t) for ids, t in zip(texts_item_ids(texts, catalog, require_year), texts)],
                    require_year=require_year)
 
     @classmethod
@@ -130,6 +136,8 @@ class StaticPredictions:
         records = read_prediction_records(path, n_rows, sample_ids=sample_ids, catalog=catalog)
         require_year = _resolve_require_year(catalog, require_year)
         rows = list(range(n_rows)) if rows is None else list(rows)
+        texts = [records[r].text for r in rows if r in records and records[r].text is not None]
+        parsed = iter(texts_item_ids(texts, catalog, require_year))
         recs, missing = [], []
         for position, row in enumerate(rows):
             record = records.get(row)
@@ -137,7 +145,7 @@ class StaticPredictions:
                 missing.append(position)
                 recs.append(Recommendation([], ""))
             elif record.text is not None:
-                recs.append(Recommendation(text_item_ids(record.text, catalog, require_year), record.text))
+                recs.append(Recommendation(next(parsed), record.text))
             else:
                 recs.append(Recommendation(list(record.item_ids)))
         return cls(recs, missing, str(path), require_year)

@@ -171,14 +171,15 @@ def score_completions(
     n_items: int = 20,
     require_year: bool | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Score one completion per row with `rewards.judge` + `rewards.metrics`.
+    """Score one completion per row with the batch path of `rewards` (`rewards.metrics.score_texts`: the one
+    matcher turns each text into a list of catalog ids, scored like any recommender's ranked ids); the values are
+    those of `rewards.judge.judge` + `rewards.metrics.ranking_metrics` per row.
 
     Returns `(metrics, per_sample)`: `metrics` holds the mean of every per-sample metric plus `num_samples`
     and `protocol`; `per_sample[i]` holds `index`, `sample_id`, the metrics of row i (with `num_groundtruth`) and
     `statuses` / `item_ids` (each parsed item's judged status and catalog id, in list order).
     """
-    from rewards.judge import judge
-    from rewards.metrics import mean_metrics, ranking_metrics
+    from rewards.metrics import score_texts
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: choose one of {PROTOCOLS}")
@@ -193,21 +194,19 @@ def score_completions(
         require_year = default_require_year(catalog)
     ks = tuple(int(k) for k in ks)
 
+    scores = score_texts([text or "" for text in completions], catalog, groundtruths, seens, ks=ks,
+                         protocol=protocol, n_items=n_items, require_year=require_year)
     per_sample: list[dict] = []
-    sample_metrics: list[dict] = []
-    for index, (text, gt, seen, sid) in enumerate(zip(completions, groundtruths, seens, sample_ids)):
-        gt = list(gt or [])
-        judgement = judge(text or "", catalog, gt, list(seen or []), n_items=n_items, require_year=require_year)
-        m = ranking_metrics(judgement, len(gt), ks=ks, protocol=protocol, n_items=n_items)
-        sample_metrics.append(m)
+    for index, (sid, m, ids, status) in enumerate(zip(sample_ids, scores.rows(), scores.judged.ids,
+                                                      scores.judged.status)):
         row = {"index": index, "sample_id": sid}
         row.update(m)
-        row.update(_statuses(judgement))
+        row.update({"statuses": status, "item_ids": ids})
         per_sample.append(row)
 
     metrics: dict[str, Any] = {}
-    if sample_metrics:
-        metrics.update(mean_metrics(sample_metrics))
+    if per_sample:
+        metrics.update(scores.mean())
     else:  # an empty split: name every metric, valued NaN-free zero, so tables and CSVs keep their columns
         metrics.update({k: 0.0 for k in metric_keys(ks)})
     metrics["num_samples"] = len(per_sample)
@@ -216,11 +215,6 @@ def score_completions(
     metrics["ks"] = list(ks)
     metrics["require_year"] = bool(require_year)
     return metrics, per_sample
-
-
-def _statuses(judgement) -> dict:
-    """Per parsed item (list order): its judged status and matched catalog id (None = out of catalog)."""
-    return {"statuses": list(judgement.status), "item_ids": list(judgement.ids)}
 
 
 # ------------------------------------------------------------------------------------------------- outputs

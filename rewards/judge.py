@@ -219,9 +219,9 @@ def match_texts(
 ) -> list[list[int | None]]:
     """Catalog ids of the items of each text, in list order (None = an item that matched nothing).
 
-    Exactly ``[judge(t, ...).ids for t in texts]``, but each distinct line is parsed and matched once
-    (``memo``: line -> answer; pass the same dict to several calls with the SAME catalog and require_year
-    to share it)."""
+    Exactly ``[judge(t, ...).ids for t in texts]``, but each distinct line is parsed once and each distinct
+    ``(title, year)`` matched once (``memo``: line -> answer and (title, year) -> answer; pass the same dict to
+    several calls with the SAME catalog and require_year to share it)."""
     memo = {} if memo is None else memo
     skip = _NOT_AN_ITEM
     out: list[list[int | None]] = []
@@ -233,7 +233,13 @@ def match_texts(
             iid = memo.get(line, memo)  # the memo itself marks "not seen yet" (ids and None are answers)
             if iid is memo:
                 stripped = line.strip()
-                iid = line_catalog_id(stripped, catalog, require_year) if stripped else skip
+                parsed = parse_line(stripped, require_year=False) if stripped else None
+                if parsed is None:
+                    iid = skip
+                else:  # the same title under other numbering/markdown is matched once ("3. X (1999)", "- X (1999)")
+                    iid = memo.get(parsed, memo)
+                    if iid is memo:
+                        iid = memo[parsed] = _catalog_id(parsed[0], parsed[1], catalog, require_year)
                 memo[line] = iid
             if iid is not skip:
                 ids.append(iid)

@@ -92,6 +92,28 @@ def pad_with_popular(titles_ids: Sequence[int], popular_ids: Iterable[int], excl
     return out
 
 
+#: ``stats`` keys of the ground-truth ids a completion written from ground truth leaves out (they stay in the
+#: record's ``groundtruth``). Shared by every builder that writes such completions, so they are counted alike.
+GT_UNDATED_NOT_WRITTEN = "groundtruth ids without a year (kept in groundtruth, not written in the completion)"
+GT_BEYOND_N_ITEMS_NOT_WRITTEN = "groundtruth ids beyond n_items (kept in groundtruth, not written in the completion)"
+
+
+def groundtruth_completion_ids(groundtruth: Sequence[int], year_of, popular_ids: Iterable[int],
+                               seen: Iterable[int], n_items: int, stats: Counter) -> list[int]:
+    """The ids of a completion written from ground truth: the distinct ground-truth ids that have a year, in order,
+    cut to ``n_items``, padded with ``popular_ids`` the user has not seen (``pad_with_popular``).
+
+    A yearless id cannot be written as ``Title (Year)``, and a completion holds at most ``n_items`` lines: the
+    ids left out for either reason are counted in ``stats`` (``GT_UNDATED_NOT_WRITTEN``,
+    ``GT_BEYOND_N_ITEMS_NOT_WRITTEN``), never dropped silently.
+    """
+    distinct = list(dict.fromkeys(groundtruth))
+    dated = [i for i in distinct if year_of(i) is not None]
+    stats[GT_UNDATED_NOT_WRITTEN] += len(distinct) - len(dated)
+    stats[GT_BEYOND_N_ITEMS_NOT_WRITTEN] += max(0, len(dated) - n_items)
+    return pad_with_popular(dated, popular_ids, exclude=set(seen), n=n_items)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Errors, skip counting, stable hashing
 # --------------------------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ request always land in the same split; ``auto`` (default) uses names when there 
 names say their split, else the hash.
 
 Completion (``--completion``): ``source`` (default) keeps the release's SFT target; ``groundtruth`` writes the
-resolved ground-truth titles padded with the most frequent train ground-truth items not seen. A sample without a
+resolved ground-truth titles padded with the most frequent train ground-truth items not seen (yearless
+ground-truth items and those beyond ``--n_items`` stay in the ground truth but are not written; both counted). A sample without a
 completion falls back to ``groundtruth`` (counted). Fields outside the format (``assigned_trait``, ``gpt_usage``,
 ...) are dropped and reported.
 """
@@ -50,10 +51,10 @@ from preprocess.common import (
     SkipCounter,
     assign_split,
     format_completion,
+    groundtruth_completion_ids,
     item_line,
     iter_lines_utf8,
     load_source_catalog,
-    pad_with_popular,
     read_text_utf8,
     save_processed,
     split_from_name,
@@ -337,8 +338,7 @@ def build_records(resolved: list[tuple], catalog, popular: list[int], *, complet
         else:
             if completion == "source":
                 stats["samples without a source completion (written from groundtruth)"] += 1
-            ids = pad_with_popular([i for i in dict.fromkeys(gt) if catalog[i]["year"] is not None], popular,
-                                   exclude=set(seen), n=n_items)
+            ids = groundtruth_completion_ids(gt, lambda i: catalog[i]["year"], popular, seen, n_items, stats)
             comp = format_completion([item_line(catalog[i]["title"], catalog[i]["year"]) for i in ids])
         records[s].append({"sample_id": p["sid"], "prompt": p["prompt"], "completion": comp, "groundtruth": gt,
                            "seen": seen, "history": [], "target": None, "timestamp": None})

@@ -24,8 +24,9 @@ some movies twice); ids not in the catalog are counted and left out. ``history``
 ``timestamp`` = null (ReDial has only relative time offsets).
 
 Completion: the ground-truth movies as ``Title (Year)`` lines, padded to 20 with the most-mentioned movies
-(``nbMentions``) not seen. Movies without a year in the catalog cannot be written as ``Title (Year)``: they stay in
-the ground truth but are not written (counted).
+(``nbMentions``) not seen. Movies without a year in the catalog cannot be written as ``Title (Year)``, and a
+completion holds at most ``--n_items`` lines: such ground-truth movies stay in the ground truth but are not written
+(both counted).
 
 Split: files are used as given (train / validation / test from their names). When a train file is given without
 a validation file, ``--valid_fraction`` (default 0.1) of the train conversations move to validation by a stable
@@ -43,16 +44,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from preprocess.common import (
+    GT_BEYOND_N_ITEMS_NOT_WRITTEN,
+    GT_UNDATED_NOT_WRITTEN,
     SPLITS,
     DataError,
     SkipCounter,
     assign_split,
     build_prompt,
     format_completion,
+    groundtruth_completion_ids,
     item_line,
     iter_lines_utf8,
     load_source_catalog,
-    pad_with_popular,
     save_processed,
     split_from_name,
 )
@@ -65,8 +68,8 @@ STAT_NAMES = (
     "conversations read", "messages read", "turns (consecutive messages merged)", "recommender turns",
     "recommender turns mentioning a movie", "mentions (@id) read", "mentions of ids not in the catalog",
     "mentions without a title in movieMentions (catalog title used)", "mentions with no title at all",
-    "ids mapped to the matcher's id of a duplicate catalog entry",
-    "groundtruth ids without a year (kept in groundtruth, not written in the completion)")
+    "ids mapped to the matcher's id of a duplicate catalog entry", GT_UNDATED_NOT_WRITTEN,
+    GT_BEYOND_N_ITEMS_NOT_WRITTEN)
 _SPACES = re.compile(r"\s+")
 
 
@@ -239,11 +242,8 @@ def conversation_samples(conv: dict, conv_id: str, resolver: MentionResolver, po
                 skips.skip("recommender turn mentions only movies already mentioned earlier" if ids else
                            "recommender turn mentions only movies not in the catalog")
             else:
-                undated = [i for i in gt if catalog[i]["year"] is None]
-                stats["groundtruth ids without a year (kept in groundtruth, not written in the completion)"
-                      ] += len(undated)
-                comp_ids = pad_with_popular([i for i in gt if catalog[i]["year"] is not None], popular,
-                                            exclude=set(seen), n=n_items)
+                comp_ids = groundtruth_completion_ids(gt, lambda i: catalog[i]["year"], popular, seen, n_items,
+                                                      stats)
                 samples.append({
                     "sample_id": f"{name}/c{conv_id}/m{turn['message_id']}",
                     "prompt": build_prompt("\n".join(lines), n_items=n_items),

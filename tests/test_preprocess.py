@@ -3,7 +3,7 @@ import json
 import re
 import subprocess
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import datasets
@@ -13,11 +13,15 @@ import pytest
 from preprocess import movielens, reddit_v2, redial
 from preprocess.common import (
     CONVERSATION_MARKER,
+    GT_BEYOND_N_ITEMS_NOT_WRITTEN,
+    GT_UNDATED_NOT_WRITTEN,
     RANK_GRPO_INSTRUCTION,
     DataError,
     SkipCounter,
+    assign_split,
     build_prompt,
     format_completion,
+    groundtruth_completion_ids,
     hash_split,
     load_processed,
     pad_with_popular,
@@ -64,6 +68,28 @@ def test_format_completion_and_padding():
     assert pad_with_popular([5, 3], [1, 3, 2, 4, 6], exclude={2}, n=5) == [5, 3, 1, 4, 6]
     assert pad_with_popular([5], [1, 2], exclude=set(), n=5) == [5, 1, 2]  # popular list runs out
     assert pad_with_popular(list(range(30)), [99], exclude=set(), n=20) == list(range(20))
+
+
+def test_groundtruth_completion_ids_counts_what_it_leaves_out():
+    years = {1: 1990, 2: 1991, 3: None, 4: 1994, 7: 1997, 8: 1998}
+    stats = Counter()
+    # distinct dated GT in order (3 has no year; the repeated 2 is one line), cut to n=2, nothing left to pad
+    assert groundtruth_completion_ids([1, 2, 2, 3, 4], years.get, [7, 8], seen=[], n_items=2, stats=stats) == [1, 2]
+    assert stats == {GT_UNDATED_NOT_WRITTEN: 1, GT_BEYOND_N_ITEMS_NOT_WRITTEN: 1}
+    # room left: padded with popular ids that are neither seen nor listed; nothing is left out
+    stats = Counter()
+    assert groundtruth_completion_ids([4], years.get, [4, 7, 8], seen=[7], n_items=3, stats=stats) == [4, 8]
+    assert stats == {GT_UNDATED_NOT_WRITTEN: 0, GT_BEYOND_N_ITEMS_NOT_WRITTEN: 0}
+
+
+def test_assign_split_named_hash_and_validation_carve_out():
+    keys = [f"conv{i}" for i in range(2000)]
+    assert [assign_split(k, None) for k in keys] == [hash_split(k) for k in keys]
+    assert {assign_split(k, "test", carve_validation=0.5) for k in keys} == {"test"}  # only train is carved
+    assert {assign_split(k, "train") for k in keys} == {"train"}
+    carved = [assign_split(k, "train", carve_validation=0.1) for k in keys]
+    assert set(carved) == {"train", "validation"} and 150 < carved.count("validation") < 250
+    assert carved == [assign_split(k, "train", carve_validation=0.1) for k in keys]  # deterministic
 
 
 def test_data_error_skip_counter_and_stable_split():
@@ -433,6 +459,27 @@ def test_reddit_single_file_hash_split_groups_requests(tmp_path, tiny_catalog):
     assert sum(len(dd[s]) for s in dd) == 100 and len(where) == 25 and len(dd) >= 2
 
 
+def test_reddit_groundtruth_completion_counts_left_out_items(tmp_path):
+    """A completion written from ground truth cannot hold a yearless item nor more than n_items lines: those stay in
+    the ground truth and are counted (they used to be left out of the completion silently)."""
+    catalog = _write(tmp_path / "cat.json", json.dumps([
+        {"id": 0, "title": "Heat", "year": 1995}, {"id": 1, "title": "Alien", "year": 1979},
+        {"id": 2, "title": "Aliens", "year": 1986}, {"id": 3, "title": "Nameless", "year": None}]))
+    sample = {**_reddit_sample(1), "groundtruth_with_release_year": [["Alien", "1979"], ["Nameless", ""],
+                                                                     ["Aliens", "1986"]]}
+    _write(tmp_path / "raw" / "only.jsonl", json.dumps(sample) + "\n")
+    summary = reddit_v2.build(tmp_path / "raw", tmp_path / "out", catalog_path=catalog, completion="groundtruth",
+                              n_items=1, progress=False, quiet=True)
+    assert summary["stats"][GT_UNDATED_NOT_WRITTEN] == 1 and summary["stats"][GT_BEYOND_N_ITEMS_NOT_WRITTEN] == 1
+    dd, _ = load_processed(tmp_path / "out")
+    rec = dd[next(iter(dd))][0]
+    assert rec["groundtruth"] == [1, 3, 2] and rec["completion"][0]["content"] == "Alien (1979)"
+    # the source completion is kept as given: nothing is written from ground truth, nothing counted
+    summary = reddit_v2.build(tmp_path / "raw", tmp_path / "out2", catalog_path=catalog, n_items=1,
+                              progress=False, quiet=True)
+    assert GT_UNDATED_NOT_WRITTEN not in summary["stats"] and GT_BEYOND_N_ITEMS_NOT_WRITTEN not in summary["stats"]
+
+
 def test_reddit_bad_input(tmp_path, tiny_catalog):
     raw = tmp_path / "raw"
     _write(raw / "a.jsonl", json.dumps(_reddit_sample(1)) + "\n{not json\n")
@@ -591,6 +638,21 @@ def test_redial_train_test_files_and_skips(tmp_path):
     assert rec["groundtruth"] == [11] and rec["seen"] == [10]
     assert rec["completion"][0]["content"] == "Alien (1979)"  # popular padding excludes seen Heat; runs out
     assert rec["prompt"][0]["content"].endswith("conversation: USER: I like Heat (1995)")
+
+
+def test_redial_completion_counts_groundtruth_it_cannot_write(tmp_path):
+    raw = _redial_dir(tmp_path, catalog="movieId,movieName,nbMentions\n10,Heat  (1995),5\n11,Alien (1979),3\n"
+                                        "12,Aliens (1986),2\n13,Nameless,1\n")
+    conv = _conv("1", movieMentions={}, messages=[
+        {"text": "I like @10", "senderWorkerId": 1, "messageId": 1},
+        {"text": "Try @11 @13 or @12", "senderWorkerId": 2, "messageId": 2}])
+    _write(raw / "test_data", json.dumps(conv) + "\n")
+    summary = redial.build(raw, tmp_path / "o", n_items=1, progress=False, quiet=True)
+    assert summary["stats"][GT_UNDATED_NOT_WRITTEN] == 1  # Nameless has no year
+    assert summary["stats"][GT_BEYOND_N_ITEMS_NOT_WRITTEN] == 1  # Aliens: a second dated line, n_items=1
+    dd, _ = load_processed(tmp_path / "o")
+    rec = dd[next(iter(dd))][0]
+    assert rec["groundtruth"] == [11, 13, 12] and rec["completion"][0]["content"] == "Alien (1979)"
 
 
 # ==============================================================================================================

@@ -1,0 +1,365 @@
+"""RecPO / R²ec (You et al., NeurIPS 2025) on TRL's GRPOTrainer: reason, then rank the whole catalog with the
+model's own last hidden state. Spec: METHODS.md §3.
+
+* Rollout: G reasoning paths per user on the R²ec user prompt (``preprocess.recpo_prompts``), cut right after the
+  first ``<answer>`` marker. A path that never writes it gets the marker appended; those forced tokens carry no
+  policy gradient (``policy_mask`` 0) -- so the marker's last token is ALWAYS the completion's last token, and h_T is
+  read at each row's last real position (``modeling.hidden_states``), never one token early.
+* Item table H_V (V, d): every catalog item encoded with the item prompt pre-filled with ``<answer>`` (batched, no
+  grad, progress bar), refreshed every ``refresh_steps``. The reward ranks against this ONE snapshot for every item,
+  the target included (the released code mixed fresh targets with stale items: anchor bug d); its age is logged.
+* Reward (Eq. 5) through TRL's reward path, weights [beta, 1 - beta]: ``recpo_softmax`` R_c = softmax probability of
+  the target at tau (over the catalog, or over the batch's targets), ``recpo_ndcg`` R_d = 1 / log2(rank + 1) of the
+  target among all items with the user's history masked, 0 past ``ndcg_cutoff``.
+* Advantage (Eq. 2): ``core_algos.group_zscore``.
+* Loss: clipped token-ratio surrogate (eps 0.2 / 0.28) on the reasoning tokens of all G paths + ``rec_loss_weight``
+  x the recommendation loss on each group's max-advantage path(s) with POSITIVE advantage only (anchor bug b). The
+  recommendation loss (default ``infonce``) is A * -log softmax(cos(h_T, h_v) / tau) over the batch's DISTINCT
+  targets gathered across processes (a duplicate target is not a negative), with the targets re-encoded WITH grad in
+  the same forward as the policy log-probs (one pass: user rows and item rows are one batch). ``released`` is the
+  released -A p(target) form (anchor bug a: its gradient vanishes for small p at tau 0.02). Optional k3 KL.
+* Ablations: ``reasoning=False`` (no rollout: h_T at the prompt's own ``<answer>``; all paths are identical, so the
+  recommendation loss weighs every row 1), ``beta=0`` (no R_c), ``beta=1`` (no R_d).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from modeling.hidden_states import (
+    capture_last_hidden_state,
+    chat_ids,
+    encode_id_rows,
+    end_with_marker,
+    gather_positions,
+    last_positions,
+)
+from preprocess.recpo_prompts import ANSWER_MARKER, ITEM_PREFILL, item_prompt, record_user_prompt
+from rewards.embedding_rewards import cosine_scores, rank_ndcg, target_ranks, target_softmax_prob
+from trainers.base import RecRLConfig, RecRLTrainer
+from trainers.core_algos import clipped_surrogate, get_loss_agg, get_ratio, group_zscore, k3_kl, sequence_mean
+
+logger = logging.getLogger(__name__)
+
+REC_LOSSES = ("infonce", "released")
+SOFTMAX_OVER = ("catalog", "batch")
+
+
+@dataclass
+class RecPOConfig(RecRLConfig):
+    """``RecRLConfig`` plus R²ec's options (defaults: the released code where the paper is silent)."""
+
+    category: str = field(default="items", metadata={"help": "Item category named in the prompts, e.g. 'video "
+                                                             "games' or 'movies'."})
+    tau: float = field(default=0.02, metadata={"help": "Temperature of s(u, v) = cos(h_u, h_v) / tau."})
+    reward_beta: float = field(default=0.05, metadata={"help": "beta of Eq. 5: R = beta R_c + (1 - beta) R_d. "
+                                                                "0: no R_c; 1: no R_d (the paper's ablations)."})
+    ndcg_cutoff: int = field(default=1000, metadata={"help": "R_d is 0 for a target ranked below this."})
+    softmax_over: str = field(default="catalog", metadata={
+        "help": "R_c normalised over the whole catalog (released code) or over the batch's targets (paper).",
+        "choices": list(SOFTMAX_OVER)})
+    rec_loss: str = field(default="infonce", metadata={
+        "help": "infonce: A * -log p(target) over in-batch targets; released: -A * p(target).",
+        "choices": list(REC_LOSSES)})
+    rec_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the recommendation loss."})
+    refresh_steps: int = field(default=50, metadata={"help": "Re-encode the whole item table every N steps."})
+    item_batch_size: int = field(default=32, metadata={"help": "Batch size when encoding the item table."})
+    reasoning: bool = field(default=True, metadata={"help": "False: the no-reasoning ablation (no rollout)."})
+    max_history: int = field(default=20, metadata={"help": "History items shown in the user prompt."})
+    policy_loss_aggregation: str = field(default="sequence", metadata={
+        "help": "sequence: per-path token mean, then mean (TRL's grpo); token: over all tokens of the batch.",
+        "choices": ["sequence", "token"]})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clip (R²ec: 0.2)."})
+    epsilon_high: float | None = field(default=0.28, metadata={"help": "Upper clip (released code: 0.28)."})
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient (R²ec: no KL)."})
+    num_generations: int | None = field(default=4, metadata={"help": "G reasoning paths per user (R²ec: 4)."})
+
+    def __post_init__(self):
+        if not 0.0 <= self.reward_beta <= 1.0:
+            raise ValueError(f"reward_beta must be in [0, 1], got {self.reward_beta}")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        if self.ndcg_cutoff < 1 or self.refresh_steps < 1 or self.item_batch_size < 1 or self.max_history < 1:
+            raise ValueError("ndcg_cutoff, refresh_steps, item_batch_size and max_history must be >= 1")
+        if self.softmax_over not in SOFTMAX_OVER:
+            raise ValueError(f"softmax_over must be one of {SOFTMAX_OVER}, got {self.softmax_over!r}")
+        if self.rec_loss not in REC_LOSSES:
+            raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {self.rec_loss!r}")
+        if self.mask_truncated_completions:
+            raise ValueError("mask_truncated_completions must stay False: every RecPO completion ends at <answer>, "
+                             "not at EOS, so TRL would mask them all")
+        self.reward_weights = [self.reward_beta, 1.0 - self.reward_beta]  # [R_c, R_d], Eq. 5
+        super().__post_init__()
+
+
+class _RecPOReward:
+    """A TRL reward function returning one per-row value the trainer computed for this batch (``inputs[key]``)."""
+
+    def __init__(self, name: str, key: str):
+        self.__name__, self.key = name, key
+
+    def __call__(self, prompts, completions, completion_ids, **columns) -> list[float]:
+        return [float(v) for v in columns[self.key]]
+
+
+class RecPOTrainer(RecRLTrainer):
+    """R²ec on TRL: the rewards of Eq. 5 through TRL's reward path; Eq. 2 advantages; the clipped policy loss plus
+    the recommendation loss from the same forward pass. Dataset columns: ``history`` (catalog ids, oldest first),
+    ``target`` (catalog id); optional ``seen``, ``history_ratings``, ``history_time_deltas`` (seconds)."""
+
+    def __init__(self, model, args: RecPOConfig, train_dataset=None, eval_dataset=None, processing_class=None,
+                 catalog=None, **kwargs):
+        if not isinstance(args, RecPOConfig):
+            raise TypeError("RecPOTrainer needs a RecPOConfig")
+        if processing_class is None:
+            raise ValueError("RecPOTrainer needs processing_class (the tokenizer): it renders the item prompts")
+        if catalog is None and args.catalog_path is not None:
+            from rewards.catalog import load_catalog
+
+            catalog = load_catalog(args.catalog_path)
+        if catalog is None:
+            raise ValueError("RecPOTrainer needs a catalog: pass catalog= or set args.catalog_path")
+        self.item_ids = list(catalog.ids)
+        self.index_of = {iid: i for i, iid in enumerate(self.item_ids)}
+        render = self._render_user_prompt_fn(catalog, args)
+        train_dataset = None if train_dataset is None else train_dataset.map(render, desc="RecPO user prompts")
+        if eval_dataset is not None:
+            eval_dataset = eval_dataset.map(render, desc="RecPO user prompts")
+        super().__init__(model, args, train_dataset, eval_dataset, processing_class, catalog, **kwargs)
+        tok = self._tokenizer
+        self._marker_ids = tok(ANSWER_MARKER, add_special_tokens=False)["input_ids"]
+        self._item_rows = [chat_ids(tok, item_prompt(self.catalog[i], args.category), ITEM_PREFILL)
+                           for i in self.item_ids]
+        self.item_table: torch.Tensor | None = None  # (V, d) snapshot
+        self.table_step = -1  # global step of the snapshot
+        self._forced: list[int] = []  # forced marker tokens per row of the batch being generated
+        self._reward_stash: dict = {}
+
+    # ------------------------------------------------------------------------------------------ data
+    @staticmethod
+    def _render_user_prompt_fn(catalog, args: RecPOConfig):
+        def render(row):
+            if row.get("target") is None or row["target"] not in catalog:
+                raise ValueError(f"sample {row.get('sample_id')!r}: field 'target' must be a catalog id, got "
+                                 f"{row.get('target')!r}")
+            return {"prompt": record_user_prompt(row, catalog, args.category, args.max_history)}
+        return render
+
+    def build_reward_funcs(self) -> list:
+        return [_RecPOReward("recpo_softmax", "_recpo_rc"), _RecPOReward("recpo_ndcg", "_recpo_rd")]
+
+    # ------------------------------------------------------------------------------------------ item table
+    def refresh_item_table(self) -> None:
+        """Encode every catalog item (this process's share, then gathered), no grad, with a progress bar."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        V = len(self._item_rows)
+        share = -(-V // world)
+        rows = self._item_rows[rank * share:(rank + 1) * share]
+        n_local = len(rows)
+        rows = rows + [self._item_rows[0]] * (share - n_local)  # equal shares: every rank runs the same forwards
+        local = encode_id_rows(self.model, rows, self._tokenizer.pad_token_id, self.args.item_batch_size,
+                               desc=f"item table ({V} items)", progress=self.accelerator.is_main_process)
+        table = self.accelerator.gather(local.contiguous())  # (world * share, d), rank-major
+        self.item_table = table[:V].detach()
+        self.table_step = self.state.global_step
+
+    def _maybe_refresh(self) -> None:
+        if self.item_table is None or self.state.global_step - self.table_step >= self.args.refresh_steps:
+            self.refresh_item_table()
+
+    # ------------------------------------------------------------------------------------------ rollout
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """TRL's generation, then each completion cut right after its first ``<answer>`` (or the marker appended:
+        forced tokens, no policy gradient). Without reasoning the completion is the marker alone."""
+        if self.args.reasoning:
+            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
+                                                                     num_generations, has_tool_images)
+        else:
+            completion_ids, logprobs = [[] for _ in prompt_ids], None
+        out_ids, out_lp, forced = [], [] if logprobs is not None else None, []
+        for b, ids in enumerate(completion_ids):
+            new, n_forced = end_with_marker(ids, self.decode_completion, ANSWER_MARKER, self._marker_ids,
+                                            self._eos_ids)
+            out_ids.append(new)
+            forced.append(n_forced)
+            if out_lp is not None:  # sampler log-probs of the kept tokens; forced ones are masked out of the loss
+                lp = list(logprobs[b])[:len(new) - n_forced]
+                out_lp.append(lp + [0.0] * (len(new) - len(lp)))
+        self._forced = forced
+        self._prompt_rows = [list(p) for p in prompt_ids]
+        return out_ids, out_lp
+
+    # ------------------------------------------------------------------------------------------ rewards
+    def _history_mask(self, inputs) -> torch.Tensor:
+        """(B, V) True for each row's history / seen items (its target excepted)."""
+        V = len(self.item_ids)
+        mask = torch.zeros(len(inputs), V, dtype=torch.bool, device=self.accelerator.device)
+        for b, x in enumerate(inputs):
+            cols = [self.index_of[i] for i in list(x.get("history") or []) + list(x.get("seen") or [])
+                    if i in self.index_of and i != x["target"]]
+            if cols:
+                mask[b, cols] = True
+        return mask
+
+    def _user_vectors(self, completion_ids_list) -> torch.Tensor:
+        """h_T of every row of the batch being scored, no grad: one forward of [prompt | completion]."""
+        rows = [p + list(c) for p, c in zip(self._prompt_rows, completion_ids_list, strict=True)]
+        return encode_id_rows(self.model, rows, self._tokenizer.pad_token_id, batch_size=len(rows) or 1)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        args, device = self.args, self.accelerator.device
+        targets = torch.tensor([self.index_of[x["target"]] for x in inputs], device=device)
+        exclude = self._history_mask(inputs)
+        h = self._user_vectors(completion_ids_list)
+        scores = cosine_scores(h, self.item_table, args.tau)  # (B, V)
+        ranks = target_ranks(scores, targets, exclude)
+        r_d = rank_ndcg(ranks, args.ndcg_cutoff)
+        if args.softmax_over == "catalog":
+            r_c = target_softmax_prob(scores, targets, exclude)
+        else:  # over the distinct targets of the global batch
+            all_t = self.accelerator.gather(targets)
+            cols = torch.unique(all_t)
+            pos = torch.searchsorted(cols, targets)
+            r_c = target_softmax_prob(scores[:, cols], pos)
+        for x, c, d in zip(inputs, r_c.tolist(), r_d.tolist(), strict=True):
+            x["_recpo_rc"], x["_recpo_rd"] = c, d
+        self._reward_stash = {"targets": targets, "ranks": ranks}
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._reward_stash["rewards"] = rewards_per_func  # (B_global, 2), gathered
+        return rewards_per_func
+
+    # ------------------------------------------------------------------------------------------ batch
+    def _generate_and_score_completions(self, inputs):
+        self._maybe_refresh()
+        output = super()._generate_and_score_completions(inputs)
+        stash, forced = self._reward_stash, self._forced
+        self._reward_stash, self._forced = {}, []
+        G, B = self.group_size, output["completion_ids"].size(0)
+        device = self.accelerator.device
+        rewards = (stash["rewards"] * self.reward_weights.to(device)).nansum(dim=1)  # (B_global,) Eq. 5
+        adv = group_zscore(rewards, G)  # Eq. 2
+        if self.args.reasoning:  # each group's max-advantage path(s), positive advantage only
+            grouped = adv.view(-1, G)
+            best = grouped == grouped.amax(dim=1, keepdim=True)
+            rec_w = torch.where(best & (grouped > 0), grouped, torch.zeros_like(grouped)).view(-1)
+        else:  # no rollout: identical paths, zero advantages; the head is trained on every row
+            rec_w = torch.ones_like(adv)
+        output["advantages"] = self.local_rows(adv, B)
+        output["rec_weight"] = self.local_rows(rec_w, B)
+        output["target_index"] = stash["targets"]
+        policy_mask = output["completion_mask"].clone()
+        lengths = output["completion_mask"].sum(dim=1)
+        for b, n in enumerate(forced):
+            if n:
+                policy_mask[b, int(lengths[b]) - n:int(lengths[b])] = 0
+        output["policy_mask"] = policy_mask
+
+        ranks = self.accelerator.gather(stash["ranks"]).double()
+        self.log_metrics({
+            "recpo/target_rank/median": ranks.median().item(),
+            "recpo/hit@10": (ranks <= 10).double().mean().item(),
+            "recpo/forced_answer_rate": self.accelerator.gather(
+                torch.tensor([float(n > 0) for n in forced], device=device)).mean().item(),
+            "recpo/rec_rows": self.accelerator.gather((output["rec_weight"] > 0).float()).sum().item(),
+            "recpo/item_table_age": float(self.state.global_step - self.table_step),
+        })
+        return output
+
+    # ------------------------------------------------------------------------------------------ loss
+    def _compute_loss(self, model, inputs):
+        args, mode = self.args, self.mode
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        B, T = completion_ids.shape
+        user_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        user_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        # the batch's distinct targets, re-encoded WITH grad in the same forward (rows appended to the batch)
+        targets = inputs["target_index"]
+        uniq, pos = torch.unique(targets, return_inverse=True)
+        item_rows = [self._item_rows[i] for i in uniq.tolist()]
+        S = max(user_ids.size(1), max(len(r) for r in item_rows))
+        pad = self._tokenizer.pad_token_id
+        ids = torch.full((B + len(item_rows), S), pad, dtype=torch.long, device=user_ids.device)
+        mask = torch.zeros_like(ids)
+        ids[:B, S - user_ids.size(1):], mask[:B, S - user_ids.size(1):] = user_ids, user_mask
+        for j, r in enumerate(item_rows):
+            ids[B + j, S - len(r):] = torch.tensor(r, device=ids.device)
+            mask[B + j, S - len(r):] = 1
+        with capture_last_hidden_state(model) as captured:
+            logps_all, entropies_all, _ = self._get_per_token_logps_and_entropies(
+                model, ids, mask, T, compute_entropy=True)
+        hidden = torch.cat(captured, dim=0)
+        vectors = gather_positions(hidden, last_positions(mask))  # (B + U, d)
+        h_user, h_items = vectors[:B], vectors[B:]
+        per_token_logps, entropies = logps_all[:B], entropies_all[:B]
+
+        # policy loss on the reasoning tokens of all paths (token ratios, clipped surrogate)
+        pmask = inputs["policy_mask"] * (inputs["tool_mask"] if "tool_mask" in inputs else 1)
+        old = inputs.get("old_per_token_logps")
+        old = per_token_logps.detach() if old is None else old
+        log_w, weights = get_ratio("token")(per_token_logps - old, pmask)
+        adv = inputs["advantages"][:, None].expand_as(log_w)
+        surrogate = clipped_surrogate(log_w, adv, self.epsilon_low, self.epsilon_high)
+        if "importance_sampling_ratio" in inputs:  # vLLM sampler/trainer mismatch correction (TRL computes it)
+            surrogate = surrogate * inputs["importance_sampling_ratio"]
+        policy_loss = -get_loss_agg(args.policy_loss_aggregation)(surrogate, weights)
+
+        rec_loss = self._rec_loss(h_user, h_items, uniq, pos, inputs["rec_weight"])
+        loss = policy_loss + args.rec_loss_weight * rec_loss
+        if self.beta != 0.0:
+            kl = sequence_mean(k3_kl(per_token_logps, inputs["ref_per_token_logps"]), pmask)
+            loss = loss + self.beta * kl
+        if mode == "train":
+            loss = loss / self.current_gradient_accumulation_steps
+
+        with torch.no_grad():
+            n_tok = pmask.sum().clamp(min=1)
+            metrics = {"loss/policy": policy_loss.item(), "loss/rec": rec_loss.item(),
+                       "entropy": ((entropies * pmask).sum() / n_tok).item()}
+            if self.beta != 0.0:
+                metrics["kl"] = kl.item()
+            stats = self.accelerator.reduce(torch.tensor(list(metrics.values()), device=loss.device),
+                                            reduction="mean")
+            self.log_metrics(dict(zip(metrics, stats.tolist())), mode)
+        return loss
+
+    def _rec_loss(self, h_user, h_items, uniq, pos, rec_weight) -> torch.Tensor:
+        """InfoNCE (or the released -A p) of each selected row's h_T against the batch's distinct targets, gathered
+        across processes (other processes' target vectors enter without grad; a duplicate id is one column)."""
+        args = self.args
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.gather(torch.tensor([uniq.numel()], device=uniq.device))
+            width = int(counts.max())
+            pad_ids = torch.full((width,), -1, dtype=uniq.dtype, device=uniq.device)
+            pad_ids[:uniq.numel()] = uniq
+            pad_vec = h_items.new_zeros(width, h_items.size(1))
+            pad_vec[:uniq.numel()] = h_items.detach()
+            all_ids = self.accelerator.gather(pad_ids)
+            all_vec = self.accelerator.gather(pad_vec)
+            keep = all_ids >= 0
+            all_ids, all_vec = all_ids[keep], all_vec[keep]
+            cols, first = _first_occurrence(all_ids)
+            cand = all_vec[first]
+            local_cols = torch.searchsorted(cols, uniq)
+            cand = cand.index_put((local_cols,), h_items)  # own targets keep their grad
+            pos = local_cols[pos]
+        else:
+            cand = h_items
+        scores = cosine_scores(h_user, cand, args.tau)  # (B, C)
+        log_p = torch.log_softmax(scores, dim=1).gather(1, pos[:, None]).squeeze(1)
+        w = rec_weight.to(log_p.dtype)
+        if args.rec_loss == "infonce":
+            per_row = -w * log_p
+        else:  # released: -A p(target)
+            per_row = -w * log_p.exp()
+        return per_row.sum() / max(1, rec_weight.numel())
+
+
+def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted distinct values of ``ids`` and, for each, the index of its first occurrence."""
+    cols, inverse = torch.unique(ids, return_inverse=True)
+    first = torch.full((cols.numel(),), ids.numel(), dtype=torch.long, device=ids.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(ids.numel(), device=ids.device), reduce="amin")
+    return cols, first

@@ -1,16 +1,21 @@
 """Run every benchmark in one process and write BENCHMARKS.md (ratios measured in this one run).
 
-`make bench` (or `python -m bench.run_all [--only token_map step_time]`).
+`make bench` (or `python -m bench.run_all [--only token_map step_time scoring]`). A partial run (`--only`) keeps
+the rows / sections of the benchmarks it did not run, as they are in BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import re
 
 from bench.common import REPO, RESULTS_DIR
 
-BENCHES = ("token_map", "step_time")
+BENCHES = ("token_map", "step_time", "scoring")
+TABLE_BENCHES = ("token_map", "step_time")  # rows of the main table; scoring has a section of its own
+ROW_PREFIX = {"token_map": "| Token -> item assignment", "step_time": "| Training step"}
+SCORING_HEADING = "## Scoring throughput"
 
 
 def _row_token_map(r: dict) -> str:
@@ -24,37 +29,79 @@ def _row_step_time(r: dict) -> str:
             f"{r['grpo_s']:.3f} s per step | **{r['ratio']:.3f}x** | <= 1.05x |")
 
 
+def _section_scoring(r: dict) -> str:
+    p, st = r["packed"], r["strict"]
+    return "\n".join([
+        SCORING_HEADING,
+        "",
+        f"`python -m bench.run_all --only scoring` ({r['run_at']}, {r['machine']}). {r['n_samples']:,} samples "
+        f"against the {r['catalog']}: real Reddit-v2 ground truths and seen items, completions built from the real "
+        f"SFT completions with noise (random catalog titles, hits, seen items, duplicates, out-of-catalog lines, "
+        f"numbering, bullets, bold, preambles, CRLF): {r['non_blank_lines']:,} non-blank lines, "
+        f"{r['distinct_lines']:,} distinct. Text -> parse -> match -> statuses -> Recall/NDCG/HR@5,10,15,20 + "
+        f"ratios, per-sample rows and means. CPU seconds of the one process (best of cold runs, caches cleared); "
+        f"wall seconds in brackets (a shared box).",
+        "",
+        "| protocol | per-sample loop (`judge` + `ranking_metrics`) | batch (`score_texts`) | speedup | identical | target |",
+        "|---|---|---|---|---|---|",
+        *(f"| {name} | {x['slow_cpu_s']:.2f} s ({x['slow_wall_s']:.2f} s) = {x['slow_samples_per_s']:,.0f} samples/s | "
+          f"{x['fast_cpu_s']:.3f} s ({x['fast_wall_s']:.3f} s) = **{x['fast_samples_per_s']:,.0f} samples/s** | "
+          f"{x['speedup']:.1f}x | {r['identical']} | >= 10,000 samples/s |" for name, x in (("packed", p), ("strict", st))),
+        "",
+        f"Of the batch time, text -> id lists (`match_texts`) is {r['match_texts_cpu_s']:.3f} s; the rest is the status "
+        "rule and the vectorised metrics. Identical = every sample's ids, statuses and metric values bit for bit, "
+        "and the means.",
+        "",
+    ])
+
+
+def _old_parts(text: str) -> tuple[dict, str | None, str | None]:
+    """Rows by benchmark, the Run line and the scoring section of the current BENCHMARKS.md."""
+    rows = {name: line for line in text.splitlines() for name, prefix in ROW_PREFIX.items() if line.startswith(prefix)}
+    run_line = next((line for line in text.splitlines() if line.startswith("Run: ")), None)
+    m = re.search(rf"^{re.escape(SCORING_HEADING)}.*?(?=^## |\Z)", text, flags=re.S | re.M)
+    return rows, run_line, (m.group(0).rstrip() + "\n") if m else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", choices=BENCHES, default=list(BENCHES))
     args = parser.parse_args()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    rows, results = [], {}
+    path = REPO / "BENCHMARKS.md"
+    old_rows, old_run, old_scoring = _old_parts(path.read_text() if path.exists() else "")
+    results = {}
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     for name in args.only:
         module = __import__(f"bench.bench_{name}", fromlist=["run"])
         print(f"[bench] {name} ...", flush=True)
         result = module.run()
+        result["run_at"] = now
         results[name] = result
         (RESULTS_DIR / f"{name}.json").write_text(json.dumps(result, indent=2))
-        rows.append({"token_map": _row_token_map, "step_time": _row_step_time}[name](result))
         print(json.dumps(result, indent=2), flush=True)
-    machine = next(iter(results.values()))["machine"] if results else "?"
+    makers = {"token_map": _row_token_map, "step_time": _row_step_time}
+    rows = [makers[n](results[n]) if n in results else old_rows.get(n) for n in TABLE_BENCHES]
+    ran_table = [n for n in TABLE_BENCHES if n in results]
+    run_line = (f"Run: {now} on {results[ran_table[0]]['machine']}." if ran_table else old_run) or "Run: -"
+    scoring = _section_scoring(results["scoring"]) if "scoring" in results else old_scoring
     text = "\n".join([
         "# Benchmarks",
         "",
         "Written by `make bench` (`python -m bench.run_all`); every ratio below was measured in ONE run on the "
         "machine named here, so the ratio is what to read, not the absolute seconds.",
         "",
-        f"Run: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on {machine}.",
+        run_line,
         "",
         "| benchmark | measured | ratio | target |",
         "|---|---|---|---|",
-        *rows,
+        *[r for r in rows if r],
         "",
         "Raw numbers: `bench/out/*.json`. Method notes are in each `bench/bench_*.py` docstring.",
         "",
+        *([scoring] if scoring else []),
     ])
-    (REPO / "BENCHMARKS.md").write_text(text)
+    path.write_text(text)
     print(text)
 
 

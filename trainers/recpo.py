@@ -174,8 +174,8 @@ class RecPOTrainer(RecRLTrainer):
         """TRL's generation, then each completion cut right after its first ``<answer>`` (or the marker appended:
         forced tokens, no policy gradient). Without reasoning the completion is the marker alone."""
         if self.args.reasoning:
-            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields,
-                                                                     num_generations, has_tool_images)
+            completion_ids, logprobs = self._sample(prompt_ids, images, multimodal_fields, num_generations,
+                                                    has_tool_images)
         else:
             completion_ids, logprobs = [[] for _ in prompt_ids], None
         out_ids, out_lp, forced = [], [] if logprobs is not None else None, []
@@ -190,6 +190,10 @@ class RecPOTrainer(RecRLTrainer):
         self._forced = forced
         self._prompt_rows = [list(p) for p in prompt_ids]
         return out_ids, out_lp
+
+    def _sample(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """TRL's own sampling (transformers or vLLM); tests replace it with canned completions."""
+        return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
 
     # ------------------------------------------------------------------------------------------ rewards
     def _history_mask(self, inputs) -> torch.Tensor:
@@ -240,12 +244,7 @@ class RecPOTrainer(RecRLTrainer):
         device = self.accelerator.device
         rewards = (stash["rewards"] * self.reward_weights.to(device)).nansum(dim=1)  # (B_global,) Eq. 5
         adv = group_zscore(rewards, G)  # Eq. 2
-        if self.args.reasoning:  # each group's max-advantage path(s), positive advantage only
-            grouped = adv.view(-1, G)
-            best = grouped == grouped.amax(dim=1, keepdim=True)
-            rec_w = torch.where(best & (grouped > 0), grouped, torch.zeros_like(grouped)).view(-1)
-        else:  # no rollout: identical paths, zero advantages; the head is trained on every row
-            rec_w = torch.ones_like(adv)
+        rec_w = recommendation_weights(adv, G, self.args.reasoning)
         output["advantages"] = self.local_rows(adv, B)
         output["rec_weight"] = self.local_rows(rec_w, B)
         output["target_index"] = stash["targets"]
@@ -270,30 +269,7 @@ class RecPOTrainer(RecRLTrainer):
     # ------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
         args, mode = self.args, self.mode
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        B, T = completion_ids.shape
-        user_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        user_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        # the batch's distinct targets, re-encoded WITH grad in the same forward (rows appended to the batch)
-        targets = inputs["target_index"]
-        uniq, pos = torch.unique(targets, return_inverse=True)
-        item_rows = [self._item_rows[i] for i in uniq.tolist()]
-        S = max(user_ids.size(1), max(len(r) for r in item_rows))
-        pad = self._tokenizer.pad_token_id
-        ids = torch.full((B + len(item_rows), S), pad, dtype=torch.long, device=user_ids.device)
-        mask = torch.zeros_like(ids)
-        ids[:B, S - user_ids.size(1):], mask[:B, S - user_ids.size(1):] = user_ids, user_mask
-        for j, r in enumerate(item_rows):
-            ids[B + j, S - len(r):] = torch.tensor(r, device=ids.device)
-            mask[B + j, S - len(r):] = 1
-        with capture_last_hidden_state(model) as captured:
-            logps_all, entropies_all, _ = self._get_per_token_logps_and_entropies(
-                model, ids, mask, T, compute_entropy=True)
-        hidden = torch.cat(captured, dim=0)
-        vectors = gather_positions(hidden, last_positions(mask))  # (B + U, d)
-        h_user, h_items = vectors[:B], vectors[B:]
-        per_token_logps, entropies = logps_all[:B], entropies_all[:B]
+        per_token_logps, entropies, h_user, h_items, uniq, pos = self._joint_forward(model, inputs)
 
         # policy loss on the reasoning tokens of all paths (token ratios, clipped surrogate)
         pmask = inputs["policy_mask"] * (inputs["tool_mask"] if "tool_mask" in inputs else 1)
@@ -325,6 +301,32 @@ class RecPOTrainer(RecRLTrainer):
             self.log_metrics(dict(zip(metrics, stats.tolist())), mode)
         return loss
 
+    def _joint_forward(self, model, inputs):
+        """ONE forward over the batch's user rows [prompt | completion] and the item rows of its distinct targets
+        (left-padded to one length): the policy log-probs and entropies of the user rows, h_T of each user row and
+        h_v of each target (both with grad), read at each row's last real token. Returns
+        (logps (B, T), entropies (B, T), h_user (B, d), h_items (U, d), distinct target indices (U,), each row's
+        position among them (B,))."""
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        B, T = completion_ids.shape
+        user_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        user_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        uniq, pos = torch.unique(inputs["target_index"], return_inverse=True)
+        item_rows = [self._item_rows[i] for i in uniq.tolist()]
+        S = max(user_ids.size(1), max(len(r) for r in item_rows))
+        ids = torch.full((B + len(item_rows), S), self._tokenizer.pad_token_id, dtype=torch.long,
+                         device=user_ids.device)
+        mask = torch.zeros_like(ids)
+        ids[:B, S - user_ids.size(1):], mask[:B, S - user_ids.size(1):] = user_ids, user_mask
+        for j, r in enumerate(item_rows):
+            ids[B + j, S - len(r):] = torch.tensor(r, device=ids.device)
+            mask[B + j, S - len(r):] = 1
+        with capture_last_hidden_state(model) as captured:
+            logps, entropies, _ = self._get_per_token_logps_and_entropies(model, ids, mask, T, compute_entropy=True)
+        vectors = gather_positions(torch.cat(captured, dim=0), last_positions(mask))  # (B + U, d)
+        return logps[:B], entropies[:B], vectors[:B], vectors[B:], uniq, pos
+
     def _rec_loss(self, h_user, h_items, uniq, pos, rec_weight) -> torch.Tensor:
         """InfoNCE (or the released -A p) of each selected row's h_T against the batch's distinct targets, gathered
         across processes (other processes' target vectors enter without grad; a duplicate id is one column)."""
@@ -347,14 +349,32 @@ class RecPOTrainer(RecRLTrainer):
             pos = local_cols[pos]
         else:
             cand = h_items
-        scores = cosine_scores(h_user, cand, args.tau)  # (B, C)
-        log_p = torch.log_softmax(scores, dim=1).gather(1, pos[:, None]).squeeze(1)
-        w = rec_weight.to(log_p.dtype)
-        if args.rec_loss == "infonce":
-            per_row = -w * log_p
-        else:  # released: -A p(target)
-            per_row = -w * log_p.exp()
-        return per_row.sum() / max(1, rec_weight.numel())
+        return recommendation_loss(h_user, cand, pos, rec_weight, args.tau, args.rec_loss)
+
+
+def recommendation_weights(advantages: torch.Tensor, num_generations: int, reasoning: bool = True) -> torch.Tensor:
+    """Which rows train the recommendation head, and with what weight (B,) -> (B,): each group's max-advantage
+    path(s) (ties: all of them) when that advantage is POSITIVE, weighted by it (R²ec Eq. 8's delta(i = i*), anchor
+    bug b: a negative advantage never pushes the target down); without reasoning every row, weight 1."""
+    if not reasoning:
+        return torch.ones_like(advantages)
+    grouped = advantages.view(-1, num_generations)
+    best = grouped == grouped.amax(dim=1, keepdim=True)
+    return torch.where(best & (grouped > 0), grouped, torch.zeros_like(grouped)).reshape(-1)
+
+
+def recommendation_loss(h_user: torch.Tensor, h_candidates: torch.Tensor, positive: torch.Tensor,
+                        weights: torch.Tensor, tau: float, kind: str = "infonce") -> torch.Tensor:
+    """The recommendation loss of a micro-batch: (1/B) sum_i w_i l_i with p_i = softmax_c(cos(h_i, h_c) / tau) at
+    the row's own target c = positive[i]; l_i = -log p_i (``infonce``) or -p_i (``released``: -A p).
+    (B, d), (C, d), (B,), (B,) -> scalar. Rows with w_i = 0 contribute exactly nothing (value and gradient)."""
+    if kind not in REC_LOSSES:
+        raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {kind!r}")
+    log_p = torch.log_softmax(cosine_scores(h_user, h_candidates, tau), dim=1).gather(1, positive[:, None])[:, 0]
+    per_row = -log_p if kind == "infonce" else -log_p.exp()
+    w = weights.to(per_row.dtype)
+    per_row = torch.where(w != 0, w * per_row, torch.zeros_like(per_row))  # no 0 * inf, no grad leak
+    return per_row.sum() / max(1, weights.numel())
 
 
 def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

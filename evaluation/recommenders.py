@@ -72,8 +72,11 @@ def text_item_ids(text: str, catalog, require_year: bool) -> list[int | None]:
 
 
 def texts_item_ids(texts: Sequence[str], catalog, require_year: bool) -> list[list[int | None]]:
-    """`text_item_ids` of each text: the one place the seam turns a batch of completions into id lists."""
-    return [text_item_ids(t, catalog, require_year) for t in texts]
+    """`text_item_ids` of each text, batched (`rewards.judge.match_texts`: each distinct line parsed once): the one
+    place the seam turns a batch of completions into id lists."""
+    from rewards.judge import match_texts
+
+    return match_texts(list(texts), catalog, require_year=require_year)
 
 
 def _resolve_require_year(catalog, require_year: bool | None) -> bool:
@@ -221,17 +224,12 @@ class GroundtruthRecommender:
 # ---------------------------------------------------------------------------------------------------- scoring
 def _score_ids(id_lists, groundtruths, seens, ks, protocol: str, n_items: int) -> tuple[list[dict], list[list]]:
     """`(per-sample metrics, per-sample statuses)` of ranked id lists: THE one place the seam calls the shared
-    scoring (`rewards.judge.judge_items` statuses + `rewards.metrics.ranking_metrics`, the same two steps as
-    `score_completions`)."""
-    from rewards.judge import judge_items
-    from rewards.metrics import ranking_metrics
+    scoring (`rewards.metrics.score_id_lists`: the status rule, then the batch metrics -- the path
+    `score_completions` takes after matching its texts)."""
+    from rewards.metrics import score_id_lists
 
-    metrics_rows, statuses = [], []
-    for ids, gt, seen in zip(id_lists, groundtruths, seens):
-        judgement = judge_items([None] * len(ids), list(ids), list(gt or []), list(seen or []), n_items=n_items)
-        metrics_rows.append(ranking_metrics(judgement, ks=ks, protocol=protocol, n_items=n_items))
-        statuses.append(list(judgement.status))
-    return metrics_rows, statuses
+    scores = score_id_lists(id_lists, groundtruths, seens, ks=ks, protocol=protocol, n_items=n_items)
+    return scores.rows(), [list(s) for s in scores.judged.status]
 
 
 def _check_ids(rec: Recommendation, index: int, catalog) -> None:

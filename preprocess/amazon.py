@@ -939,7 +939,7 @@ def read_csv_split(path: Path, split: str, titles: dict[int, tuple[str, str]]) -
         for iid, title, field in [*((i, t, "history_item_title") for i, t in zip(ids, names)),
                                   (target, row["item_title"], "item_title")]:
             title = clean_text(title)
-            known = titles.setdefault(iid, (title, f"{path.name} line {line}"))
+            known = titles.setdefault(iid, (title, f"{path.parent.name}/{path.name} line {line}"))
             if known[0] != title:
                 raise DataError(path, line=line, field=field,
                                 reason=f"id {iid} is titled {title!r} here but {known[0]!r} in {known[1]}")

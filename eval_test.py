@@ -7,6 +7,8 @@
     python eval_test.py --predictions preds.jsonl --dataset_path processed_datasets/reddit_v2 --output_dir out
     # popularity baseline (most popular training items, seen ones removed)
     python eval_test.py --baseline popularity --dataset_path processed_datasets/reddit_v2
+    # a RecPO (R2ec) run: greedy reasoning, then the full catalog ranked with the hidden state at <answer>
+    python eval_test.py --recommender recpo --model_path results/recpo/RUN --dataset_path processed_datasets/ml100k
     # Rank-GRPO README form (its grpo_test.py): evaluates <model_root>/checkpoint-<N>
     python eval_test.py --model_name Qwen/Qwen2.5-0.5B-Instruct --model_root results/grpo/RUN \
         --dataset_path processed_datasets/reddit_v2 --catalog_path gt_catalog.pkl --checkpoint 15800
@@ -58,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(Rank-GRPO's grpo_test.py form)")
     src.add_argument("--checkpoint", default=None, help="checkpoint step under --model_root (an int, or last)")
     src.add_argument("--model_name", default=None, help="base model name (recorded in metrics.json)")
+    rec = parser.add_argument_group("how a model recommends (with --model_path / --model_root)")
+    rec.add_argument("--recommender", choices=("text", "recpo"), default="text",
+                     help="text: generate a list and match its lines (SFT, Rank-GRPO, GRPO); recpo: reason, then "
+                          "rank the whole catalog with the hidden state at <answer> (train_recpo.py models)")
+    rec.add_argument("--category", default="items", help="recpo: the item category named in its prompts")
+    rec.add_argument("--no_reasoning", action="store_true", help="recpo: the no-reasoning ablation")
     parser.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
     parser.add_argument("--output_dir", default=None, help="where metrics.json / predictions.jsonl go")
     add_common_script_arguments(parser)
@@ -94,8 +102,16 @@ def make_recommender(args, model_path: str | None, data, provenance: dict):
         provenance.update(model_path=str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
                           backend=backend_name, decoding="greedy", max_new_tokens=args.max_new_tokens,
                           max_prompt_length=args.max_prompt_length)
-        print(f"[eval_test] generating with {backend_name} from {model_path} on {len(data.dataset)} "
+        print(f"[eval_test] {args.recommender} recommender from {model_path} on {len(data.dataset)} "
               f"{data.split} rows", flush=True)
+        if args.recommender == "recpo":
+            from evaluation.recpo import RecPORecommender
+
+            provenance.update(backend="transformers", recommender="recpo", category=args.category,
+                              reasoning=not args.no_reasoning)
+            return RecPORecommender.from_pretrained(model_path, data.catalog, category=args.category,
+                                                    n_items=args.n_items, max_new_tokens=args.max_new_tokens,
+                                                    reasoning=not args.no_reasoning)
         backend = make_backend(backend_name, model_path, **backend_options(args))
         return TextRecommender(backend, data.catalog, require_year)
     if args.predictions:

@@ -314,6 +314,17 @@ def test_train_recpo_runs_updates_the_table_and_resumes(tiny_recpo, tmp_path):
     assert resumed.state.global_step == 3
     assert not torch.allclose(resumed.item_table, first_table)  # re-encoded by the updated model
 
+    import json
+
+    import eval_test  # the inference script: a RecPO run evaluated through the seam
+
+    metrics = eval_test.main(["--recommender", "recpo", "--model_path", str(out), "--dataset_path", str(data),
+                              "--category", "video games", "--max_new_tokens", "4", "--n_items", "5",
+                              "--ks", "1", "5", "--protocol", "strict"])
+    assert metrics["num_samples"] == 2 and 0.0 <= metrics["recall@5"] <= 1.0
+    rows = [json.loads(line) for line in (out / "eval_test_strict" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(len(r["item_ids"]) == 5 and "completion" in r for r in rows)
+
 
 def test_recpo_recommender_equals_a_slow_full_catalog_reference_and_never_ranks_history(tiny_recpo):
     from evaluation.recommenders import evaluate_recommender

@@ -369,3 +369,24 @@ def test_recpo_recommender_equals_a_slow_full_catalog_reference_and_never_ranks_
     metrics = evaluate_recommender(rec, rows, catalog, ks=(5, 10), protocol="strict", n_items=10)
     hits = [sum(i in r["groundtruth"] for i in g.item_ids[:10]) for r, g in zip(rows, got)]
     assert metrics["num_samples"] == 5 and metrics["recall@10"] == pytest.approx(sum(hits) / 5)
+
+
+@pytest.mark.parametrize("path", ["configs/recpo_gemma2_2b.yaml", "configs/recpo_qwen25_3b.yaml",
+                                  "configs/tiny/recpo_ml100k.yaml"])
+def test_recpo_configs_parse_with_the_released_settings(path):
+    from trl import TrlParser
+
+    from conftest import REPO
+    from train_recpo import ScriptArguments
+    from trainers.recpo import RecPOConfig
+
+    extra = [] if "tiny" in path else ["--use_cpu", "true", "--bf16", "false"]  # parse the GPU file on CPU
+    script, cfg = TrlParser((ScriptArguments, RecPOConfig)).parse_args_and_config(
+        ["--config", str(REPO / path), *extra])
+    assert cfg.reward_weights == [cfg.reward_beta, 1 - cfg.reward_beta] and cfg.reward_beta == 0.05
+    assert (cfg.num_generations, cfg.tau, cfg.epsilon, cfg.epsilon_high, cfg.beta) == (4, 0.02, 0.2, 0.28, 0.0)
+    if "tiny" not in path:  # the released setup: LoRA r 4 / alpha 128, lr 1e-5 constant, 4 users x G 4 a device
+        assert (script.lora_r, script.lora_alpha, cfg.learning_rate, cfg.lr_scheduler_type.value) == \
+            (4, 128, 1e-5, "constant")
+        assert cfg.per_device_train_batch_size == 4 * cfg.num_generations and cfg.num_train_epochs == 3
+        assert cfg.use_vllm and cfg.vllm_mode == "colocate" and cfg.generation_kwargs["stop"] == ["<answer>"]

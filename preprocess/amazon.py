@@ -73,7 +73,6 @@ import ast
 import csv
 import gzip
 import html
-import io
 import json
 import math
 import random
@@ -83,7 +82,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from tqdm import tqdm
 
@@ -306,7 +305,7 @@ def _find_one(raw: Path, stems: Sequence[str], suffixes: Sequence[str]) -> Path 
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # millions of them for a large category
 class Interaction:
     item: int  # catalog id
     rating: float | None
@@ -423,7 +422,7 @@ def _summary(name: str, fmt: str, source, category: str, options: dict, read: di
 HTML_TITLE = "<span id"
 
 
-@dataclass
+@dataclass(slots=True)
 class Review:
     user: str
     asin: str

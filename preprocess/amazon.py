@@ -55,14 +55,17 @@ Formats (``--format``):
   counts validation/test targets earlier than the last train target (the files' own leakage, if any).
 
 Records (every format): ``history`` = catalog ids, oldest first, at most ``--max_history``; ``target``; ``groundtruth``
-= [target]; ``seen`` = history (history items are never recommended, as R²ec masks them); ``timestamp``;
-``prompt`` = one user message rendered by ``recpo_user_prompt``; ``completion`` = the target's title (N = 1: the
-data has one next item per sample and yearless titles, so an SFT / list method learns to name that one item).
+= [target]; ``seen`` = history (history items are never recommended, as R²ec masks them); ``timestamp``; the
+optional contract fields ``history_ratings`` (the user's rating of each history item) and ``history_time_deltas``
+(seconds from each history item to the target), null where the source lacks them (atomic: both; csv: without the
+columns); ``prompt`` = ``preprocess.recpo_prompts.record_user_prompt(record, catalog, category, max_history)``, the
+very text the RecPO trainer re-renders from the record; ``completion`` = the target's title (N = 1: the data has one
+next item per sample and yearless titles, so an SFT / list method learns to name that one item).
 
-Catalog items: ``{"id", "title", "year": null, "text", ...}``; ``text`` is the key: value lines of the RecPO item
-prompt (``item_text``: title, average rating, number of buyers, description cut to 100 words, where available),
-``recpo_item_prompt(item, category)`` renders the item prompt from it. ``summary.json`` records the category
-wording (``recpo.category``) a trainer passes to both prompt functions.
+Catalog items: ``{"id", "title", "year": null, "average_rating", "rating_number", "description", "text", ...}``: the
+raw fields ``recpo_prompts.item_prompt`` reads (null when unknown) and ``text``, the item prompt's key: value lines
+(``recpo_prompts.item_attributes``) for display and text encoders. ``summary.json`` records the category wording
+(``recpo.category``, from ``recpo_prompts.category_name``) a trainer passes as ``--category``.
 
 ``--max_users N`` keeps a seeded random sample of N users (after all filters; the rest is counted as skipped).
 """
@@ -95,112 +98,7 @@ from preprocess.common import (
     save_processed,
     split_from_name,
 )
-
-# --------------------------------------------------------------------------------------------------------------
-# RecPO prompts (METHODS.md §3), reused by the RecPO trainer
-# --------------------------------------------------------------------------------------------------------------
-
-ANSWER_OPEN = "<answer>"
-ANSWER_CLOSE = "</answer>"
-DESCRIPTION_MAX_WORDS = 100
-
-#: How a category is worded in the prompts; other categories: underscores become spaces, lower case.
-CATEGORY_NAMES = {
-    "Games": "video games",
-    "Video_Games": "video games",
-    "Musical_Instruments": "musical instruments",
-    "CDs_and_Vinyl": "CDs and vinyl",
-}
-
-
-def category_name(category: str) -> str:
-    """The prompt wording of a file-name category (``Video_Games`` -> ``video games``)."""
-    if category in CATEGORY_NAMES:
-        return CATEGORY_NAMES[category]
-    return category.replace("_", " ").strip().lower()
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    """One past purchase as the user prompt shows it. ``timestamp`` in unix seconds; None where unknown."""
-
-    title: str
-    rating: float | None = None
-    timestamp: int | None = None
-
-
-def format_time_delta(seconds: float) -> str:
-    """``3d 4.5h`` / ``2h 30.0min`` / ``12.0min`` (days, then fractional hours; the released prompt's wording)."""
-    if seconds < 0:
-        raise ValueError(f"a history item cannot be later than the target (delta {seconds} s)")
-    days, rest = divmod(float(seconds), 86400.0)
-    if days >= 1:
-        return f"{int(days)}d {rest / 3600.0:.1f}h"
-    hours, rest = divmod(rest, 3600.0)
-    if hours >= 1:
-        return f"{int(hours)}h {rest / 60.0:.1f}min"
-    return f"{rest / 60.0:.1f}min"
-
-
-def _rating_text(rating: float) -> str:
-    return f"{float(rating):.1f}"
-
-
-def recpo_user_prompt(history_rows: Sequence[HistoryRow | Mapping], category: str, now: int | None = None) -> str:
-    """The RecPO user prompt for a history (oldest first) in ``category`` (prompt wording, e.g. ``video games``).
-
-    Each row is ``<time_delta> ago: [<title>] (<rating>)``: the delta (``now`` minus the row's time, seconds) is
-    shown when ``now`` and every row's time are known, the rating when every row has one (the header then says
-    "purchases and ratings (out of 5)"). Rows may be ``HistoryRow`` or dicts with the same keys.
-    """
-    rows = [r if isinstance(r, HistoryRow) else HistoryRow(r["title"], r.get("rating"), r.get("timestamp"))
-            for r in history_rows]
-    with_time = now is not None and bool(rows) and all(r.timestamp is not None for r in rows)
-    with_rating = bool(rows) and all(r.rating is not None for r in rows)
-    header = (f"Analyze in depth and finally recommend next {category} I might purchase inside {ANSWER_OPEN} and "
-              f"{ANSWER_CLOSE}. For example, {ANSWER_OPEN} a product {ANSWER_CLOSE}.\n"
-              f"Below is my historical {category} purchases"
-              + (" and ratings (out of 5)" if with_rating else "")
-              + ("" if with_time else ", oldest first") + ":")
-    lines = []
-    for r in rows:
-        line = f"[{r.title}]"
-        if with_rating:
-            line += f" ({_rating_text(r.rating)})"
-        if with_time:
-            line = f"{format_time_delta(now - r.timestamp)} ago: " + line
-        lines.append(line)
-    return "\n".join([header, *lines])
-
-
-def _cut_words(text: str, max_words: int) -> str:
-    words = text.split()
-    return " ".join(words[:max_words]) + ("..." if len(words) > max_words else "")
-
-
-def item_text(title: str, average_rating: float | None = None, rating_number: int | None = None,
-              description: str | None = None) -> str:
-    """The key: value lines of the RecPO item prompt (lines for unknown values are left out)."""
-    lines = [f"Title: {title}"]
-    if average_rating is not None:
-        lines.append(f"Average rating: {_rating_text(average_rating)}")
-    if rating_number is not None:
-        lines.append(f"Number of buyers: {int(rating_number)}")
-    if description:
-        lines.append(f"Description: {_cut_words(description, DESCRIPTION_MAX_WORDS)}")
-    return "\n".join(lines)
-
-
-def recpo_item_prompt(item: Mapping, category: str) -> str:
-    """The RecPO item prompt of a catalog item (its ``text``, else its title). The trainer pre-fills the assistant
-    turn with ``ANSWER_OPEN`` and reads the hidden state there."""
-    text = item.get("text") or item_text(item["title"])
-    return f"Summarize key attributes of the following {category} inside {ANSWER_OPEN} and {ANSWER_CLOSE}:\n{text}"
-
-
-def user_messages(history_rows, category: str, now: int | None) -> list[dict]:
-    return [{"role": "user", "content": recpo_user_prompt(history_rows, category, now)}]
-
+from preprocess.recpo_prompts import category_name, item_attributes, record_user_prompt
 
 # --------------------------------------------------------------------------------------------------------------
 # Field checks and text cleaning
@@ -316,6 +214,16 @@ def _iso(ts: int | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def catalog_item(item_id: int, title: str, average_rating: float | None = None, rating_number: int | None = None,
+                 description: str | None = None, **extra) -> dict:
+    """A catalog item with the raw fields the RecPO item prompt reads (null when the source lacks them) and
+    ``text``, those fields as the item prompt's key: value lines (for display and text encoders)."""
+    item = {"id": item_id, "title": title, "year": None, **extra, "average_rating": average_rating,
+            "rating_number": rating_number, "description": description or None}
+    item["text"] = item_attributes(item)
+    return item
+
+
 def keep_users_sample(users: Sequence[str], max_users: int | None, seed: int, skips: SkipCounter) -> set[str]:
     """All users, or a seeded random sample of ``max_users`` (the others counted in ``skips``)."""
     users = sorted(users)
@@ -327,19 +235,28 @@ def keep_users_sample(users: Sequence[str], max_users: int | None, seed: int, sk
 
 
 def make_record(sample_id: str, history: Sequence[Interaction], target: Interaction, catalog: Mapping[int, dict],
-                category: str) -> dict:
-    rows = [HistoryRow(catalog[h.item]["title"], h.rating, h.timestamp) for h in history]
+                category: str, max_history: int) -> dict:
+    """One record; ``history_ratings`` / ``history_time_deltas`` where every history item has a rating / a time
+    (and the target a time), else null; ``prompt`` is ``record_user_prompt`` of the record itself, the text the
+    RecPO trainer re-renders from it."""
     ids = [h.item for h in history]
-    return {
+    ratings = [h.rating for h in history]
+    times = [h.timestamp for h in history]
+    record = {
         "sample_id": sample_id,
-        "prompt": user_messages(rows, category, target.timestamp),
+        "prompt": None,
         "completion": format_completion([item_line(catalog[target.item]["title"], None)]),
         "groundtruth": [target.item],
         "seen": list(ids),
         "history": ids,
         "target": target.item,
         "timestamp": target.timestamp,
+        "history_ratings": None if None in ratings else ratings,
+        "history_time_deltas": None if target.timestamp is None or None in times else
+        [float(target.timestamp - t) for t in times],
     }
+    record["prompt"] = record_user_prompt(record, catalog, category, max_history)
+    return record
 
 
 def prefix_samples(sequences: Mapping[str, Sequence[Interaction]], min_history: int,
@@ -376,7 +293,7 @@ def position_records(by_split, sequences, catalog: Mapping[int, dict], *, name: 
             for user, t in by_split[split]:
                 seq = sequences[user]
                 out[split].append(make_record(f"{name}/u{user}/t{t}", seq[max(0, t - max_history):t], seq[t],
-                                              catalog, category))
+                                              catalog, category, max_history))
                 bar.update(1)
     return out
 
@@ -596,11 +513,7 @@ def sequences_2023(reviews: list[Review], meta: Mapping[str, dict], max_users: i
     id_of = {a: i for i, a in enumerate(asins)}
     catalog_items = []
     for asin in asins:
-        m = meta[asin]
-        catalog_items.append({"id": id_of[asin], "title": m["title"], "year": None, "asin": asin,
-                              "text": item_text(m["title"], m["average_rating"], m["rating_number"],
-                                                m["description"]),
-                              "average_rating": m["average_rating"], "rating_number": m["rating_number"]})
+        catalog_items.append(catalog_item(id_of[asin], asin=asin, **meta[asin]))
     sequences = {}
     for user in sorted(keep):
         ordered = sorted(per_user[user], key=lambda r: r.ms)  # stable: ties keep file order
@@ -719,7 +632,7 @@ def read_atomic_items(path: Path) -> list[dict]:
         title = clean_text(row["title"])
         if not title:
             raise DataError(path, line=line, field="title", reason="empty title")
-        items.append({"id": iid, "title": title, "year": None, "text": item_text(title)})
+        items.append(catalog_item(iid, title))
     if not items:
         raise DataError(path, reason="the item file lists no items")
     return items
@@ -954,16 +867,14 @@ def csv_catalog(titles: dict[int, tuple[str, str]], index: dict[int, dict] | Non
                 index_path: Path | None) -> list[dict]:
     """Catalog rows: every item of the index (CSV titles must match it), else every item the CSV files name."""
     if index is None:
-        return [{"id": i, "title": titles[i][0], "year": None, "text": item_text(titles[i][0])}
-                for i in sorted(titles)]
+        return [catalog_item(i, titles[i][0]) for i in sorted(titles)]
     for iid, (title, where) in titles.items():
         if iid not in index:
             raise DataError(index_path, record=f"id {iid}", reason=f"id used in {where} is not in the item index")
         if index[iid]["title"] != title:
             raise DataError(index_path, record=f"id {iid}",
                             reason=f"title {index[iid]['title']!r} differs from {title!r} in {where}")
-    return [{"id": i, "title": m["title"], "year": None, "text": item_text(m["title"], description=m["description"])}
-            for i, m in sorted(index.items())]
+    return [catalog_item(i, m["title"], description=m["description"] or None) for i, m in sorted(index.items())]
 
 
 def build_csv(raw_dir, output_dir, *, category: str, name: str | None = None, category_text: str | None = None,
@@ -995,7 +906,7 @@ def build_csv(raw_dir, output_dir, *, category: str, name: str | None = None, ca
             continue
         cut += len(s.history) > max_history
         records[s.split].append(make_record(f"{name}/{s.split}/line{s.line}", s.history[-max_history:], s.target,
-                                            by_id, category_text))
+                                            by_id, category_text, max_history))
         users[s.split].add(s.user)
     train_popularity(records, catalog_items)
     last_train = max((r["timestamp"] for r in records["train"] if r["timestamp"] is not None), default=None)

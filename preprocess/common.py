@@ -6,13 +6,15 @@ A processed data set is a folder::
     <output_dir>/catalog.json               JSON list of catalog items {"id", "title", "year", ...}
     <output_dir>/summary.json               the builder's summary (counts per split, skips with reasons)
 
-Every record has exactly the fields of ``RECORD_FIELDS``. ``save_processed`` validates each record against the
-contract before anything is written; ``load_processed`` reads a folder back with its ``Catalog``.
+Every record has the fields of ``RECORD_FIELDS`` and may have those of ``OPTIONAL_RECORD_FIELDS``.
+``save_processed`` validates each record against the contract before anything is written; ``load_processed``
+reads a folder back with its ``Catalog``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections import Counter
@@ -283,9 +285,22 @@ FEATURES = Features({
 })
 RECORD_FIELDS = tuple(FEATURES)
 
+#: Fields a record MAY carry (sequential data sets whose source has them; RecPO's user prompt shows them). Each is
+#: null or one number per ``history`` item. A data set writes an optional column to every split when any of its
+#: records has the field (records without it get null there).
+OPTIONAL_FEATURES = Features({
+    "history_ratings": List(Value("float64")),  # the user's rating of each history item
+    "history_time_deltas": List(Value("float64")),  # seconds from each history item to the target's time, >= 0
+})
+OPTIONAL_RECORD_FIELDS = tuple(OPTIONAL_FEATURES)
+
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check_messages(value: Any, fail, field: str, *, last_role: str | None, exactly_one: bool = False) -> None:
@@ -337,9 +352,10 @@ def validate_record(record: Mapping, split: str, catalog_ids: set[int]) -> None:
     missing = [f for f in RECORD_FIELDS if f not in record]
     if missing:
         fail(missing[0], "missing")
-    extra = sorted(set(record) - set(RECORD_FIELDS))
+    extra = sorted(set(record) - set(RECORD_FIELDS) - set(OPTIONAL_RECORD_FIELDS))
     if extra:
-        fail(extra[0], f"not part of the record contract (fields: {', '.join(RECORD_FIELDS)})")
+        fail(extra[0], f"not part of the record contract (fields: {', '.join(RECORD_FIELDS)}; optional: "
+                       f"{', '.join(OPTIONAL_RECORD_FIELDS)})")
     if not isinstance(sid, str) or not sid:
         fail("sample_id", f"must be a non-empty str, got {sid!r}")
     _check_messages(record["prompt"], fail, "prompt", last_role="user")
@@ -360,6 +376,16 @@ def validate_record(record: Mapping, split: str, catalog_ids: set[int]) -> None:
     ts = record["timestamp"]
     if ts is not None and not _is_int(ts):
         fail("timestamp", f"must be an int (unix seconds) or null, got {ts!r}")
+    for field in OPTIONAL_RECORD_FIELDS:
+        values = record.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, list) or not all(_is_finite_number(v) for v in values):
+            fail(field, f"must be null or a list of finite numbers, got {values!r:.80}")
+        if len(values) != len(record["history"]):
+            fail(field, f"has {len(values)} values for {len(record['history'])} history items")
+        if field == "history_time_deltas" and any(v < 0 for v in values):
+            fail(field, f"a history item cannot be later than the target (deltas {values!r:.80})")
 
 
 def _split_counts(records: Sequence[Mapping]) -> dict[str, int]:
@@ -438,10 +464,11 @@ def save_processed(output_dir: str | os.PathLike, splits: Mapping[str, Sequence[
     if not progress and bars_were_on:
         datasets.disable_progress_bars()
     try:
+        optional = [f for f in OPTIONAL_RECORD_FIELDS if any(f in r for rs in splits.values() for r in rs)]
         for name, records in splits.items():
             if not records:
                 continue
-            _to_dataset(records).save_to_disk(str(output_dir / name))
+            _to_dataset(records, optional).save_to_disk(str(output_dir / name))
     finally:
         if not progress and bars_were_on:
             datasets.enable_progress_bars()
@@ -456,12 +483,14 @@ def save_processed(output_dir: str | os.PathLike, splits: Mapping[str, Sequence[
     return out
 
 
-def _to_dataset(records: Sequence[Mapping]) -> datasets.Dataset:
-    """Validated records -> Dataset with the contract's FEATURES (arrow arrays built directly: fast)."""
-    schema = FEATURES.arrow_schema
-    table = pa.table({f: pa.array([r[f] for r in records], type=schema.field(f).type) for f in RECORD_FIELDS},
+def _to_dataset(records: Sequence[Mapping], optional: Sequence[str] = ()) -> datasets.Dataset:
+    """Validated records -> Dataset with the contract's FEATURES and the ``optional`` fields named (null where a
+    record lacks one); arrow arrays are built directly (fast)."""
+    features = Features({**FEATURES, **{f: OPTIONAL_FEATURES[f] for f in optional}})
+    schema = features.arrow_schema
+    table = pa.table({f: pa.array([r.get(f) for r in records], type=schema.field(f).type) for f in features},
                      schema=schema)
-    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=FEATURES))
+    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features))
 
 
 def _ordered_item(item: Mapping) -> dict:

@@ -1,94 +1,142 @@
-"""RecPO (R²ec) prompt templates, METHODS.md §3 -- the user prompt the policy reasons on and the item prompt that
-encodes a catalog item. Both end where the ``<answer>`` marker is read: the user prompt asks the model to reason and
+"""RecPO (R²ec) prompt templates, METHODS.md §3: the one renderer of the user prompt the policy reasons on and of
+the item prompt that encodes a catalog item. Builders (``preprocess.amazon``), the trainer (``trainers.recpo``) and
+the evaluator (``evaluation.recpo``) all render through this module, so a model is trained and evaluated on the
+text a data set stores.
+
+Wording: METHODS.md §3; where it leaves the layout open, R²ec's released prompts (line breaks, ``Title`` /
+``User Rating`` / ``Number of Buyers`` / ``Description`` keys, ``3d 4.5h`` time deltas, ``...`` after a cut
+description). Both prompts end where the ``<answer>`` marker is read: the user prompt asks the model to reason and
 then write ``<answer>``; the item prompt's assistant turn is pre-filled with ``<answer>`` (``ITEM_PREFILL``).
 
     messages = user_prompt(["Halo 5", "Tetris Effect"], "video games", ratings=[5, 4], time_deltas=[86400 * 3, 3600])
+    messages = record_user_prompt(record, catalog, category_name("Video_Games"))
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 
 ANSWER_MARKER = "<answer>"
+ANSWER_END = "</answer>"
 ITEM_PREFILL = ANSWER_MARKER
 MAX_HISTORY = 20
 MAX_DESCRIPTION_WORDS = 100
 
+#: How a file-name category is worded in the prompts (R²ec's released names); others: underscores -> spaces,
+#: lower case.
+CATEGORY_NAMES = {
+    "Games": "video games",
+    "Video_Games": "video games",
+    "Musical_Instruments": "musical instruments",
+    "CDs_and_Vinyl": "CDs and vinyl",
+}
+
+
+def category_name(category: str) -> str:
+    """The prompt wording of a file-name category (``Video_Games`` -> ``video games``)."""
+    if category in CATEGORY_NAMES:
+        return CATEGORY_NAMES[category]
+    return category.replace("_", " ").strip().lower()
+
 
 def format_time_delta(seconds: float) -> str:
-    """A coarse human time delta: '5 minutes', '3 hours', '2 days', '4 months', '1 year'."""
-    s = max(0.0, float(seconds))
-    for unit, size in (("year", 365 * 86400), ("month", 30 * 86400), ("day", 86400), ("hour", 3600),
-                       ("minute", 60)):
-        if s >= size:
-            n = int(s // size)
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return "just now"
+    """``3d 4.5h`` / ``2h 30.0min`` / ``12.0min``: whole days then fractional hours, else whole hours then
+    fractional minutes (the released prompt's wording). A negative delta (a history item after the target) is an
+    error: it would mean the prompt leaks the future."""
+    seconds = float(seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a time delta must be a finite number of seconds >= 0, got {seconds}")
+    days, rest = divmod(seconds, 86400.0)
+    if days >= 1:
+        return f"{int(days)}d {rest / 3600.0:.1f}h"
+    hours, rest = divmod(rest, 3600.0)
+    if hours >= 1:
+        return f"{int(hours)}h {rest / 60.0:.1f}min"
+    return f"{rest / 60.0:.1f}min"
 
 
-def _rating(value) -> str:
-    r = float(value)
-    return f"{int(r)}" if r.is_integer() else f"{r:.1f}"
+def format_rating(value: float) -> str:
+    """A rating as the released prompts print the float (``5.0``, ``4.5``, ``4.25``)."""
+    return str(float(value))
 
 
 def user_prompt(history_titles: Sequence[str], category: str, ratings: Sequence[float] | None = None,
                 time_deltas: Sequence[float] | None = None, max_history: int = MAX_HISTORY) -> list[dict]:
-    """The R²ec user prompt over the last ``max_history`` items (oldest first). ``ratings`` (out of 5) and
-    ``time_deltas`` (seconds before the prediction time) are optional per-item annotations."""
+    """The R²ec user prompt over the last ``max_history`` items (oldest first), one chat message.
+
+    A line per item: ``<time_delta> ago: [<title>] (<rating>)``. ``ratings`` (out of 5) and ``time_deltas``
+    (seconds before the target's time) are optional, all items or none: without ratings the ``(x)`` and the
+    header's "and ratings (out of 5)" go; without times the deltas go and the header says "oldest first".
+    """
     n = len(history_titles)
     for name, values in (("ratings", ratings), ("time_deltas", time_deltas)):
         if values is not None and len(values) != n:
             raise ValueError(f"{name} has {len(values)} values for {n} history items")
-    start = max(0, n - max_history)
     lines = []
-    for i in range(start, n):
-        when = f"{format_time_delta(time_deltas[i])} ago: " if time_deltas is not None else ""
-        rating = f" ({_rating(ratings[i])})" if ratings is not None and ratings[i] is not None else ""
-        lines.append(f"{when}[{history_titles[i]}]{rating}")
-    scale = " and ratings (out of 5)" if ratings is not None else ""
-    text = (f"Analyze in depth and finally recommend next {category} I might purchase inside {ANSWER_MARKER} and "
-            f"</answer>. For example, {ANSWER_MARKER} a product </answer>. Below is my historical {category} "
-            f"purchases{scale}:\n" + "\n".join(lines))
-    return [{"role": "user", "content": text}]
+    for i in range(max(0, n - max_history), n):
+        line = f"[{history_titles[i]}]"
+        if ratings is not None:
+            line += f" ({format_rating(ratings[i])})"
+        if time_deltas is not None:
+            line = f"{format_time_delta(time_deltas[i])} ago: {line}"
+        lines.append(line)
+    header = (f"Analyze in depth and finally recommend next {category} I might purchase inside {ANSWER_MARKER} and "
+              f"{ANSWER_END}.\nFor example, {ANSWER_MARKER} a product {ANSWER_END}.\n\n"
+              f"Below is my historical {category} purchases"
+              + (" and ratings (out of 5)" if ratings is not None else "")
+              + ("" if time_deltas is not None else ", oldest first") + ":")
+    return [{"role": "user", "content": "\n".join([header, *lines])}]
 
 
-def _truncate_words(text: str, n: int) -> str:
+def _cut_words(text: str, max_words: int) -> str:
     words = text.split()
-    return " ".join(words[:n]) + (" ..." if len(words) > n else "")
+    return " ".join(words[:max_words]) + ("..." if len(words) > max_words else "")
 
 
-def item_prompt(item: Mapping, category: str) -> list[dict]:
-    """The R²ec item prompt: title, rating, number of buyers and a description of at most 100 words, where the
-    catalog item has them (``title``; optional ``rating`` / ``average_rating``, ``rating_number`` /
-    ``num_buyers``, ``description`` or ``text``)."""
-    lines = [f"title: {item['title']}"]
-    rating = item.get("average_rating", item.get("rating"))
-    if rating is not None:
-        lines.append(f"rating: {_rating(rating)}")
-    buyers = item.get("rating_number", item.get("num_buyers"))
-    if buyers is not None:
-        lines.append(f"number of buyers: {int(buyers)}")
-    description = item.get("description") or item.get("text")
+def item_attributes(item: Mapping) -> str:
+    """The key: value lines of the item prompt: ``Title``, ``User Rating`` (the average rating), ``Number of
+    Buyers`` (the rating count) and ``Description`` (cut to 100 words), each where the catalog item has it.
+
+    Reads ``title``, ``average_rating``, ``rating_number`` and ``description`` (str or list of str). An item
+    without a ``description`` key (a non-Amazon catalog) uses its ``text`` as the description; Amazon items always
+    carry the key (null when unknown), because their ``text`` holds these very lines.
+    """
+    lines = [f"Title: {item['title']}"]
+    if item.get("average_rating") is not None:
+        lines.append(f"User Rating: {format_rating(item['average_rating'])}")
+    if item.get("rating_number") is not None:
+        lines.append(f"Number of Buyers: {int(item['rating_number'])}")
+    description = item["description"] if "description" in item else item.get("text")
     if isinstance(description, (list, tuple)):
         description = " ".join(str(d) for d in description)
     if description:
         description = re.sub(r"\s+", " ", str(description)).strip()
-        lines.append(f"description: {_truncate_words(description, MAX_DESCRIPTION_WORDS)}")
-    text = f"Summarize key attributes of the following {category} inside {ANSWER_MARKER} and </answer>:\n" + \
-        "\n".join(lines)
+    if description:
+        lines.append(f"Description: {_cut_words(description, MAX_DESCRIPTION_WORDS)}")
+    return "\n".join(lines)
+
+
+def item_prompt(item: Mapping, category: str) -> list[dict]:
+    """The R²ec item prompt of a catalog item, one chat message; the caller pre-fills the assistant turn with
+    ``ITEM_PREFILL`` and reads the hidden state there."""
+    text = (f"Summarize key attributes of the following {category} inside {ANSWER_MARKER} and {ANSWER_END}:\n"
+            + item_attributes(item))
     return [{"role": "user", "content": text}]
 
 
 def record_user_prompt(record: Mapping, catalog, category: str, max_history: int = MAX_HISTORY) -> list[dict]:
-    """The user prompt of a data-contract record (``history`` ids, oldest first; optional per-item
-    ``history_ratings`` and ``history_time_deltas``), titles from ``catalog``. Training and evaluation both call
-    this, so a RecPO model is evaluated on the prompt it was trained on."""
-    history = list(record.get("history") or [])[-max_history:]
-    n = len(history)
-
-    def last_n(name):
+    """The user prompt of a data-contract record: ``history`` ids (oldest first) titled from ``catalog`` (a
+    ``Catalog`` or ``{id: item}``), with the optional per-item ``history_ratings`` and ``history_time_deltas``
+    (null or absent: not shown). Builders store exactly this as the record's ``prompt``; training and evaluation
+    re-render it, so all three see the same text."""
+    history = list(record.get("history") or [])
+    optional = {}
+    for name in ("history_ratings", "history_time_deltas"):
         values = record.get(name)
-        return None if values is None else list(values)[len(values) - n:]
-
-    return user_prompt([catalog[i]["title"] for i in history], category, ratings=last_n("history_ratings"),
-                       time_deltas=last_n("history_time_deltas"), max_history=max_history)
+        if values is not None and len(values) != len(history):
+            raise ValueError(f"sample {record.get('sample_id')!r}: field {name!r} has {len(values)} values for "
+                             f"{len(history)} history items")
+        optional[name] = None if values is None else list(values)
+    return user_prompt([catalog[i]["title"] for i in history], category, ratings=optional["history_ratings"],
+                       time_deltas=optional["history_time_deltas"], max_history=max_history)

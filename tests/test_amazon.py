@@ -9,23 +9,24 @@ from pathlib import Path
 import pytest
 
 from preprocess import amazon
-from preprocess.amazon import (
-    HistoryRow,
-    build_2023,
-    build_atomic,
-    build_csv,
+from preprocess.amazon import build_2023, build_atomic, build_csv
+from preprocess.common import DataError, load_processed, save_processed
+from preprocess.recpo_prompts import (
+    category_name,
     format_time_delta,
-    recpo_item_prompt,
-    recpo_user_prompt,
+    item_attributes,
+    item_prompt,
+    record_user_prompt,
+    user_prompt,
 )
-from preprocess.common import DataError, load_processed
 from tests.conftest import AMAZON_DIR, require
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIX_2023 = FIXTURES / "amazon2023"
 FIX_CSV = FIXTURES / "amazon_csv"
-HEADER = ("Analyze in depth and finally recommend next video games I might purchase inside <answer> and </answer>. "
-          "For example, <answer> a product </answer>.\n")
+HEADER = ("Analyze in depth and finally recommend next video games I might purchase inside <answer> and </answer>.\n"
+          "For example, <answer> a product </answer>.\n\n")
+HEADER_LINES = 4  # the two sentences, a blank line, "Below is my historical ..."
 
 
 def _secs(text: str) -> int:
@@ -43,7 +44,8 @@ def _records(dd):
 
 
 def _check_contract(recs, catalog, max_history=20):
-    """Every id in the catalog, history <= max_history, seen == history, groundtruth == [target], prompt rendered."""
+    """Every id in the catalog, history <= max_history, seen == history, groundtruth == [target], prompt rendered
+    and equal to the trainer's re-rendering of the loaded record."""
     ids = set(catalog.ids)
     for split, rows in recs.items():
         for r in rows:
@@ -51,9 +53,10 @@ def _check_contract(recs, catalog, max_history=20):
             assert 1 <= len(r["history"]) <= max_history
             assert r["seen"] == r["history"] and r["groundtruth"] == [r["target"]]
             content = r["prompt"][-1]["content"]
-            assert content.startswith(HEADER) and len(content.splitlines()) == 2 + len(r["history"])
-            for h, line in zip(r["history"], content.splitlines()[2:]):
+            assert content.startswith(HEADER) and len(content.splitlines()) == HEADER_LINES + len(r["history"])
+            for h, line in zip(r["history"], content.splitlines()[HEADER_LINES:]):
                 assert f"[{catalog[h]['title']}]" in line
+            assert r["prompt"] == record_user_prompt(r, catalog, "video games")
             assert r["completion"] == [{"role": "assistant", "content": catalog[r["target"]]["title"]}]
 
 
@@ -71,18 +74,30 @@ def test_time_delta_and_prompt_wording():
     assert format_time_delta(2 * 86400 + 3 * 3600 + 1800) == "2d 3.5h"
     with pytest.raises(ValueError):
         format_time_delta(-1)
-    rows = [HistoryRow("A", 5.0, 0), {"title": "B", "rating": 3.5, "timestamp": 3600}]
-    assert recpo_user_prompt(rows, "video games", now=7200) == (
-        HEADER + "Below is my historical video games purchases and ratings (out of 5):\n"
-        "2h 0.0min ago: [A] (5.0)\n1h 0.0min ago: [B] (3.5)")
+    assert user_prompt(["A", "B"], "video games", ratings=[5, 3.5], time_deltas=[7200, 3600]) == [
+        {"role": "user", "content": HEADER + "Below is my historical video games purchases and ratings (out of 5):\n"
+                                            "2h 0.0min ago: [A] (5.0)\n1h 0.0min ago: [B] (3.5)"}]
     # no time (atomic files): oldest first, no deltas; no ratings: no "(x)" and no rating header
-    assert recpo_user_prompt([HistoryRow("A"), HistoryRow("B")], "video games") == (
+    assert user_prompt(["A", "B"], "video games")[0]["content"] == (
         HEADER + "Below is my historical video games purchases, oldest first:\n[A]\n[B]")
-    item = {"id": 0, "title": "A", "year": None, "text": "Title: A\nAverage rating: 4.0"}
-    assert recpo_item_prompt(item, "video games") == (
+    assert user_prompt(["A", "B", "C"], "video games", ratings=[1, 2, 3], max_history=2)[0]["content"].endswith(
+        "oldest first:\n[B] (2.0)\n[C] (3.0)")
+    with pytest.raises(ValueError, match="ratings has 1 values for 2"):
+        user_prompt(["A", "B"], "video games", ratings=[5])
+    item = {"id": 0, "title": "A", "year": None, "average_rating": 4.0, "rating_number": 12,
+            "description": ["Line one.", "Line  two."]}
+    assert item_prompt(item, "video games") == [{"role": "user", "content": (
         "Summarize key attributes of the following video games inside <answer> and </answer>:\n"
-        "Title: A\nAverage rating: 4.0")
-    assert recpo_item_prompt({"id": 1, "title": "B"}, "CDs and vinyl").endswith(":\nTitle: B")
+        "Title: A\nUser Rating: 4.0\nNumber of Buyers: 12\nDescription: Line one. Line two.")}]
+    # an Amazon item without metadata: only its title (its `text` is never read as a description)
+    bare = {"id": 1, "title": "B", "average_rating": None, "rating_number": None, "description": None,
+            "text": "Title: B"}
+    assert item_prompt(bare, "CDs and vinyl")[0]["content"].endswith("CDs and vinyl inside <answer> and "
+                                                                     "</answer>:\nTitle: B")
+    # a catalog without a description field (MovieLens): its text is the description
+    assert item_attributes({"title": "C", "text": "Drama"}) == "Title: C\nDescription: Drama"
+    assert [category_name(c) for c in ("Video_Games", "Games", "CDs_and_Vinyl", "Pet_Supplies")] == [
+        "video games", "video games", "CDs and vinyl", "pet supplies"]
 
 
 # ---------------------------------------------------------------------------------------------------- 2023
@@ -121,7 +136,9 @@ def test_2023_prompt_rendered_with_time_deltas_and_ratings(tmp_path):
         "54d 21.5h ago: [Controller Charging Station] (3.0)")}]
     assert rec["completion"][0]["content"] == "Headset & Mic"
     assert rec["timestamp"] == _secs("2023-03-01T10:00:00")
-    assert catalog[0]["text"] == ("Title: Elden Ring - PlayStation 5\nAverage rating: 4.8\nNumber of buyers: 1200\n"
+    assert rec["history_ratings"] == [5.0, 4.0, 3.0]
+    assert rec["history_time_deltas"] == [120 * 86400, 90 * 86400, 54 * 86400 + 21.5 * 3600]
+    assert catalog[0]["text"] == ("Title: Elden Ring - PlayStation 5\nUser Rating: 4.8\nNumber of Buyers: 1200\n"
                                   "Description: An action role-playing game. Open world & bosses.")
 
 
@@ -385,6 +402,85 @@ def test_csv_index_disagreement_and_layout_errors(tmp_path):
     shutil.rmtree(raw / "test")
     with pytest.raises(DataError, match="expected train / valid / test CSV"):
         build_csv(raw, tmp_path / "out", category="Video_Games", progress=False, quiet=True)
+
+
+# ---------------------------------------------------------------------------------------------------- one renderer
+
+
+def _atomic_fixture(tmp_path):
+    raw = tmp_path / "atomic"
+    _write_atomic(raw, [(i, f"Game {i}") for i in range(5)], [("0", [0, 1, 2], 3)], [("0", [0, 1, 2, 3], 4)])
+    return raw
+
+
+@pytest.mark.parametrize("fmt", ["2023", "atomic", "csv"])
+def test_stored_prompt_is_the_trainers_rendering_and_item_prompts_show_metadata(tmp_path, fmt):
+    if fmt == "2023":
+        summary, dd, catalog = _build_2023(tmp_path)
+    elif fmt == "atomic":
+        summary, dd, catalog = _build(build_atomic, _atomic_fixture(tmp_path), tmp_path / "out", category="Games")
+    else:
+        summary, dd, catalog = _build(build_csv, FIX_CSV, tmp_path / "out", category="Video_Games")
+    category = summary["recpo"]["category"]
+    assert category == "video games"
+    rows = [r for s in dd for r in dd[s]]
+    for r in rows:  # what the RecPO trainer trains on == what the data set stores (after the arrow round trip)
+        assert r["prompt"] == record_user_prompt(r, catalog, category)
+    with_time = [r["history_time_deltas"] is not None for r in rows]
+    with_ratings = [r["history_ratings"] is not None for r in rows]
+    assert all(with_time) == all(with_ratings) == (fmt != "atomic") and any(with_time) == (fmt != "atomic")
+    # the annotations are shown from the record: dropping them changes the prompt to the plain form
+    if fmt != "atomic":
+        plain = {**rows[0], "history_ratings": None, "history_time_deltas": None}
+        text = record_user_prompt(plain, catalog, category)[0]["content"]
+        assert "ago:" not in text and "oldest first" in text and text != rows[0]["prompt"][0]["content"]
+
+    prompts = {it["id"]: item_prompt(it, category)[0]["content"] for it in catalog.items}
+    for it in catalog.items:
+        assert prompts[it["id"]] == ("Summarize key attributes of the following video games inside <answer> and "
+                                     f"</answer>:\n{it['text']}")
+    if fmt == "2023":
+        assert prompts[0].endswith("Title: Elden Ring - PlayStation 5\nUser Rating: 4.8\nNumber of Buyers: 1200\n"
+                                   "Description: An action role-playing game. Open world & bosses.")
+        assert (catalog[0]["average_rating"], catalog[0]["rating_number"]) == (4.8, 1200)
+    elif fmt == "csv":  # the item index has descriptions, no ratings
+        assert prompts[2].endswith(":\nTitle: Zelda: Breath of the Wild\n"
+                                   "Description: Open-world adventure & exploration.")
+    else:
+        assert prompts[0].endswith(":\nTitle: Game 0")
+
+
+def _record(**extra):
+    return {"sample_id": "s0", "prompt": [{"role": "user", "content": "p"}],
+            "completion": [{"role": "assistant", "content": "c"}], "groundtruth": [1], "seen": [0], "history": [0],
+            "target": 1, "timestamp": None, **extra}
+
+
+@pytest.mark.parametrize("extra, reason, field", [
+    ({"history_ratings": [4.0, 5.0]}, "has 2 values for 1 history items", "history_ratings"),
+    ({"history_ratings": ["4"]}, "list of finite numbers", "history_ratings"),
+    ({"history_ratings": [float("nan")]}, "list of finite numbers", "history_ratings"),
+    ({"history_time_deltas": [-5.0]}, "later than the target", "history_time_deltas"),
+    ({"history_time_deltas": 3.0}, "list of finite numbers", "history_time_deltas"),
+    ({"history_views": [1]}, "not part of the record contract", "history_views"),
+])
+def test_optional_history_fields_are_validated(tmp_path, extra, reason, field):
+    items = [{"id": 0, "title": "A", "year": None}, {"id": 1, "title": "B", "year": None}]
+    with pytest.raises(DataError) as err:
+        save_processed(tmp_path / "out", {"train": [_record(**extra)]}, items, {}, quiet=True, progress=False)
+    assert reason in str(err.value) and f"field {field!r}" in str(err.value)
+
+
+def test_optional_history_fields_round_trip_and_are_null_where_absent(tmp_path):
+    items = [{"id": 0, "title": "A", "year": None}, {"id": 1, "title": "B", "year": None}]
+    splits = {"train": [_record(history_ratings=[4.5], history_time_deltas=[60])],
+              "test": [_record(sample_id="s1")]}  # no optional fields here: null columns in its split
+    save_processed(tmp_path / "out", splits, items, {}, quiet=True, progress=False)
+    dd, _ = load_processed(tmp_path / "out")
+    assert (dd["train"][0]["history_ratings"], dd["train"][0]["history_time_deltas"]) == ([4.5], [60.0])
+    assert (dd["test"][0]["history_ratings"], dd["test"][0]["history_time_deltas"]) == (None, None)
+    save_processed(tmp_path / "plain", {"train": [_record()]}, items, {}, quiet=True, progress=False)
+    assert "history_ratings" not in load_processed(tmp_path / "plain")[0]["train"].column_names
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -87,24 +87,28 @@ class Episode:
 
 
 def cut_at_stop(ids: Sequence[int], decode: Callable[[list[int]], str], eos_ids: set[int],
-                stops: Sequence[str] = STOP_STRINGS) -> tuple[list[int], str | None]:
+                stops: Sequence[str] = STOP_STRINGS, before: str = "") -> tuple[list[int], str | None]:
     """The shortest prefix of ``ids`` that ends a turn, and why: ``(prefix, stop string | "eos" | None)``.
 
     EOS ends at its own token (kept); a stop string ends at the token that completes it (the smallest prefix whose
-    decoded text contains it, found by bisection: decoding is monotone in prefixes for these ASCII markers)."""
+    decoded text contains it, found by bisection: decoding is monotone in prefixes for these ASCII markers).
+    ``before``: the text already generated in this turn, so a stop string split across two generation calls (a
+    per-turn cap) is found; only its last ``len(stop) - 1`` characters matter."""
     ids = list(ids)
+    keep = max(len(s) for s in stops) - 1
+    before = before[-keep:] if keep > 0 else ""
     eos_at = next((t for t, tok in enumerate(ids) if tok in eos_ids), None)
     body = ids if eos_at is None else ids[:eos_at]
-    text = decode(body)
+    text = before + decode(body)
     if any(s in text for s in stops):
-        lo, hi = 1, len(body)  # smallest n with a stop in decode(body[:n])
+        lo, hi = 1, len(body)  # smallest n with a stop in before + decode(body[:n])
         while lo < hi:
             mid = (lo + hi) // 2
-            if any(s in decode(body[:mid]) for s in stops):
+            if any(s in before + decode(body[:mid]) for s in stops):
                 hi = mid
             else:
                 lo = mid + 1
-        head = decode(body[:lo])
+        head = before + decode(body[:lo])
         first = min((head.find(s), s) for s in stops if s in head)[1]
         return body[:lo], first
     if eos_at is not None:
@@ -150,7 +154,7 @@ def run_episodes(prompt_ids: Sequence[Sequence[int]], histories: Sequence[Sequen
         calls, still = [], []
         for i, cap, (new_ids, new_lp) in zip(active, allow, outs):
             ep = eps[i]
-            new_ids, stop = cut_at_stop(list(new_ids)[:cap], decode, eos_ids)
+            new_ids, stop = cut_at_stop(list(new_ids)[:cap], decode, eos_ids, before=ep.text)
             _append(ep, new_ids, 1, None if new_lp is None else list(new_lp)[:len(new_ids)])
             ep.text += decode([t for t in new_ids if t not in eos_ids])
             if stop == ANSWER_CLOSE:

@@ -94,6 +94,7 @@ from preprocess.common import (
     DataError,
     SkipCounter,
     format_completion,
+    is_finite_number,
     item_line,
     save_processed,
     split_from_name,
@@ -111,10 +112,6 @@ _SPACES = re.compile(r"\s+")
 def clean_text(raw: str) -> str:
     """HTML entities unescaped, tags removed, whitespace (newlines, tabs) collapsed to one space."""
     return _SPACES.sub(" ", _TAGS.sub(" ", html.unescape(raw))).strip()
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _required(row: Mapping, field: str, path, line: int) -> Any:
@@ -135,7 +132,7 @@ def _as_number(value: Any, field: str, path, line: int) -> float:
             value = float(value)
         except ValueError:
             pass
-    if not _is_number(value):
+    if not is_finite_number(value):
         raise DataError(path, line=line, field=field, reason=f"must be a number, got {value!r:.60}")
     return float(value)
 

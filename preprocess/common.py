@@ -299,7 +299,8 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_finite_number(x: Any) -> bool:
+def is_finite_number(x: Any) -> bool:
+    """An int or float (not bool), not nan / inf."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -380,7 +381,7 @@ def validate_record(record: Mapping, split: str, catalog_ids: set[int]) -> None:
         values = record.get(field)
         if values is None:
             continue
-        if not isinstance(values, list) or not all(_is_finite_number(v) for v in values):
+        if not isinstance(values, list) or not all(is_finite_number(v) for v in values):
             fail(field, f"must be null or a list of finite numbers, got {values!r:.80}")
         if len(values) != len(record["history"]):
             fail(field, f"has {len(values)} values for {len(record['history'])} history items")

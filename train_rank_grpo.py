@@ -25,7 +25,7 @@ from trl import TrlParser
 
 from trainers.rank_grpo import RankGRPOConfig, trainer_class
 from trainers.run_logging import configure_wandb, tee_output
-from trainers.script_args import CommonScriptArguments, take_subset
+from trainers.script_args import CommonScriptArguments, start_rl_run, take_subset, train_and_save
 
 logger = logging.getLogger("train_rank_grpo")
 
@@ -95,13 +95,9 @@ def main(argv=None):
 
 
 def run(script_args: ScriptArguments, config: RankGRPOConfig):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        force=bool(script_args.log_file))
-    if config.use_vllm and not torch.cuda.is_available():
-        logger.warning("--use_vllm needs a GPU; no CUDA device here, generating with transformers instead")
-        config.use_vllm = False
+    start_rl_run(script_args, config, logger)
 
-    from modeling.loading import is_adapter_dir, load_model_and_tokenizer, load_tokenizer, resolve_resume, run_name
+    from modeling.loading import is_adapter_dir, load_model_and_tokenizer, load_tokenizer, run_name
     from preprocess.common import load_processed
 
     # ---- model path and output folder
@@ -143,12 +139,7 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
     # ---- train
     trainer = trainer_class(config.algorithm)(model=model_path, args=config, train_dataset=train,
                                               eval_dataset=eval_ds, processing_class=tokenizer, catalog=catalog)
-    trainer.train(resume_from_checkpoint=resolve_resume(config.resume_from_checkpoint, config.output_dir))
-    trainer.save_model(config.output_dir)
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(config.output_dir)
-    logger.info("saved to %s", config.output_dir)
-    return trainer
+    return train_and_save(trainer, config, tokenizer, logger)
 
 
 if __name__ == "__main__":

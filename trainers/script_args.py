@@ -73,3 +73,30 @@ def add_common_script_arguments(parser) -> None:
     group.add_argument("--require_year", choices=("auto", "true", "false"), default="auto",
                        help=COMMON_HELP["require_year"])
     group.add_argument("--log_file", default=None, help=COMMON_HELP["log_file"])
+
+
+def start_rl_run(script_args, config, logger) -> None:
+    """What every RL script does first: INFO logging (re-configured when output is tee'd to --log_file) and, on a
+    machine without CUDA, ``use_vllm`` switched off with a warning (generation falls back to transformers)."""
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=bool(getattr(script_args, "log_file", None)))
+    if getattr(config, "use_vllm", False) and not torch.cuda.is_available():
+        logger.warning("--use_vllm needs a GPU; no CUDA device here, generating with transformers instead")
+        config.use_vllm = False
+
+
+def train_and_save(trainer, config, tokenizer, logger):
+    """Train (resuming from ``--resume_from_checkpoint last|true|PATH``), save the final model and tokenizer into
+    ``config.output_dir``; returns the trainer."""
+    from modeling.loading import resolve_resume
+
+    trainer.train(resume_from_checkpoint=resolve_resume(config.resume_from_checkpoint, config.output_dir))
+    trainer.save_model(config.output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(config.output_dir)
+    logger.info("saved to %s", config.output_dir)
+    return trainer

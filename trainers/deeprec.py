@@ -523,6 +523,9 @@ def warmstart_records(dataset, catalog, retriever, args: DeepRecConfig, split: s
     )
 
     settings = args.episode_settings
+    if settings.k < 10:
+        raise ValueError(f"the warm-start's final top 10 comes from the retrieved lists: retrieve_k must be >= 10, "
+                         f"got {settings.k}")
     rows = [dict(r) for r in dataset]
     prefs = [_preference_texts(list(r.get("history") or []), catalog, args.category) for r in rows]
     lists = []

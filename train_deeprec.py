@@ -28,7 +28,7 @@ from trl import TrlParser
 
 from trainers.deeprec import DeepRecConfig, DeepRecTrainer, ItemEmbeddings, warmstart_records
 from trainers.run_logging import configure_wandb, tee_output
-from trainers.script_args import CommonScriptArguments, take_subset
+from trainers.script_args import CommonScriptArguments, start_rl_run, take_subset, train_and_save
 
 logger = logging.getLogger("train_deeprec")
 
@@ -87,13 +87,9 @@ def resolve_init(script_args: ScriptArguments, config: DeepRecConfig) -> str:
 
 
 def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        force=bool(script_args.log_file))
-    if config.use_vllm and not torch.cuda.is_available():
-        logger.warning("--use_vllm needs a GPU; no CUDA device here, generating with transformers instead")
-        config.use_vllm = False
+    start_rl_run(script_args, config, logger)
 
-    from modeling.loading import load_tokenizer, resolve_resume, run_name
+    from modeling.loading import load_tokenizer, run_name
     from preprocess.common import load_processed, save_processed
     from retrieval import TRMRetriever
     from retrieval.text import encode_texts
@@ -156,12 +152,8 @@ def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
         os.makedirs(config.output_dir, exist_ok=True)
         with open(os.path.join(config.output_dir, "data_selection.json"), "w") as f:
             json.dump(trainer.selection_stats or {"difficulty_selection": False, "rows": len(train)}, f, indent=1)
-    trainer.train(resume_from_checkpoint=resolve_resume(config.resume_from_checkpoint, config.output_dir))
-    trainer.save_model(config.output_dir)
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(config.output_dir)
-    logger.info("saved to %s; rollout seconds %s", config.output_dir,
-                {k: round(v, 2) for k, v in trainer.rollout_timings.items()})
+    train_and_save(trainer, config, tokenizer, logger)
+    logger.info("rollout seconds %s", {k: round(v, 2) for k, v in trainer.rollout_timings.items()})
     return trainer
 
 

@@ -668,3 +668,24 @@ def test_configs_parse():
             assert cfg.max_trajectory_tokens == 16384 and cfg.difficulty_selection is True
         if stage == "rec":
             assert script.init_from
+
+
+def test_warmstart_data_through_the_script_trains_with_train_sft(tiny_setup, tmp_path):
+    """train_deeprec.py --write_warmstart_data writes a contract data set that train_sft.py trains on (one step)."""
+    import train_deeprec
+    import train_sft
+    from preprocess.common import load_processed
+
+    _, data, model, trm = tiny_setup
+    out = tmp_path / "ws"
+    train_deeprec.main(["--dataset_path", str(data), "--trm_path", str(trm), "--write_warmstart_data", str(out),
+                        "--eval_split", "validation", "--retrieve_k", "10", "--category", "movies"],
+                       encoder=FakeEncoder())
+    dsd, _ = load_processed(out)
+    assert len(dsd["train"]) == N_TRAIN and len(dsd["validation"]) == 4
+    assert all(parse_trajectory(c[0]["content"]).valid for c in dsd["train"]["completion"])
+    trainer = train_sft.main(["--dataset_path", str(out), "--model_name", str(model), "--output_dir",
+                              str(tmp_path / "sft"), "--max_steps", "1", "--per_device_train_batch_size", "2",
+                              "--max_length", "2048", "--save_strategy", "no", "--eval_strategy", "no",
+                              "--report_to", "none", "--activation_checkpointing", "false"])
+    assert trainer.state.global_step == 1

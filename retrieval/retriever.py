@@ -226,7 +226,8 @@ class TRMRetriever:
     @classmethod
     def load(cls, folder: str | os.PathLike, encoder=None, device: str | torch.device = "cpu") -> "TRMRetriever":
         """A saved TRM. `encoder` embeds preference texts (needed only for non-empty ones); it should be the
-        text encoder the checkpoint names (`trm_config.json` `text_encoder`)."""
+        text encoder the checkpoint names (`trm_config.json` `text_encoder`); `encoder="auto"` loads that one
+        with `modeling.text_encoder.load_text_encoder`."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -251,6 +252,10 @@ class TRMRetriever:
             raise ValueError(f"{folder / WEIGHTS_FILE}: missing weights {missing[:5]}, unexpected {unexpected[:5]}")
         model.eval()
         name = saved.get("text_encoder")
+        if isinstance(encoder, str) and encoder == "auto":
+            from modeling.text_encoder import load_text_encoder
+
+            encoder = load_text_encoder(name, device=str(device))
         if encoder is not None and name and encoder_name(encoder) != name:
             warnings.warn(f"{folder}: trained with text encoder {name!r}, loaded with {encoder_name(encoder)!r}",
                           stacklevel=2)

@@ -7,11 +7,15 @@ are random, which does not change the cost. Timed: `TRMRetriever.retrieve(histor
 preference_embeddings=...)` with the 64 preference embeddings given (what one DeepRec rollout turn needs once
 the LLM's preference texts are encoded; the item matrix is cached between calls, as in a rollout), and separately
 the all-MiniLM-L6-v2 encoding of 64 preference texts (when the offline encoder is installed) and the cold
-call (item matrix recomputed, i.e. right after a weight update). Target (issue #8): <= 20 ms on CPU.
+call (item matrix recomputed, i.e. right after a weight update). `warm_cpu_ms` is the process CPU time of a warm
+call per thread: on a shared machine wall time includes waiting for a core, CPU time does not (with one thread
+it is what the call costs on an idle core). Target (issue #8): <= 20 ms on CPU.
 """
 from __future__ import annotations
 
 import json
+import statistics
+import time
 
 import numpy as np
 import torch
@@ -52,7 +56,14 @@ def _time_retrieval(retriever, histories, pref_emb) -> dict:
         retriever.refresh()
         return retriever.retrieve(histories, k=K, preference_embeddings=pref_emb)
 
+    warm()
+    cpu = []
+    for _ in range(15):  # process CPU time: what the call costs when it has a core to itself (no wait for one)
+        t0 = time.process_time()
+        warm()
+        cpu.append(time.process_time() - t0)
     return {"warm_ms": 1000 * median_seconds(warm, repeat=15, warmup=2),
+            "warm_cpu_ms": 1000 * statistics.median(cpu) / torch.get_num_threads(),
             "cold_ms": 1000 * median_seconds(cold, repeat=5, warmup=1)}
 
 
@@ -84,15 +95,18 @@ def run() -> dict:
     except Exception as err:  # noqa: BLE001 - the encoder is optional here; say why it was skipped
         encode_ms = f"skipped: {type(err).__name__}: {err}"
     best = min(r["warm_ms"] for r in results.values())
+    best_cpu = results["1_threads"]["warm_cpu_ms"]
     return {
         "name": "retrieval",
         "source": source,
         "shape": f"{QUERIES} queries x {len(ids)} items, top {K}, d 128, 2 layers, 8 experts, text dim {TEXT_DIM}",
         "retrieve": results,
         "retrieve_ms": best,
+        "retrieve_cpu_ms_1_thread": best_cpu,
         "encode_64_preferences_ms": encode_ms,
         "target_ms": 20.0,
         "meets_target": best <= 20.0,
+        "meets_target_cpu_time": best_cpu <= 20.0,
         "machine": machine(),
     }
 

@@ -88,6 +88,44 @@ class MoEAdaptor(nn.Module):
         return torch.einsum("ne,ned->nd", gate, experts)
 
 
+class EncoderLayer(nn.Module):
+    """A pre-norm Transformer encoder layer (self-attention, then a GELU feed-forward; no causal mask).
+
+    Written out, instead of `nn.TransformerEncoderLayer`, for one reason: retrieval needs only the last
+    position's output, so the LAST layer can compute queries, attention output and feed-forward for that position
+    alone (`last_only=True`; keys and values still come from every position). That is ~40% of the encoder's work
+    saved per query and gives the same numbers (tests/test_trm.py checks it against `nn.TransformerEncoderLayer`)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, ffn_size: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attn_norm = nn.LayerNorm(hidden_size)
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.attn_out = nn.Linear(hidden_size, hidden_size)
+        self.ffn_norm = nn.LayerNorm(hidden_size)
+        self.ffn_in = nn.Linear(hidden_size, ffn_size)
+        self.ffn_out = nn.Linear(ffn_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    def forward(self, x: torch.Tensor, key_padding: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x (B, L, d), key_padding (B, L) True = padding -> (B, L, d), or (B, 1, d) with `last_only`."""
+        B, L, d = x.shape
+        H = self.num_heads
+        h = self.attn_norm(x)
+        w_q, w_kv = self.qkv.weight[:d], self.qkv.weight[d:]
+        b_q, b_kv = self.qkv.bias[:d], self.qkv.bias[d:]
+        k, v = F.linear(h, w_kv, b_kv).view(B, L, 2, H, d // H).permute(2, 0, 3, 1, 4)
+        if last_only:
+            x, h = x[:, -1:], h[:, -1:]
+        q = F.linear(h, w_q, b_q).view(B, -1, H, d // H).transpose(1, 2)
+        allowed = (~key_padding)[:, None, None, :]  # (B, 1, 1, L): attend to real items only
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        x = x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(B, -1, d)))
+        return x + self.dropout(self.ffn_out(self.dropout(F.gelu(self.ffn_in(self.ffn_norm(x))))))
+
+
 class TRM(nn.Module):
     """See the module docstring. `item_text` is (num_items + 1, text_dim), row 0 = zeros (padding)."""
 
@@ -110,10 +148,9 @@ class TRM(nn.Module):
         self.position_embedding = nn.Embedding(c.max_history, c.hidden_size)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
         self.input_dropout = nn.Dropout(c.dropout)
-        layer = nn.TransformerEncoderLayer(c.hidden_size, c.num_heads, c.ffn_size, c.dropout, batch_first=True,
-                                           norm_first=True, activation="gelu")
-        self.encoder = nn.TransformerEncoder(layer, c.num_layers, norm=nn.LayerNorm(c.hidden_size),
-                                             enable_nested_tensor=False)
+        self.layers = nn.ModuleList(EncoderLayer(c.hidden_size, c.num_heads, c.ffn_size, c.dropout)
+                                    for _ in range(c.num_layers))
+        self.final_norm = nn.LayerNorm(c.hidden_size)
         self.user_norm = nn.LayerNorm(c.hidden_size)
 
     # ------------------------------------------------------------------------------------------ items
@@ -145,7 +182,9 @@ class TRM(nn.Module):
         # an all-masked row would give NaN attention: let empty rows attend to their last slot, zero them below
         padding = padding.clone()
         padding[empty, -1] = False
-        h = self.encoder(x, src_key_padding_mask=padding)[:, -1]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, padding, last_only=i == len(self.layers) - 1)
+        h = self.final_norm(x[:, -1])
         return h * (~empty).unsqueeze(-1)
 
     def user_vectors(self, history_rows: torch.Tensor, preference_text: torch.Tensor | None = None,

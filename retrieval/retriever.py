@@ -53,7 +53,7 @@ class TRMRetriever:
         self.excluded_ids = sorted({int(i) for i in excluded_ids})
         self.encoder = encoder
         self.text_encoder_name = text_encoder_name or (encoder_name(encoder) if encoder is not None else None)
-        self._item_matrix: torch.Tensor | None = None
+        self._item_matrix: tuple[torch.Tensor, torch.Tensor] | None = None
         self._base_mask = torch.zeros(model.config.num_items + 1, dtype=torch.bool)
         self._base_mask[0] = True
         for iid in self.excluded_ids:
@@ -146,15 +146,21 @@ class TRMRetriever:
         return emb
 
     # ------------------------------------------------------------------------------------------- scores
-    def item_matrix(self) -> torch.Tensor:
-        """(num_items + 1, d) L2-normalised item vectors (row 0 = padding), cached until `refresh()`."""
+    def _item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw, L2-normalised) item vectors, (num_items + 1, d) each, cached until `refresh()`. The raw ones feed
+        the history encoder: looking them up is far cheaper than running the MoE on every history item again."""
         if self._item_matrix is None or self.model.training:
             with torch.no_grad():
-                matrix = torch.nn.functional.normalize(self.model.item_vectors(), dim=-1)
+                raw = self.model.item_vectors()
+                pair = (raw, torch.nn.functional.normalize(raw, dim=-1))
             if self.model.training:
-                return matrix
-            self._item_matrix = matrix
+                return pair
+            self._item_matrix = pair
         return self._item_matrix
+
+    def item_matrix(self) -> torch.Tensor:
+        """(num_items + 1, d) L2-normalised item vectors (row 0 = padding), cached until `refresh()`."""
+        return self._item_vectors()[1]
 
     def item_embeddings(self, ids: Sequence[int] | None = None) -> np.ndarray:
         """L2-normalised TRM item vectors of `ids` (default: the whole catalog, in `catalog_ids` order)."""
@@ -174,9 +180,9 @@ class TRMRetriever:
         was_training = self.model.training
         self.model.eval()
         try:
-            items = self.item_matrix()
+            raw_items, items = self._item_vectors()
             pref, has = self.preference_inputs(n, preference_texts, preference_embeddings)
-            users = self.model.user_vectors(self.rows_of(histories), pref, has)
+            users = self.model.user_vectors(self.rows_of(histories), pref, has, item_vectors=raw_items)
             scores = torch.nn.functional.normalize(users, dim=-1) @ items.T
         finally:
             self.model.train(was_training)
@@ -191,7 +197,7 @@ class TRMRetriever:
                     r_idx.append(row)
         if b_idx:
             mask[torch.tensor(b_idx), torch.tensor(r_idx)] = True
-        return scores.masked_fill(mask, float("-inf"))
+        return scores.masked_fill_(mask, float("-inf"))  # in place: a (B, N) copy costs as much as the fill
 
     def retrieve(self, histories: Sequence[Sequence[int]], preference_texts: Sequence[str | None] | None = None,
                  k: int = 20, exclude: Sequence[Sequence[int]] | None = None,

@@ -361,3 +361,35 @@ def test_trm_beats_popularity_on_ml100k_test(ml100k, tmp_path):
     assert metrics["recall@10"] > popularity["recall@10"] > 0, (metrics["recall@10"], popularity["recall@10"])
     loaded = TRMRetriever.load(tmp_path / "trm")
     assert loaded.config.hidden_size == 128 and loaded.config.num_experts == 8 and loaded.config.num_layers == 2
+
+
+def test_encoder_layers_match_torch_transformer_encoder_layer():
+    """The hand-written pre-norm layers give what `nn.TransformerEncoderLayer(norm_first=True, gelu)` gives with
+    the same weights; the last layer's `last_only` shortcut gives the last position of the full output."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = tiny_retriever(max_history=6, num_layers=2).model.eval()
+    d, H = model.config.hidden_size, model.config.num_heads
+    x = torch.randn(3, 6, d)
+    padding = torch.tensor([[True, True, False, False, False, False], [False] * 6, [True] * 5 + [False]])
+    ref = x
+    with torch.no_grad():
+        for layer in model.layers:
+            torch_layer = nn.TransformerEncoderLayer(d, H, model.config.ffn_size, 0.0, activation="gelu",
+                                                     batch_first=True, norm_first=True).eval()
+            torch_layer.self_attn.in_proj_weight.copy_(layer.qkv.weight)
+            torch_layer.self_attn.in_proj_bias.copy_(layer.qkv.bias)
+            torch_layer.self_attn.out_proj.weight.copy_(layer.attn_out.weight)
+            torch_layer.self_attn.out_proj.bias.copy_(layer.attn_out.bias)
+            for mine, theirs in ((layer.attn_norm, torch_layer.norm1), (layer.ffn_norm, torch_layer.norm2),
+                                 (layer.ffn_in, torch_layer.linear1), (layer.ffn_out, torch_layer.linear2)):
+                theirs.weight.copy_(mine.weight)
+                theirs.bias.copy_(mine.bias)
+            expected = torch_layer(ref, src_key_padding_mask=padding)
+            full = layer(ref, padding)
+            last = layer(ref, padding, last_only=True)
+            keep = ~padding  # outputs at padded positions are never read
+            assert torch.allclose(full[keep], expected[keep], atol=1e-5)
+            assert torch.allclose(last[:, 0], expected[:, -1], atol=1e-5)
+            ref = expected

@@ -61,11 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", default=None, help="checkpoint step under --model_root (an int, or last)")
     src.add_argument("--model_name", default=None, help="base model name (recorded in metrics.json)")
     rec = parser.add_argument_group("how a model recommends (with --model_path / --model_root)")
-    rec.add_argument("--recommender", choices=("text", "recpo"), default="text",
+    rec.add_argument("--recommender", choices=("text", "recpo", "trm", "deeprec"), default="text",
                      help="text: generate a list and match its lines (SFT, Rank-GRPO, GRPO); recpo: reason, then "
-                          "rank the whole catalog with the hidden state at <answer> (train_recpo.py models)")
-    rec.add_argument("--category", default="items", help="recpo: the item category named in its prompts")
+                          "rank the whole catalog with the hidden state at <answer> (train_recpo.py models); trm: "
+                          "the traditional recommender alone (--model_path = a train_trm.py folder); deeprec: the "
+                          "multi-turn LLM <-> TRM loop, greedy (--model_path = the LLM, --trm_path = the TRM)")
+    rec.add_argument("--category", default="items", help="recpo / deeprec: the item category named in prompts")
     rec.add_argument("--no_reasoning", action="store_true", help="recpo: the no-reasoning ablation")
+    rec.add_argument("--trm_path", default=None, help="deeprec: the TRM folder (train_trm.py output)")
+    rec.add_argument("--prompt_style", choices=("completion", "chat"), default="completion",
+                     help="deeprec: the paper's base-model completion prompt, or the model's chat template")
+    rec.add_argument("--max_calls", type=int, default=8, help="deeprec: TRM calls per episode (paper: 8)")
+    rec.add_argument("--target_only", action="store_true",
+                     help="score the next item (`target`) only, as DeepRec and RecPO report; default: `groundtruth`")
     parser.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
     parser.add_argument("--output_dir", default=None, help="where metrics.json / predictions.jsonl go")
     add_common_script_arguments(parser)
@@ -104,6 +112,26 @@ def make_recommender(args, model_path: str | None, data, provenance: dict):
                           max_prompt_length=args.max_prompt_length)
         print(f"[eval_test] {args.recommender} recommender from {model_path} on {len(data.dataset)} "
               f"{data.split} rows", flush=True)
+        if args.recommender == "trm":
+            from retrieval.recommender import TRMRecommender
+
+            provenance.update(backend=None, decoding=None, recommender="trm")
+            return TRMRecommender.from_pretrained(model_path, n_items=args.n_items)
+        if args.recommender == "deeprec":
+            from evaluation.deeprec import DeepRecRecommender, EpisodeSettings
+            from modeling.loading import load_model_and_tokenizer
+            from retrieval.retriever import TRMRetriever
+
+            if not args.trm_path:
+                raise SystemExit("error: --recommender deeprec needs --trm_path (a train_trm.py folder)")
+            model, tokenizer = load_model_and_tokenizer(model_path)
+            model.eval()
+            provenance.update(backend="transformers", recommender="deeprec", trm_path=args.trm_path,
+                              prompt_style=args.prompt_style, max_calls=args.max_calls)
+            settings = EpisodeSettings(max_calls=args.max_calls, max_tokens=args.max_new_tokens)
+            return DeepRecRecommender(model, tokenizer, TRMRetriever.load(args.trm_path, encoder="auto"),
+                                      data.catalog, settings, prompt_style=args.prompt_style, category=args.category,
+                                      batch_size=args.batch_size)
         if args.recommender == "recpo":
             from evaluation.recpo import RecPORecommender
 
@@ -159,7 +187,13 @@ def run(args) -> dict:
         "num_rows_in_split": data.num_rows_in_split,
     }
     recommender = make_recommender(args, model_path, data, provenance)
-    metrics = evaluate_recommender(recommender, data.dataset, data.catalog, output_dir, ks=args.ks,
+    dataset = data.dataset
+    if args.target_only:  # groundtruth = [target]: the next item only
+        from evaluation.deeprec import target_only
+
+        dataset = target_only(dataset)
+        provenance["groundtruth"] = "target"
+    metrics = evaluate_recommender(recommender, dataset, data.catalog, output_dir, ks=args.ks,
                                    protocol=args.protocol, n_items=args.n_items, provenance=provenance,
                                    row_indices=data.rows)
     source = model_path or args.predictions or f"baseline {args.baseline}"

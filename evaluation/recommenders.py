@@ -287,6 +287,7 @@ def evaluate_recommender(recommender: Recommender, dataset, catalog, output_dir=
     metrics["require_year"] = getattr(recommender, "require_year", None)
     metrics["num_distinct_prompts"] = count_distinct_prompts(dataset)
     metrics.update(provenance or {})
+    metrics.update(getattr(recommender, "episode_stats", None) or {})  # e.g. DeepRec: TRM calls per episode
     generation = getattr(recommender, "generation_seconds", None)
     metrics["generation_seconds"] = generation
     metrics["recommend_seconds"] = round(t1 - t0, 3)

@@ -1,0 +1,78 @@
+"""eval_test.py evaluates every kind of recommender through the one seam: the TRM alone and the DeepRec loop (a tiny
+random LLM + a TRM trained by train_trm.py with the real offline text encoder on a small catalog), scored on the next item only
+(--target_only, DeepRec's protocol) and written to the same metrics.json / predictions.jsonl."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def trm_setup(tmp_path_factory):
+    pytest.importorskip("sentence_transformers", reason="the offline text encoder is installed by INSTALL.sh")
+    import train_trm
+    from modeling.tiny import build_tiny_model
+
+    import random
+
+    from preprocess.common import build_prompt, format_completion, save_processed
+
+    root = tmp_path_factory.mktemp("eval_cli")
+    genres = ["space opera", "heist thriller", "romantic comedy", "monster horror", "animated musical"]
+    catalog = [{"id": i, "title": f"Film {i} of the {genres[i % 5]}", "year": 1980 + i, "genres": [genres[i % 5]]}
+               for i in range(40)]
+    rng = random.Random(0)
+    splits = {"train": [], "validation": [], "test": []}
+    for u in range(60):  # users who stay within one genre: a sequence the TRM can learn
+        g = u % 5
+        items = rng.sample([i for i in range(40) if i % 5 == g], 7)
+        split = "train" if u < 40 else ("validation" if u < 50 else "test")
+        hist, tgt = items[:6], items[6]
+        splits[split].append(dict(
+            sample_id=f"u{u}", prompt=build_prompt("history", n_items=10),
+            completion=format_completion([f"{catalog[tgt]['title']} ({catalog[tgt]['year']})"]),
+            groundtruth=[tgt], seen=hist, history=hist, target=tgt, timestamp=None))
+    data = root / "data"
+    save_processed(data, splits, catalog, {"name": "genres"}, quiet=True, progress=False)
+    train_trm.main(["--dataset_path", str(data), "--output_dir", str(root / "trm"), "--max_steps", "20",
+                    "--batch_size", "16", "--eval_splits", "test", "--embedding_cache_dir", str(root / "cache"),
+                    "--no_progress"])
+    llm = root / "llm"
+    build_tiny_model(llm, tokenizer="bpe", vocab_size=600, hidden_size=32, num_layers=1, num_heads=2,
+                     num_kv_heads=1, intermediate_size=64)
+    return root, data, root / "trm", llm
+
+
+def test_eval_test_scores_the_trm_alone_on_the_next_item(trm_setup):
+    import eval_test
+
+    root, data, trm, _ = trm_setup
+    out = root / "eval_trm"
+    metrics = eval_test.main(["--recommender", "trm", "--model_path", str(trm), "--dataset_path", str(data),
+                              "--target_only", "--ks", "1", "5", "10", "--n_items", "10",
+                              "--protocol", "strict", "--output_dir", str(out)])
+    assert metrics["num_samples"] == 10 and metrics["groundtruth"] == "target" and metrics["recommender"] == "trm"
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["item_ids"]) == 10 for r in rows)
+    # one target: recall@10 is the share of rows whose target is in the top 10
+    from preprocess.common import load_processed
+
+    test = load_processed(data)[0]["test"]
+    hit = [test[r["index"]]["target"] in r["item_ids"] for r in rows]
+    assert metrics["recall@10"] == pytest.approx(sum(hit) / len(hit))
+
+
+def test_eval_test_runs_the_deeprec_loop_with_a_trained_trm(trm_setup):
+    import eval_test
+
+    root, data, trm, llm = trm_setup
+    out = root / "eval_deeprec"
+    metrics = eval_test.main(["--recommender", "deeprec", "--model_path", str(llm), "--trm_path", str(trm),
+                              "--dataset_path", str(data), "--max_samples", "3", "--target_only", "--max_calls", "2",
+                              "--max_new_tokens", "24", "--ks", "1", "5", "10", "--n_items", "10",
+                              "--protocol", "strict", "--output_dir", str(out)])
+    assert metrics["num_samples"] == 3 and metrics["recommender"] == "deeprec"
+    assert "deeprec/calls_per_episode" in metrics and "deeprec/valid_format_rate" in metrics
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all("completion" in r for r in rows)  # the whole trajectory

@@ -1,0 +1,247 @@
+"""DeepRec costs: TRM retrieval latency (64 queries, Games catalog) and a short tiny-model DeepRec rollout/step,
+split into generation / retrieval / scoring / update, with retrieval's share of the rollout.
+
+1. Retrieval latency: ``bench.bench_retrieval.run()`` (helper-6's benchmark, called as it is: 64 queries, top 20,
+   16,859 Games items, warm item matrix; target <= 20 ms on CPU).
+2. Rollout and step: ``DeepRecTrainer`` (stage cold: R_fmt + R_inv + R_div) on the first Amazon-2018 Games
+   training rows (processed_datasets/amazon18-games), a tiny random Qwen3 (4 x 128, BPE trained on the Games data),
+   a TRM of the default architecture over the whole 16,859-item Games catalog (random weights and item text
+   embeddings: the cost is the same) with the REAL all-MiniLM-L6-v2 encoder for the preference texts (the TRM's
+   query side and R_div both encode them). 8 trajectories per step (2 users x G 4), as configs/tiny.
+   A random model never writes DeepRec's markers, so the policy's TEXT is scripted while its COST is real: each
+   turn, the model really samples (``generate``, ``min_new_tokens`` = ``max_new_tokens``) as many tokens as the
+   scripted turn has, on the real growing context (prompt + everything so far), and the scripted turn's tokens are
+   what the episode appends: ``N_CALLS`` reasoning turns of ~``TURN_WORDS`` words each ending in a preference
+   (``games like <a history title>``) and a TRM call, then a closing turn with the first 10 titles of the last item
+   list as the answer -- a valid trajectory, so every reward path runs. Timed per step (process CPU seconds, 1
+   torch thread, and wall): generation and retrieval inside ``run_episodes`` (the retriever and generator are
+   wrapped), scoring (``_calculate_rewards``: parse, R_fmt / R_inv, the MiniLM encoding of R_div), the rest of
+   TRL's batch preparation, and the update (loss forward + backward + optimizer = step - rollout - scoring).
+   Medians over the steps after the first. Target (issue #8): retrieval <= 5% of the rollout.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from bench.common import REPO, machine
+
+GAMES_DATA = REPO / "processed_datasets" / "amazon18-games"
+STEPS, BATCH, G, N_CALLS, TURN_WORDS, TEXT_DIM = 4, 8, 4, 3, 40, 384
+MAX_TRAJECTORY_TOKENS = 4096  # three 20-title Games lists are ~1.5k tiny-BPE tokens
+
+
+class _Clock:
+    """CPU and wall seconds accumulated under names (one dict per step)."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+        self.current: dict = {}
+
+    def add(self, name, cpu, wall):
+        c, w = self.current.get(name, (0.0, 0.0))
+        self.current[name] = (c + cpu, w + wall)
+
+    def timed(self, name, fn, *a, **kw):
+        c0, w0 = time.process_time(), time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            self.add(name, time.process_time() - c0, time.perf_counter() - w0)
+
+
+class TimedRetriever:
+    """The retriever, with ``retrieve`` timed (everything else delegated)."""
+
+    def __init__(self, retriever, clock: _Clock):
+        self._r, self._clock = retriever, clock
+
+    def retrieve(self, *a, **kw):
+        return self._clock.timed("retrieval", self._r.retrieve, *a, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._r, name)
+
+
+class ScriptedCostGenerator:
+    """Real sampling cost, scripted text (module docstring). ``generate(rows, max_new_tokens)`` -> scripted ids."""
+
+    def __init__(self, model, tok, clock: _Clock, titles_of_history, decode):
+        self.model, self.tok, self.clock, self.decode = model, tok, clock, decode
+        self.titles_of_history = titles_of_history  # prompt text -> history titles
+        self.encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+
+    def _segment(self, text: str) -> str:
+        from rewards.deeprec_format import (BEGIN_ITEM_LIST, BEGIN_PREFERENCE, END_ITEM_LIST, END_PREFERENCE,
+                                            THINK_CLOSE, answer_text)
+
+        opener = "\n" + BEGIN_ITEM_LIST + "\n"
+        turn = text.count(opener)
+        filler = " ".join(["the user keeps coming back to long story-driven games with open worlds"] * 4)
+        filler = " ".join(filler.split()[:TURN_WORDS])
+        if turn < N_CALLS:
+            titles = self.titles_of_history(text)
+            anchor = titles[-1 - turn % len(titles)] if titles else "recent releases"
+            return f"Step {turn + 1}: {filler}.\n{BEGIN_PREFERENCE}games like {anchor}{END_PREFERENCE}"
+        last = text[text.rfind(opener) + len(opener):]
+        last = last[: last.find("\n" + END_ITEM_LIST)]
+        answer = [line.split(". ", 1)[1] for line in last.splitlines()[:10]]
+        return f"So: {filler}.\n{THINK_CLOSE}\n{answer_text(answer)}"
+
+    def generate(self, rows, max_new_tokens):
+        if not rows:
+            return []
+        segments = [self.encode(self._segment(self.decode(r))) for r in rows]
+        n = max(min(len(s), cap) for s, cap in zip(segments, max_new_tokens))
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, r in enumerate(rows):
+            ids[b, width - len(r):] = torch.tensor(r)
+            mask[b, width - len(r):] = 1
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self.clock.timed("generation", self.model.generate, input_ids=ids, attention_mask=mask,
+                                 max_new_tokens=n, min_new_tokens=n, do_sample=True, pad_token_id=pad)
+        finally:
+            self.model.train(was_training)
+        self.clock.add("generated_tokens", 0.0, float(n * len(rows)))
+        return [(s[:cap], None) for s, cap in zip(segments, max_new_tokens)]
+
+
+class StepClock(TrainerCallback):
+    def __init__(self, clock: _Clock):
+        self.clock = clock
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.clock.current = {}
+        self._c, self._w = time.process_time(), time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        self.clock.add("step", time.process_time() - self._c, time.perf_counter() - self._w)
+        self.clock.steps.append(self.clock.current)
+
+
+def _random_trm(catalog_ids, encoder):
+    from retrieval.model import TRM, TRMConfig
+    from retrieval.retriever import TRMRetriever
+
+    rng = np.random.default_rng(0)
+    text = rng.standard_normal((len(catalog_ids) + 1, TEXT_DIM)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    text[0] = 0
+    torch.manual_seed(0)
+    retriever = TRMRetriever(TRM(TRMConfig(num_items=len(catalog_ids), text_dim=TEXT_DIM), torch.from_numpy(text)),
+                             catalog_ids, encoder=encoder)
+    retriever.model.eval()
+    return retriever
+
+
+def bench_rollout(workdir: Path) -> dict:
+    from modeling.loading import load_model_and_tokenizer
+    from modeling.text_encoder import load_text_encoder
+    from modeling.tiny import build_tiny_model
+    from preprocess.common import load_processed
+    from trainers.deeprec import DeepRecConfig, DeepRecTrainer
+
+    if not (GAMES_DATA / "catalog.json").exists():
+        return {"skipped": f"{GAMES_DATA} absent (python -m preprocess.amazon --format atomic ... --category Games)"}
+    splits, catalog = load_processed(GAMES_DATA)
+    train = splits["train"].select(range(BATCH // G * (STEPS + 1))).select_columns(["history", "target", "seen"])
+    encoder = load_text_encoder()
+    clock = _Clock()
+    retriever = TimedRetriever(_random_trm(list(catalog.ids), encoder), clock)
+    model_dir = workdir / "tiny_games"
+    build_tiny_model(model_dir, dataset_path=str(GAMES_DATA), hidden_size=128, num_layers=4, intermediate_size=256,
+                     max_corpus_samples=5000)
+    model, tok = load_model_and_tokenizer(model_dir, padding_side="left")
+    display = {catalog.display(i): i for i in catalog.ids}
+
+    def titles_of_history(text):  # the prompt's numbered history lines, by their catalog titles
+        user = text.split("oldest first:\n", 1)[-1].split("\nAssistant:", 1)[0]
+        return [t for t in (line.split(". ", 1)[-1] for line in user.splitlines()) if t in display]
+
+    class Timed(DeepRecTrainer):
+        def _generator(self):
+            return ScriptedCostGenerator(self.model, self._tokenizer, clock, titles_of_history, self.decode_completion)
+
+        def _rollout(self, prompts, trainer=None):
+            return clock.timed("rollout", super()._rollout, prompts, trainer)
+
+        def _calculate_rewards(self, *a, **kw):
+            return clock.timed("scoring", super()._calculate_rewards, *a, **kw)
+
+        def _generate_and_score_completions(self, inputs):
+            return clock.timed("batch", super()._generate_and_score_completions, inputs)
+
+    args = DeepRecConfig(output_dir=str(workdir / "deeprec"), stage="cold", prompt_style="completion",
+                         category="video games", max_calls=8, retrieve_k=20, max_trajectory_tokens=MAX_TRAJECTORY_TOKENS,
+                         max_turn_tokens=256, difficulty_selection=False, num_generations=G,
+                         per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, max_steps=STEPS,
+                         learning_rate=2e-5, beta=0.0, use_cpu=True, bf16=False, activation_checkpointing=False,
+                         logging_steps=1, save_strategy="no", report_to="none", seed=0, disable_tqdm=True)
+    trainer = Timed(model=model, args=args, train_dataset=train, processing_class=tok, catalog=catalog,
+                    retriever=retriever)
+    trainer.add_callback(StepClock(clock))
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "rewards/format/mean" in h]
+
+    steady = clock.steps[1:]
+
+    def med(name, which):  # which: 0 cpu, 1 wall
+        return statistics.median(s.get(name, (0.0, 0.0))[which] for s in steady)
+
+    out = {}
+    for which, label in ((0, "cpu_s"), (1, "wall_s")):
+        step, batch, rollout = med("step", which), med("batch", which), med("rollout", which)
+        gen, ret, score = med("generation", which), med("retrieval", which), med("scoring", which)
+        out[label] = {"step": step, "generation": gen, "retrieval": ret, "rollout_other": rollout - gen - ret,
+                      "scoring": score, "batch_other": batch - rollout - score, "update": step - batch,
+                      "rollout": rollout, "retrieval_share_of_rollout": ret / rollout}
+    calls = [s.get("retrieval", (0, 0)) for s in steady]
+    return {
+        "setup": (f"tiny Qwen3 4x128 (BPE on Games), stage cold, {BATCH} trajectories/step ({BATCH // G} users x G "
+                  f"{G}), {N_CALLS} TRM calls + answer per trajectory (scripted text, real sampling cost), TRM over "
+                  f"{len(catalog.ids):,} Games items, MiniLM preference encoder, {STEPS} steps (first excluded), "
+                  "CPU 1 thread"),
+        "generated_tokens_per_step": statistics.median(s.get("generated_tokens", (0, 0))[1] for s in steady),
+        "retrieval_calls_per_step": BATCH * N_CALLS,
+        "format_reward_mean": [h["rewards/format/mean"] for h in logs],
+        "invocation_reward_mean": [h.get("rewards/invocation/mean") for h in logs],
+        "trainer_rollout_timings_s": dict(trainer.rollout_timings),
+        **out,
+        "n_steady_steps": len(calls),
+    }
+
+
+def run() -> dict:
+    torch.set_num_threads(1)
+    from bench import bench_retrieval
+
+    out = {"name": "deeprec", "machine": machine()}
+    out["retrieval"] = bench_retrieval.run()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        out["rollout"] = bench_rollout(Path(tmp))
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["rollout"]:
+        torch.set_num_threads(1)
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(bench_rollout(Path(tmp)), indent=2))
+    else:
+        print(json.dumps(run(), indent=2))

@@ -168,10 +168,30 @@ def main(argv: list[str] | None = None) -> dict:
         return run(args)
 
 
+def check_options(args, model_path: str | None) -> None:
+    """Option checks before any data or model is loaded (SystemExit naming the option)."""
+    from evaluation.evaluate import check_evaluation_options
+
+    try:
+        check_evaluation_options(args.ks, args.n_items, args.max_samples)
+    except ValueError as err:  # the messages start with the option's name
+        raise SystemExit(f"error: --{err}") from None
+    if args.max_calls < 1:
+        raise SystemExit(f"error: --max_calls must be >= 1, got {args.max_calls}")
+    if model_path is not None and args.recommender != "trm":  # a TRM folder is not a transformers model
+        from modeling.loading import check_model_source
+
+        try:
+            check_model_source(model_path, tokenizer=False)
+        except FileNotFoundError as err:
+            raise SystemExit(f"error: --model_path: {err}") from None
+
+
 def run(args) -> dict:
     model_path = resolve_model_path(args)
     if len([x for x in (model_path, args.predictions, args.baseline) if x]) != 1:
         raise SystemExit("error: give exactly one of --model_path / --model_root, --predictions, --baseline")
+    check_options(args, model_path)
     split = normalize_split(args.split)
     tag = output_tag(split, args.protocol)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, model_path, tag)

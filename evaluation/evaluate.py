@@ -162,6 +162,55 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def check_evaluation_options(ks: Sequence[int], n_items: int, max_samples: int | None = None) -> tuple[int, ...]:
+    """Range-check an evaluation's options (ValueError naming the option); returns ``ks`` as ints.
+
+    ``n_items`` and every K must be >= 1 and ``max_samples`` (when given) >= 1: each of 0 or below used to write a
+    metrics.json of zeros (or a negative valid_item_ratio) that looks like a real, bad result."""
+    from rewards.metrics import check_scoring_options
+
+    ks = check_scoring_options(ks, n_items, minimum=1)
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
+                                    or max_samples < 1):
+        raise ValueError(f"max_samples must be an int >= 1 (or None for every row), got {max_samples!r}")
+    return ks
+
+
+#: ``per_sample`` rows a metric cannot be computed for carry this key, with the reason as its value.
+UNSCORABLE_KEY = "unscorable"
+
+
+def summarize_scores(per_sample: list[dict], groundtruths: Sequence, ks: Sequence[int], mean_all) -> dict:
+    """The mean metrics of an evaluation, over the rows that CAN be scored.
+
+    A row with an empty ground truth has no Recall/NDCG/HR (0/0): averaging it in as zeros silently lowered every
+    mean, so such rows are left out of the means, marked ``per_sample[i]["unscorable"]``, counted in
+    ``num_unscorable`` (their sample ids, at most 100, in ``unscorable_sample_ids``) and warned about on stderr.
+    ``mean_all()`` gives the means over every row (the fast batch path, used when every row can be scored)."""
+    from rewards.metrics import mean_metrics
+
+    unscorable = [i for i, gt in enumerate(groundtruths) if not gt]
+    if not unscorable:
+        metrics = dict(mean_all()) if per_sample else {k: 0.0 for k in metric_keys(ks)}
+    else:
+        skip = set(unscorable)
+        for i in unscorable:
+            per_sample[i][UNSCORABLE_KEY] = "empty groundtruth"
+        kept = [{k: v for k, v in row.items() if k not in ("index", "sample_id")}
+                for i, row in enumerate(per_sample) if i not in skip]
+        metrics = mean_metrics(kept) if kept else {k: 0.0 for k in metric_keys(ks)}
+        import sys
+
+        print(f"[evaluation] WARNING: {len(unscorable)} of {len(per_sample)} rows have an empty ground truth and "
+              f"cannot be scored; they are left out of the means (num_unscorable in metrics.json)",
+              file=sys.stderr, flush=True)
+    metrics["num_samples"] = len(per_sample) - len(unscorable)
+    metrics["num_unscorable"] = len(unscorable)
+    if unscorable:
+        metrics["unscorable_sample_ids"] = [per_sample[i].get("sample_id") for i in unscorable[:100]]
+    return metrics
+
+
 def score_completions(
     dataset,
     catalog,
@@ -190,9 +239,9 @@ def score_completions(
     sample_ids = _column(dataset, "sample_id") or [str(i) for i in range(len(groundtruths))]
     if len(completions) != len(groundtruths):
         raise ValueError(f"{len(completions)} completions for {len(groundtruths)} samples")
+    ks = check_evaluation_options(ks, n_items)
     if require_year is None:
         require_year = default_require_year(catalog)
-    ks = tuple(int(k) for k in ks)
 
     scores = score_texts([text or "" for text in completions], catalog, groundtruths, seens, ks=ks,
                          protocol=protocol, n_items=n_items, require_year=require_year)
@@ -204,12 +253,8 @@ def score_completions(
         row.update({"statuses": status, "item_ids": ids})
         per_sample.append(row)
 
-    metrics: dict[str, Any] = {}
-    if per_sample:
-        metrics.update(scores.mean())
-    else:  # an empty split: name every metric, valued NaN-free zero, so tables and CSVs keep their columns
-        metrics.update({k: 0.0 for k in metric_keys(ks)})
-    metrics["num_samples"] = len(per_sample)
+    # An empty split: every metric named, valued NaN-free zero, so tables and CSVs keep their columns.
+    metrics: dict[str, Any] = summarize_scores(per_sample, groundtruths, ks, scores.mean)
     metrics["protocol"] = protocol
     metrics["n_items"] = n_items
     metrics["ks"] = list(ks)
@@ -474,6 +519,8 @@ def format_metrics(metrics: dict, ks: Sequence[int] | None = None, title: str | 
     for k in ks:
         lines.append(f"{k:>4} {f(f'recall@{k}'):>8} {f(f'ndcg@{k}'):>8} {f(f'hr@{k}'):>8}")
     lines.append(f"catalog_hit_ratio {f('catalog_hit_ratio')}   valid_item_ratio {f('valid_item_ratio')}")
+    if metrics.get("num_unscorable"):
+        lines.append(f"WARNING: {metrics['num_unscorable']} rows have an empty ground truth (left out of the means)")
     if metrics.get("num_missing_predictions"):
         lines.append(f"WARNING: {metrics['num_missing_predictions']} rows had no prediction (scored as empty)")
     return "\n".join(lines)

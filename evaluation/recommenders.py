@@ -35,11 +35,13 @@ from evaluation.evaluate import (
     DEFAULT_KS,
     PROTOCOLS,
     _column,
+    check_evaluation_options,
     count_distinct_prompts,
     generate_completions,
     metric_keys,
     popularity_ranking,
     read_prediction_records,
+    summarize_scores,
     write_outputs,
 )
 
@@ -258,14 +260,14 @@ def score_recommendations(dataset, catalog, recommendations: Sequence[Recommenda
     sample_ids = _column(dataset, "sample_id") or [str(i) for i in range(len(groundtruths))]
     for index, rec in enumerate(recommendations):
         _check_ids(rec, index, catalog)
-    ks = tuple(int(k) for k in ks)
+    ks = check_evaluation_options(ks, n_items)
     rows, statuses = _score_ids([r.item_ids for r in recommendations], groundtruths, seens, ks, protocol,
                                     n_items)
     per_sample = []
     for index, (m, st, rec, sid) in enumerate(zip(rows, statuses, recommendations, sample_ids)):
         per_sample.append({"index": index, "sample_id": sid, **m, "statuses": st, "item_ids": list(rec.item_ids)})
-    metrics: dict[str, Any] = mean_metrics(rows) if rows else {k: 0.0 for k in metric_keys(ks)}
-    metrics.update(num_samples=len(per_sample), protocol=protocol, n_items=n_items, ks=list(ks))
+    metrics: dict[str, Any] = summarize_scores(per_sample, groundtruths, ks, lambda: mean_metrics(rows))
+    metrics.update(protocol=protocol, n_items=n_items, ks=list(ks))
     return metrics, per_sample
 
 
@@ -274,7 +276,9 @@ def evaluate_recommender(recommender: Recommender, dataset, catalog, output_dir=
                          provenance: dict | None = None, row_indices: Sequence[int] | None = None) -> dict:
     """Recommend, score (`score_recommendations`), write `predictions.jsonl` + `metrics.json` (when
     `output_dir` is given); returns the metrics. `row_indices[i]` is row i's index in the full split (a
-    subset keeps its split indices in `index`, so the file stays valid `--predictions` input); default 0..n-1."""
+    subset keeps its split indices in `index`, so the file stays valid `--predictions` input); default 0..n-1.
+    The options are range-checked before anything is generated (a bad --n_items must not cost a generation run)."""
+    check_evaluation_options(ks, n_items)
     t0 = time.time()
     recommendations = recommender.recommend(dataset)
     t1 = time.time()

@@ -10,9 +10,14 @@ as saved by SFT with --use_lora) loads as base model + adapter, merged by defaul
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
+
+from modeling.checkpoint_integrity import checkpoint_problem, weights_problem
+
+logger = logging.getLogger(__name__)
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9._+=-]+")
@@ -31,6 +36,60 @@ def _torch_dtype(dtype):
     return value
 
 
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _looks_local(text: str) -> bool:
+    """A name that can only mean a local folder: a path form (absolute, ./, ../, ~, a backslash, a trailing
+    slash, more than one '/'), or 'a/b' whose first part is a local folder (models/nope: the user meant models/)."""
+    if text.startswith((".", "/", "~")) or "\\" in text or text.endswith("/") or text.count("/") > 1:
+        return True
+    return "/" in text and Path(text.split("/", 1)[0]).is_dir()
+
+
+_MODEL_FILES = ("config.json", "adapter_config.json")
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "config.json")
+
+
+def check_model_source(name: str | os.PathLike, *, check_hub_cache: bool = True, tokenizer: bool = False) -> str:
+    """``name`` when it can be loaded as a model, else FileNotFoundError naming it -- BEFORE anything is written.
+
+    * an existing folder must hold ``config.json`` or ``adapter_config.json`` (``tokenizer=True``: a tokenizer
+      file); an existing file is refused;
+    * a name that can only be a local path (``_looks_local``: models/nope, ./x, /abs/x) must exist;
+    * a hub id (``org/name`` or ``name``) under ``HF_HUB_OFFLINE=1`` must be in the local hub cache
+      (``check_hub_cache``): otherwise transformers fails later with a connection error that names neither the
+      model nor the setting. Online, a hub id is left to the hub.
+    """
+    text = str(name)
+    if not text.strip():
+        raise FileNotFoundError("model name/path is empty")
+    path = Path(text).expanduser()
+    files = _TOKENIZER_FILES if tokenizer else _MODEL_FILES
+    if path.is_dir():
+        if not any((path / f).is_file() for f in files):
+            steps = list_checkpoints(path)
+            hint = (f"; it holds checkpoints ({', '.join(f'checkpoint-{s}' for s in steps[-3:])}): pass one of them"
+                    if steps else "")
+            raise FileNotFoundError(f"model folder {text} holds none of {', '.join(files)}{hint}")
+        return text
+    if path.exists():
+        raise FileNotFoundError(f"model path {text} is a file; expected a model folder (config.json) or a hub id")
+    if _looks_local(text):
+        raise FileNotFoundError(f"model folder not found: {text} (resolved to {path.resolve()}); check the path "
+                                f"(it is not a hub id either)")
+    if check_hub_cache and _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = any(isinstance(try_to_load_from_cache(text, f), str) for f in files)
+        if not cached:
+            raise FileNotFoundError(f"model {text!r}: no local folder of that name, and HF_HUB_OFFLINE=1 with the hub "
+                                    f"id not in the local hub cache (HF_HOME / HF_HUB_CACHE); download it first or "
+                                    f"pass a local model folder")
+    return text
+
+
 def is_adapter_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file()
 
@@ -39,6 +98,7 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, pad
     """AutoTokenizer with a pad token (falls back to eos) and the requested padding side."""
     from transformers import AutoTokenizer
 
+    check_model_source(path, tokenizer=True)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -60,7 +120,7 @@ def load_model_and_tokenizer(path: str | os.PathLike, dtype="auto", trust_remote
     """
     from transformers import AutoModelForCausalLM
 
-    path = str(path)
+    path = check_model_source(path)
     kwargs = dict(dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code, **model_kwargs)
     if is_adapter_dir(path):
         from peft import PeftModel
@@ -68,6 +128,7 @@ def load_model_and_tokenizer(path: str | os.PathLike, dtype="auto", trust_remote
         base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
             raise ValueError(f"{path}/adapter_config.json has no base_model_name_or_path")
+        check_model_source(base)
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         model = PeftModel.from_pretrained(model, path)
         if merge_adapter:
@@ -83,12 +144,21 @@ def load_model_and_tokenizer(path: str | os.PathLike, dtype="auto", trust_remote
     return model, tokenizer
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[int]:
-    """Steps of the `checkpoint-N` folders in `run_dir`, ascending."""
+def list_checkpoints(run_dir: str | os.PathLike, complete_only: bool = True, for_resume: bool = False) -> list[int]:
+    """Steps of the `checkpoint-N` folders in `run_dir`, ascending. With `complete_only` (default) a folder that is
+    partial (being written, or left by a killed run: `modeling.checkpoint_integrity.checkpoint_problem`) is left
+    out with a warning naming it and why; `for_resume` asks for what resuming needs instead of a loadable model."""
     root = Path(run_dir)
     if not root.is_dir():
         return []
-    steps = [int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))]
+    steps = []
+    for p in root.iterdir():
+        if not (p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))):
+            continue
+        if complete_only and (why := checkpoint_problem(p, for_resume=for_resume)):
+            logger.warning("skipping %s: %s", p, why)
+            continue
+        steps.append(int(m.group(1)))
     return sorted(steps)
 
 
@@ -101,14 +171,19 @@ def resolve_checkpoint(run_dir_or_path: str | os.PathLike, step: int | str | Non
 
     step=None: `run_dir_or_path` itself when it holds a model (config.json / adapter_config.json) or is not a
     local folder (a hub id); a run folder with only checkpoints is an error listing them.
-    step=N (int or digits): `run_dir/checkpoint-N`; "last"/"latest": the highest checkpoint.
-    Errors name the available checkpoints.
+    step=N (int or digits): `run_dir/checkpoint-N`; "last"/"latest": the highest COMPLETE checkpoint (partial ones,
+    still being written or left by a killed run, are skipped with a warning). Errors name the available
+    checkpoints; asking for a partial checkpoint by number is an error saying why it is partial.
     """
     root = Path(run_dir_or_path)
     steps = list_checkpoints(root)
     available = ", ".join(f"checkpoint-{s}" for s in steps) or "none"
     if step is None:
-        if _is_model_dir(root) or not root.exists():
+        if _is_model_dir(root):
+            if why := weights_problem(root):
+                raise FileNotFoundError(f"{root}: the model is not whole ({why}); was its save interrupted?")
+            return str(run_dir_or_path)
+        if not root.exists():
             return str(run_dir_or_path)
         raise FileNotFoundError(
             f"{root} holds no model (config.json); pick a checkpoint with step=N or 'last' "
@@ -117,7 +192,7 @@ def resolve_checkpoint(run_dir_or_path: str | os.PathLike, step: int | str | Non
     if isinstance(step, str):
         if step.lower() in ("last", "latest"):
             if not steps:
-                raise FileNotFoundError(f"{root} has no checkpoint-N folders")
+                raise FileNotFoundError(f"{root} has no complete checkpoint-N folders")
             return str(root / f"checkpoint-{steps[-1]}")
         if not step.strip().isdigit():
             raise ValueError(f"step must be an int, 'last' or None, got {step!r}")
@@ -127,6 +202,8 @@ def resolve_checkpoint(run_dir_or_path: str | os.PathLike, step: int | str | Non
     path = root / f"checkpoint-{int(step)}"
     if not path.is_dir():
         raise FileNotFoundError(f"{path} not found; available checkpoints in {root}: {available}")
+    if why := checkpoint_problem(path):
+        raise FileNotFoundError(f"{path} is not a complete checkpoint: {why}; complete ones in {root}: {available}")
     return str(path)
 
 
@@ -153,13 +230,21 @@ def run_name(model_name: str | os.PathLike) -> str:
 
 
 def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike) -> str | None:
-    """`--resume_from_checkpoint`: None/""/"false" -> start fresh; "true"/"last"/"latest" -> the newest
-    `checkpoint-N` in `output_dir` (an error listing none when there is none); a path -> that checkpoint folder."""
+    """`--resume_from_checkpoint`: None/""/"false" -> start fresh; "true"/"last"/"latest" -> the newest COMPLETE
+    `checkpoint-N` in `output_dir` (partial ones -- a run killed while writing -- are skipped with a warning; an
+    error when none is left); a path -> that checkpoint folder, which must be complete."""
     if value is None or value is False or str(value).strip().lower() in ("", "false", "none", "no"):
         return None
     if value is True or str(value).strip().lower() in ("true", "last", "latest", "yes"):
-        return resolve_checkpoint(output_dir, "last")
+        steps = list_checkpoints(output_dir, for_resume=True)
+        if not steps:
+            found = [p.name for p in Path(output_dir).glob("checkpoint-*")] if Path(output_dir).is_dir() else []
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: {output_dir} has no complete checkpoint-N "
+                                    f"folder to resume from (partial or none: {sorted(found) or 'none'})")
+        return str(Path(output_dir) / f"checkpoint-{steps[-1]}")
     path = Path(value)
     if not path.is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+    if why := checkpoint_problem(path, for_resume=True):
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: not a complete checkpoint ({why})")
     return str(path)

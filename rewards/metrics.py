@@ -50,6 +50,7 @@ __all__ = [
     "BatchScores",
     "batch_mean",
     "batch_ranking_metrics",
+    "check_scoring_options",
     "score_id_lists",
     "score_texts",
     "discounts",
@@ -64,6 +65,28 @@ PROTOCOLS = ("packed", "strict")
 
 _DISC = 1.0 / np.log2(np.arange(2, 1026, dtype=np.float64))  # position k (1-based) -> 1/log2(k+1)
 _IDEAL = np.concatenate([[0.0], np.cumsum(_DISC)])  # _IDEAL[m] = DCG of m leading ones
+
+
+def check_scoring_options(ks: Sequence[int], n_items: int, minimum: int = 0) -> tuple[int, ...]:
+    """Range-check the scoring options every metric takes; returns ``ks`` as a tuple of ints.
+
+    ``n_items`` (the list length N the ratios and the strict protocol cut to) and every K must be ints
+    >= ``minimum``: a negative N makes ``valid_item_ratio`` negative (-8.4 was seen) and a negative K slices
+    from the end. The metric functions accept 0 (an empty cut, all zeros: the edge case the batch path is tested
+    on); an evaluation passes ``minimum=1``, because N = 0 or K = 0 would put a table of zeros in metrics.json.
+    """
+    if isinstance(n_items, bool) or not isinstance(n_items, (int, np.integer)) or n_items < minimum:
+        raise ValueError(f"n_items must be an int >= {minimum} (the length of a recommendation list), "
+                         f"got {n_items!r}")
+    try:
+        ks = tuple(ks)
+    except TypeError:
+        raise ValueError(f"ks must be a sequence of ints >= {minimum}, got {ks!r}") from None
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < minimum]
+    if bad or (minimum >= 1 and not ks):
+        raise ValueError(f"ks must be {'one or more ' if minimum >= 1 else ''}ints >= {minimum} (cut-offs K of "
+                         f"Recall/NDCG/HR@K), got {list(ks)!r}")
+    return tuple(int(k) for k in ks)
 
 
 def _ensure(n: int) -> None:
@@ -141,6 +164,7 @@ def ranking_metrics(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    ks = check_scoring_options(ks, n_items)
     n_gt = j.n_groundtruth if n_groundtruth is None else int(n_groundtruth)
     status = j.status[:n_items]
     if protocol == "strict":
@@ -201,11 +225,9 @@ def batch_ranking_metrics(
     defaults to theirs."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    ks = list(check_scoring_options(ks, n_items))
     if not isinstance(judged, BatchJudgement):
         judged = BatchJudgement.from_judgements(list(judged), n_items=n_items)
-    ks = [int(k) for k in ks]
-    if any(k < 0 for k in ks):
-        raise ValueError(f"every k must be >= 0, got {ks}")
     statuses = judged.status
     B = len(statuses)
     n_gt = judged.n_groundtruth if n_groundtruth is None else np.asarray(n_groundtruth, dtype=np.int64)
@@ -306,6 +328,7 @@ def score_id_lists(
 ) -> BatchScores:
     """Score ranked lists of catalog ids (None = a line that matched no catalog item): the status rule
     (``rewards.judge.judge_ids``) then :func:`batch_ranking_metrics`."""
+    check_scoring_options(ks, n_items)  # before any work: a bad option is a usage error, not a data error
     judged = judge_id_lists(id_lists, groundtruths, seens, n_items=n_items)
     return BatchScores(batch_ranking_metrics(judged, ks=ks, protocol=protocol, n_items=n_items), judged)
 
@@ -321,5 +344,6 @@ def score_texts(
     require_year: bool = True,
 ) -> BatchScores:
     """Score completions: ``rewards.judge.match_texts`` (text -> id lists) then :func:`score_id_lists`."""
+    check_scoring_options(ks, n_items)
     id_lists = match_texts(texts, catalog, require_year=require_year)
     return score_id_lists(id_lists, groundtruths, seens, ks=ks, protocol=protocol, n_items=n_items)

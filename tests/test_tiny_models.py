@@ -3,6 +3,7 @@ models reload with Auto* classes (trust_remote_code=False) and encode identicall
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,8 +137,8 @@ def test_loading_helpers(tmp_path):
     assert tok.padding_side == "left" and model.config.pad_token_id == tok.pad_token_id
 
     run = tmp_path / "run"
-    for step in (100, 20, 300):
-        (run / f"checkpoint-{step}").mkdir(parents=True)
+    for step in (100, 20, 300):  # complete model folders (empty ones are partial checkpoints: skipped)
+        shutil.copytree(tmp_path / "m", run / f"checkpoint-{step}")
     assert list_checkpoints(run) == [20, 100, 300]
     assert resolve_checkpoint(run, 100) == str(run / "checkpoint-100")
     assert resolve_checkpoint(run, "300") == str(run / "checkpoint-300")

@@ -140,8 +140,13 @@ class TextEncoder:
         return f"TextEncoder({self.name!r}, dim={self.dim})"
 
 
+_LOADED: dict[tuple[str, str], TextEncoder] = {}  # one copy per (model, device) in a process: frozen, read-only
+
+
 def load_text_encoder(name_or_path: str | os.PathLike | None = None, device: str = "cpu") -> TextEncoder:
-    """`None` / "all-MiniLM-L6-v2": the offline copy from the wheel; anything else: SentenceTransformer(name)."""
+    """`None` / "all-MiniLM-L6-v2": the offline copy from the wheel; anything else: SentenceTransformer(name).
+    The encoder is frozen, so a process loads each (model, device) once and shares it (the TRM, DeepRec's rewards
+    and evaluation all ask for the same one)."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
@@ -151,6 +156,9 @@ def load_text_encoder(name_or_path: str | os.PathLike | None = None, device: str
         source, name = str(offline_minilm_path()), DEFAULT_TEXT_ENCODER
     else:
         source = name = str(name_or_path)
-    model = SentenceTransformer(source, device=device)
-    model.eval()
-    return TextEncoder(model, name)
+    key = (source, str(device))
+    if key not in _LOADED:
+        model = SentenceTransformer(source, device=device)
+        model.eval()
+        _LOADED[key] = TextEncoder(model, name)
+    return _LOADED[key]

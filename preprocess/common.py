@@ -521,8 +521,9 @@ def load_processed(dataset_path: str | os.PathLike, catalog_path: str | os.PathL
 
     Splits are the sub-folders written by ``save_processed`` (train / validation / test first, then any other).
     The catalog is ``<dataset_path>/catalog.json``, unless ``catalog_path`` is given: then that file is loaded
-    with ``rewards.catalog.load_catalog`` and must describe the same items (same count, same normalised title per
-    id) as the data set's catalog.json, so that ids in the records keep their meaning.
+    with ``rewards.catalog.load_catalog`` and must describe the same items (the same ids, each with the same
+    normalised title and, where both give one, the same year) as the data set's catalog.json, so that ids in
+    the records keep their meaning.
     """
     from rewards.catalog import load_catalog
 
@@ -546,14 +547,88 @@ def load_processed(dataset_path: str | os.PathLike, catalog_path: str | os.PathL
     if catalog_path is None:
         if not own.exists():
             raise FileNotFoundError(f"{own} not found (pass catalog_path=...)")
-        return dd, load_catalog(str(own))
-    catalog_path = Path(catalog_path)
-    if not catalog_path.exists():
-        raise FileNotFoundError(f"catalog not found: {catalog_path}")
-    catalog = load_catalog(str(catalog_path))
-    if own.exists():
-        _check_same_catalog(load_catalog(str(own)), own, catalog, catalog_path)
+        catalog = load_catalog(str(own))
+    else:
+        catalog_path = Path(catalog_path)
+        if not catalog_path.exists():
+            raise FileNotFoundError(f"catalog not found: {catalog_path}")
+        catalog = load_catalog(str(catalog_path))
+        if own.exists():
+            _check_same_catalog(load_catalog(str(own)), own, catalog, catalog_path)
+    catalog_ids = {it["id"] for it in catalog_items_of(catalog)}
+    seen_ids: dict[str, str] = {}
+    for name in names:
+        validate_loaded_split(dd[name], name, catalog_ids, root / name, seen_ids)
     return dd, catalog
+
+
+def _first_bad_row(table: pa.Table, catalog_ids: set[int]) -> int | None:
+    """The first row of a split table that breaks a rule a score depends on, found with arrow compute (fast on
+    a few 100k rows): a null/empty sample_id, groundtruth null or empty, a null or non-catalog id in
+    groundtruth/seen/history/target, a prompt with no message, a completion that is not one message."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    bad = np.zeros(n, dtype=bool)
+    sid = table.column("sample_id")
+    bad |= pc.fill_null(pc.equal(pc.utf8_length(sid), 0), True).to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(table.column("groundtruth"))
+    bad |= pc.fill_null(pc.equal(lengths, 0), True).to_numpy(zero_copy_only=False)
+    value_set = pa.array(sorted(catalog_ids), type=pa.int64())
+    for field in ("groundtruth", "seen", "history"):
+        column = table.column(field).combine_chunks()
+        values = pc.list_flatten(column)
+        if len(values):
+            outside = pc.invert(pc.fill_null(pc.is_in(values, value_set=value_set), False)).to_numpy(
+                zero_copy_only=False)
+            parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+            bad[parents[outside]] = True
+    target = table.column("target")
+    outside = pc.and_(pc.is_valid(target), pc.invert(pc.is_in(target, value_set=value_set)))
+    bad |= pc.fill_null(outside, False).to_numpy(zero_copy_only=False)
+    bad |= pc.fill_null(pc.less(pc.list_value_length(table.column("prompt")), 1), True).to_numpy(
+        zero_copy_only=False)
+    bad |= pc.fill_null(pc.not_equal(pc.list_value_length(table.column("completion")), 1), True).to_numpy(
+        zero_copy_only=False)
+    hits = np.flatnonzero(bad)
+    return int(hits[0]) if len(hits) else None
+
+
+def validate_loaded_split(dataset, split: str, catalog_ids: set[int], source: Path,
+                          seen_ids: dict[str, str] | None = None) -> None:
+    """Check the records of a loaded split against the contract (``save_processed`` checked them when it wrote
+    them, but a folder can be edited, or written by another tool): the rules a score depends on are checked on
+    every row with arrow compute, and the first row that breaks one is reported by ``validate_record`` (the
+    message of the contract, naming the split folder, the row, the sample_id and the field). Sample ids must be
+    unique across splits (``seen_ids``: sample_id -> split, shared by the calls of one data set)."""
+    table = dataset.data.table if hasattr(dataset, "data") else dataset
+    if table.num_rows == 0:
+        return
+    row = _first_bad_row(table, catalog_ids)
+    if row is not None:
+        record = dataset[row]
+        try:
+            validate_record(record, split, catalog_ids)
+        except DataError as err:
+            raise DataError(source, record=f"row {row}, sample_id {record.get('sample_id')!r}",
+                            field=err.field, reason=err.reason) from None
+        raise DataError(source, record=f"row {row}, sample_id {record.get('sample_id')!r}",
+                        reason="breaks the record contract (null value in a list column?)")
+    ids = table.column("sample_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        counts = Counter(ids)
+        dup = next(i for i, x in enumerate(ids) if counts[x] > 1)
+        raise DataError(source, record=f"row {dup}, sample_id {ids[dup]!r}", field="sample_id",
+                        reason=f"duplicate sample_id ({counts[ids[dup]]} rows of the split have it; sample ids must "
+                               "be unique)")
+    if seen_ids is not None:
+        clash = next((i for i, x in enumerate(ids) if x in seen_ids), None)
+        if clash is not None:
+            raise DataError(source, record=f"row {clash}, sample_id {ids[clash]!r}", field="sample_id",
+                            reason=f"duplicate sample_id (also in split {seen_ids[ids[clash]]!r}; sample ids must "
+                                   "be unique within the data set)")
+        seen_ids.update(dict.fromkeys(ids, split))
 
 
 def catalog_items_of(catalog) -> list[dict]:
@@ -576,17 +651,48 @@ def catalog_items_of(catalog) -> list[dict]:
     return out
 
 
-def _check_same_catalog(own, own_path: Path, other, other_path: Path) -> None:
+def catalog_fingerprint(catalog) -> str:
+    """sha256 (hex) of a catalog's content: every ``(id, normalised title, year)``, in id order.
+
+    Two catalogs with the same fingerprint give every id the same item, so records written against one keep their
+    meaning with the other. Titles are compared normalised (``rewards.catalog.normalize_title``: the same film
+    written as in Rank-GRPO's pickle or in a processed catalog.json), years exactly."""
+    return hashlib.sha256(_catalog_content_bytes(_catalog_content(catalog))).hexdigest()
+
+
+def _catalog_content(catalog) -> dict[int, tuple[str, int | None]]:
     from rewards.catalog import normalize_title
 
-    a = {it["id"]: normalize_title(it["title"]) for it in catalog_items_of(own)}
-    b = {it["id"]: normalize_title(it["title"]) for it in catalog_items_of(other)}
+    return {it["id"]: (normalize_title(it["title"]), it.get("year")) for it in catalog_items_of(catalog)}
+
+
+def _catalog_content_bytes(content: Mapping[int, tuple[str, int | None]]) -> bytes:
+    return json.dumps(sorted([i, t, y] for i, (t, y) in content.items()), ensure_ascii=False).encode("utf-8")
+
+
+def _check_same_catalog(own, own_path: Path, other, other_path: Path) -> None:
+    """DataError (naming both files and the first differing item) unless ``other`` has the content of ``own``:
+    the same ids, each with the same normalised title AND year where both give one (a catalog with every year shifted by +3 used to
+    pass, and every year-checked match then missed: popularity recall 0.054 -> 0, silently)."""
+    a, b = _catalog_content(own), _catalog_content(other)
+    if a == b:  # the same content, i.e. the same catalog_fingerprint
+        return
+    # A year missing on either side is unknown, not different: an external catalog may give a year the data set's
+    # catalog lacks (or the reverse) and ids keep their meaning; two given years must be equal.
+    why = "ids would not mean the same items"
     if len(a) != len(b):
         raise DataError(other_path, reason=f"catalog has {len(b)} items but the data set's {own_path} has {len(a)}; "
-                                           "ids would not mean the same items")
-    diff = [i for i in a if b.get(i) != a[i]]
-    if diff:
-        i = diff[0]
-        raise DataError(other_path, record=f"id {i}",
-                        reason=f"title {b.get(i)!r} differs from {a[i]!r} in {own_path} ({len(diff)} ids differ); "
-                               "ids would not mean the same items")
+                                           f"{why}")
+    only_own = sorted(set(a) - set(b))
+    if only_own:
+        raise DataError(other_path, record=f"id {only_own[0]}",
+                        reason=f"missing here but in the data set's {own_path} ({len(only_own)} ids differ); {why}")
+    diff = sorted(i for i in a if a[i][0] != b[i][0] or None not in (a[i][1], b[i][1]) and a[i][1] != b[i][1])
+    if not diff:
+        return
+    i = diff[0]
+    field = "title" if a[i][0] != b[i][0] else "year"
+    value = {"title": 0, "year": 1}[field]
+    raise DataError(other_path, record=f"id {i}", field=field,
+                    reason=f"{b[i][value]!r} here but {a[i][value]!r} in the data set's {own_path} ({len(diff)} "
+                           f"ids differ in title or year); {why}")

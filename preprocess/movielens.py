@@ -88,24 +88,49 @@ def recbole_ml100k_dir() -> Path:
 # --------------------------------------------------------------------------------------------------------------
 
 
+_INT64_MAX = 2**63 - 1
+#: 9999-12-31T23:59:59Z: the last second a datetime (and a summary's time range) can show.
+_MAX_TIMESTAMP = 253_402_300_799
+
+
 def _int(value: str, path, line: int, field: str) -> int:
+    """An integer field (ids, timestamps): DataError naming file, line and field unless it is an integer that fits
+    the int64 columns of the processed data (1e30 used to crash inside pyarrow, far from the line)."""
     try:
-        return int(value.strip())
+        number = int(value.strip())
     except (ValueError, AttributeError):
+        number = None
         try:
             f = float(value)
             if f.is_integer():
-                return int(f)
-        except (ValueError, TypeError):
+                number = int(f)
+        except (ValueError, TypeError, OverflowError):
             pass
-        raise DataError(path, line=line, field=field, reason=f"must be an integer, got {value!r}") from None
+        if number is None:
+            raise DataError(path, line=line, field=field, reason=f"must be an integer, got {value!r}") from None
+    if not -_INT64_MAX - 1 <= number <= _INT64_MAX:
+        raise DataError(path, line=line, field=field, reason=f"{value.strip()!r} does not fit a 64-bit integer")
+    return number
+
+
+def _timestamp(value: str, path, line: int, field: str) -> int:
+    """Unix seconds in [0, 9999-12-31]: a later (or negative) time is a broken export, not a rating time."""
+    ts = _int(value, path, line, field)
+    if not 0 <= ts <= _MAX_TIMESTAMP:
+        raise DataError(path, line=line, field=field,
+                        reason=f"timestamp {value.strip()!r} is outside [0, {_MAX_TIMESTAMP}] (unix seconds up to "
+                               "the year 9999)")
+    return ts
 
 
 def _float(value: str, path, line: int, field: str) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (ValueError, TypeError):
         raise DataError(path, line=line, field=field, reason=f"must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise DataError(path, line=line, field=field, reason=f"must be a finite number, got {value!r}")
+    return number
 
 
 def _item(raw_title: str, title: str, year, genres: list[str]) -> dict:
@@ -173,7 +198,7 @@ def read_recbole(folder: Path):
     for number, parts in rows:
         ratings.append((parts[cols["user_id"]].strip(), _int(parts[cols["item_id"]], inter[0], number, "item_id"),
                         _float(parts[cols["rating"]], inter[0], number, "rating") if "rating" in cols else 1.0,
-                        _int(parts[cols["timestamp"]], inter[0], number, "timestamp")))
+                        _timestamp(parts[cols["timestamp"]], inter[0], number, "timestamp")))
     name = inter[0].stem
     return items, ratings, name
 
@@ -213,7 +238,7 @@ def read_ml100k(folder: Path):
             continue
         u, i, r, t = _split_fields(line, "\t", 4, path, number, names)[:4]
         ratings.append((u.strip(), _int(i, path, number, "item id"), _float(r, path, number, "rating"),
-                        _int(t, path, number, "timestamp")))
+                        _timestamp(t, path, number, "timestamp")))
     return items, ratings, "ml-100k"
 
 
@@ -237,7 +262,7 @@ def read_ml1m(folder: Path):
             continue
         u, i, r, t = _split_fields(line, "::", 4, path, number, ["UserID", "MovieID", "Rating", "Timestamp"])[:4]
         ratings.append((u.strip(), _int(i, path, number, "MovieID"), _float(r, path, number, "Rating"),
-                        _int(t, path, number, "Timestamp")))
+                        _timestamp(t, path, number, "Timestamp")))
     return items, ratings, "ml-1m"
 
 
@@ -270,7 +295,7 @@ def read_ml_latest(folder: Path):
     for number, row in _csv_rows(path, ["userId", "movieId", "rating", "timestamp"]):
         ratings.append((row["userId"].strip(), _int(row["movieId"], path, number, "movieId"),
                         _float(row["rating"], path, number, "rating"),
-                        _int(row["timestamp"], path, number, "timestamp")))
+                        _timestamp(row["timestamp"], path, number, "timestamp")))
     return items, ratings, folder.name if folder.name.startswith("ml-") else "ml-latest"
 
 

@@ -4,7 +4,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench results clean
 
 install:
 	bash INSTALL.sh
@@ -20,6 +20,11 @@ test: install
 ## bench: speed benchmarks; writes BENCHMARKS.md
 bench: install
 	$(PY) -m bench.run_all
+
+## results: the learning benchmark (every method, 3 seeds, CPU, <= 2 h); writes RESULTS.md + docs/results/*.png
+##          (`python -m bench.results --quick` for the short version; parts are cached in results/results_run/)
+results: install
+	$(PY) -m bench.results $(RESULTS_ARGS)
 
 clean:
 	rm -rf processed_datasets results logs models wandb

@@ -12,9 +12,10 @@ import re
 
 from bench.common import REPO, RESULTS_DIR
 
-BENCHES = ("token_map", "step_time", "scoring")
-TABLE_BENCHES = ("token_map", "step_time")  # rows of the main table; scoring has a section of its own
-ROW_PREFIX = {"token_map": "| Token -> item assignment", "step_time": "| Training step"}
+BENCHES = ("token_map", "step_time", "scoring", "demo_rss")
+TABLE_BENCHES = ("token_map", "step_time", "demo_rss")  # rows of the main table; scoring has a section of its own
+ROW_PREFIX = {"token_map": "| Token -> item assignment", "step_time": "| Training step",
+              "demo_rss": "| Peak resident memory of `make demo`"}
 SCORING_HEADING = "## Scoring throughput"
 
 
@@ -27,6 +28,11 @@ def _row_token_map(r: dict) -> str:
 def _row_step_time(r: dict) -> str:
     return (f"| Training step, RankGRPOTrainer / stock GRPOTrainer ({r['setup']}) | {r['rank_grpo_s']:.3f} s vs "
             f"{r['grpo_s']:.3f} s per step | **{r['ratio']:.3f}x** | <= 1.05x |")
+
+
+def _row_demo_rss(r: dict) -> str:
+    return (f"| Peak resident memory of `make demo` (largest process; {r['cpu_s'] / 60:.1f} CPU min, "
+            f"{r['wall_s'] / 60:.1f} wall min) | {r['peak_rss_gb']:.2f} GB | - | <= {r['target_gb']:.0f} GB |")
 
 
 def _section_scoring(r: dict) -> str:
@@ -80,7 +86,7 @@ def main() -> None:
         results[name] = result
         (RESULTS_DIR / f"{name}.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2), flush=True)
-    makers = {"token_map": _row_token_map, "step_time": _row_step_time}
+    makers = {"token_map": _row_token_map, "step_time": _row_step_time, "demo_rss": _row_demo_rss}
     rows = [makers[n](results[n]) if n in results else old_rows.get(n) for n in TABLE_BENCHES]
     ran_table = [n for n in TABLE_BENCHES if n in results]
     run_line = (f"Run: {now} on {results[ran_table[0]]['machine']}." if ran_table else old_run) or "Run: -"

@@ -9,7 +9,9 @@ export PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 WANDB_MODE=
 mkdir -p logs results/demo
 exec > >(tee logs/demo.log) 2>&1
 
-DATA=processed_datasets/ml100k
+# The demo's own data folder: processed_datasets/ml100k is the full build (max_history 20, every row) that the
+# TRM, RecPO, DeepRec and `make results` use; the demo's short prompts keep it within its 10 minutes.
+DATA=processed_datasets/ml100k-demo
 TINY=models/tiny-ml100k
 EVAL_N=${DEMO_EVAL_SAMPLES:-200}   # test samples scored per model (greedy generation on CPU)
 EVAL_ARGS=(--dataset_path "$DATA" --split test --max_samples "$EVAL_N" --max_new_tokens 160 --batch_size 16)
@@ -29,17 +31,24 @@ $PY eval_test.py --baseline popularity --output_dir results/demo/popularity "${E
 $PY eval_test.py --model_path "$TINY" --output_dir results/demo/untrained "${EVAL_ARGS[@]}"
 
 step "4/7 SFT (configs/tiny/sft_ml100k.yaml)"
-"${ACC[@]}" train_sft.py --config configs/tiny/sft_ml100k.yaml
+"${ACC[@]}" train_sft.py --config configs/tiny/sft_ml100k.yaml --dataset_path "$DATA"
 
 step "5/7 evaluate SFT"
 $PY eval_test.py --model_path results/tiny-ml100k-sft --output_dir results/demo/sft "${EVAL_ARGS[@]}"
 
 step "6/7 Rank-GRPO from the SFT model (configs/tiny/rank_grpo_ml100k.yaml)"
-"${ACC[@]}" train_rank_grpo.py --config configs/tiny/rank_grpo_ml100k.yaml
+"${ACC[@]}" train_rank_grpo.py --config configs/tiny/rank_grpo_ml100k.yaml --dataset_path "$DATA"
 
 step "7/7 evaluate Rank-GRPO"
 $PY eval_test.py --model_path results/grpo/tiny-ml100k-sft_rank_grpo --output_dir results/demo/rank_grpo "${EVAL_ARGS[@]}"
 
-step "results (test split, first $EVAL_N samples, packed protocol)"
-$PY scripts/results_table.py results/demo/popularity results/demo/untrained results/demo/sft results/demo/rank_grpo \
-  | tee results/demo/RESULTS.md
+step "results (test split, a seeded subset of $EVAL_N samples, packed protocol)"
+MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))"
+{
+  echo "What \`make demo\` wrote on $MACHINE, $(date -u '+%Y-%m-%d %H:%M') UTC, in $((SECONDS / 60)) min $((SECONDS % 60)) s"
+  echo "(load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)); test split, $EVAL_N samples, packed protocol."
+  echo
+  $PY scripts/results_table.py results/demo/popularity results/demo/untrained results/demo/sft results/demo/rank_grpo
+} | tee results/demo/RESULTS.md
+echo
+echo "demo table written to $PWD/results/demo/RESULTS.md (full log: $PWD/logs/demo.log)"

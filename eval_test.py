@@ -2,8 +2,8 @@
 
     # a model folder
     python eval_test.py --model_path results/sft/checkpoint-1500 --dataset_path processed_datasets/reddit_v2
-    # completions (or ranked ids) produced elsewhere: JSON Lines {"index": row, "completion": text} or
-    # {"index": row, "item_ids": [catalog ids]}, no model loaded
+    # completions (or ranked ids) produced elsewhere: JSON Lines {"index": row, "sample_id": id, "completion": text} or
+    # {"index": row, "sample_id": id, "item_ids": [catalog ids]}, no model loaded
     python eval_test.py --predictions preds.jsonl --dataset_path processed_datasets/reddit_v2 --output_dir out
     # popularity baseline (most popular training items, seen ones removed)
     python eval_test.py --baseline popularity --dataset_path processed_datasets/reddit_v2
@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = parser.add_argument_group("what to evaluate (exactly one)")
     src.add_argument("--model_path", help="model folder (a checkpoint or a saved model)")
-    src.add_argument("--predictions", help="JSON Lines file of {index, completion} or {index, item_ids}: score "
-                                           "without a model")
+    src.add_argument("--predictions", help="JSON Lines file of {index, sample_id, completion} or {index, sample_id, "
+                                           "item_ids}: score without a model (sample_id must be the row's)")
     src.add_argument("--baseline", choices=("popularity", "groundtruth"),
                      help="popularity: the most popular training items; groundtruth: oracle (sanity check). Both "
                           "are written as `Title (Year)` lines and parsed back, as a model's answer would be")

@@ -363,13 +363,15 @@ def read_prediction_records(path, n_rows: int, sample_ids: Sequence[str] | None 
 
     `index` is the row in the split (0-based, < n_rows). Blank lines are skipped. Errors name the file and the
     line: not UTF-8, malformed JSON, not an object, missing field, bad type, index out of range, duplicate
-    index, an item id not in `catalog` (when given), and (when `sample_ids` is given and the line has a
-    `sample_id`) a sample_id that is not the one at that row.
+    index, an item id not in `catalog` (when given), and, when `sample_ids` (the split's, in row order) is given, a
+    line without `sample_id` or whose sample_id is not the one at its row: `index` alone cannot tell a file whose
+    rows are shifted by one from an aligned one. `sample_ids=None` skips that check (the caller vouches).
     """
     path = Path(path)
     if not path.is_file():
         raise PredictionsError(f"{path}: predictions file not found")
     records: dict[int, PredictionRecord] = {}
+    without_sample_id: list[tuple[int, int]] = []  # (line, index)
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             where = f"{path}: line {lineno}"
@@ -400,7 +402,9 @@ def read_prediction_records(path, n_rows: int, sample_ids: Sequence[str] | None 
                 raise PredictionsError(f"{where}: index {index} out of range (the split has {n_rows} rows)")
             if index in records:
                 raise PredictionsError(f"{where}: duplicate index {index} (first on line {records[index].line})")
-            if sample_ids is not None and record.get("sample_id") is not None:
+            if sample_ids is not None and record.get("sample_id") is None:
+                without_sample_id.append((lineno, index))
+            elif sample_ids is not None:
                 if str(record["sample_id"]) != str(sample_ids[index]):
                     raise PredictionsError(
                         f"{where}: sample_id {record['sample_id']!r} does not match row {index} of the split "
@@ -409,6 +413,14 @@ def read_prediction_records(path, n_rows: int, sample_ids: Sequence[str] | None 
             text = _completion_text(record["completion"], where) if has_text else None
             ids = _item_ids(record["item_ids"], where, catalog) if not has_text else None
             records[index] = PredictionRecord(text, ids, lineno)
+    if without_sample_id:  # checked after every line, so a malformed line is reported first
+        # Without it a file whose rows are shifted by one reads as valid and scores near zero, silently.
+        lineno, index = without_sample_id[0]
+        raise PredictionsError(
+            f"{path}: line {lineno}: missing field 'sample_id' ({len(without_sample_id)} of {len(records)} lines "
+            f"lack it): each line needs the sample_id of its row (index {index}: {sample_ids[index]!r}) so that a "
+            "file made on another split, data set or row order is refused instead of scored (eval_test.py's "
+            "predictions.jsonl has it)")
     return records
 
 

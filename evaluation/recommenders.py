@@ -137,7 +137,8 @@ class StaticPredictions:
                   rows: Sequence[int] | None = None, require_year: bool | None = None) -> "StaticPredictions":
         """Read a predictions file (`evaluation.evaluate.read_prediction_records`: `{"index", "completion"}` or
         `{"index", "item_ids"}` lines; `completion` wins when both are there) and keep `rows` (default: all), in
-        that order. `index` is the row in the full split, so a file made on a subset scores the same rows."""
+        that order. `index` is the row in the full split, so a file made on a subset scores the same rows; with
+        `sample_ids` (the full split's) every line must carry the `sample_id` of its row."""
         records = read_prediction_records(path, n_rows, sample_ids=sample_ids, catalog=catalog)
         require_year = _resolve_require_year(catalog, require_year)
         rows = list(range(n_rows)) if rows is None else list(rows)

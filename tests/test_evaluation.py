@@ -242,7 +242,7 @@ def test_predictions_missing_rows_counted_and_scored_empty(contract, tmp_path):
     ds = dd["validation"]
     gt = groundtruth_completions(ds, catalog)
     path = _write(tmp_path / "p.jsonl", [
-        json.dumps({"index": 2, "completion": gt[2], "extra": 1}),
+        json.dumps({"index": 2, "sample_id": ds[2]["sample_id"], "completion": gt[2], "extra": 1}),
         json.dumps({"index": 0, "sample_id": "v0", "completion": [{"role": "assistant", "content": gt[0]}]}),
     ])
     preds = read_predictions(path, len(ds), sample_ids=list(ds["sample_id"]))

@@ -272,7 +272,7 @@ def test_subset_predictions_keep_split_indices(contract, tmp_path):
     path, dd, catalog = contract
     common = ["--dataset_path", str(path), "--split", "test", "--max_samples", "3", "--seed", "1"]
     full = tmp_path / "full.jsonl"
-    full.write_text("".join(json.dumps({"index": i, "completion": t}) + "\n"
+    full.write_text("".join(json.dumps({"index": i, "sample_id": dd["test"][i]["sample_id"], "completion": t}) + "\n"
                             for i, t in enumerate(groundtruth_completions(dd["test"], catalog))))
     sub = eval_test.main(["--predictions", str(full), "--output_dir", str(tmp_path / "sub"), *common])
     rows = [json.loads(line) for line in (tmp_path / "sub" / "predictions.jsonl").read_text().splitlines()]

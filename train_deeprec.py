@@ -27,7 +27,7 @@ import torch
 from trl import TrlParser
 
 from trainers.deeprec import DeepRecConfig, DeepRecTrainer, ItemEmbeddings, warmstart_records
-from trainers.run_logging import configure_wandb, tee_output
+from trainers.run_logging import compose_run_name, configure_wandb, tee_output
 from trainers.script_args import CommonScriptArguments, start_rl_run, take_subset, train_and_save
 
 logger = logging.getLogger("train_deeprec")
@@ -89,7 +89,7 @@ def resolve_init(script_args: ScriptArguments, config: DeepRecConfig) -> str:
 def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
     start_rl_run(script_args, config, logger)
 
-    from modeling.loading import load_tokenizer, run_name
+    from modeling.loading import check_model_source, load_tokenizer, run_name
     from preprocess.common import load_processed, save_processed
     from retrieval import TRMRetriever
     from retrieval.text import encode_texts
@@ -122,12 +122,12 @@ def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
         return splits
 
     # ---- model path and output folder
-    model_path = resolve_init(script_args, config)
+    model_path = check_model_source(resolve_init(script_args, config))  # before the run folder exists
     name = run_name(script_args.model_name or model_path)
     if config.output_dir in (None, "trainer_output"):
         config.output_dir = os.path.join("results", "deeprec", f"{name}_{config.stage}_lr{config.learning_rate}")
     if config.run_name in (None, config.output_dir, "trainer_output"):
-        config.run_name = f"{name}_deeprec_{config.stage}_lr{config.learning_rate}"
+        config.run_name = compose_run_name(name, f"deeprec-{config.stage}", config.learning_rate, config.beta)
     configure_wandb(config.output_dir, script_args.wandb_project)
     logger.info("model %s -> output %s (stage %s)", model_path, config.output_dir, config.stage)
 

@@ -24,7 +24,7 @@ import torch
 from trl import TrlParser
 
 from trainers.rank_grpo import RankGRPOConfig, trainer_class
-from trainers.run_logging import configure_wandb, tee_output
+from trainers.run_logging import compose_run_name, configure_wandb, tee_output
 from trainers.script_args import CommonScriptArguments, start_rl_run, take_subset, train_and_save
 
 logger = logging.getLogger("train_rank_grpo")
@@ -97,11 +97,11 @@ def main(argv=None):
 def run(script_args: ScriptArguments, config: RankGRPOConfig):
     start_rl_run(script_args, config, logger)
 
-    from modeling.loading import is_adapter_dir, load_model_and_tokenizer, load_tokenizer, run_name
+    from modeling.loading import check_model_source, is_adapter_dir, load_model_and_tokenizer, load_tokenizer, run_name
     from preprocess.common import load_processed
 
     # ---- model path and output folder
-    model_path = resolve_model_path(script_args)
+    model_path = check_model_source(resolve_model_path(script_args))  # before the run folder exists
     name = run_name(script_args.model_name or model_path)
     if config.output_dir in (None, "trainer_output"):  # the released layout; baselines / other rewards get a suffix
         folder = f"{name}_lr{config.learning_rate}_kl{config.beta}"
@@ -109,7 +109,8 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
             folder += f"_{config.algorithm}_{config.reward_func}"
         config.output_dir = os.path.join("results", "grpo", folder)
     if config.run_name in (None, config.output_dir, "trainer_output"):
-        config.run_name = f"{name}_{config.algorithm}_{config.reward_func}_lr{config.learning_rate}_kl{config.beta}"
+        config.run_name = compose_run_name(name, config.algorithm, config.learning_rate, config.beta,
+                                           reward=config.reward_func)
     configure_wandb(config.output_dir, script_args.wandb_project)  # offline: wandb files stay in the run
     logger.info("model %s -> output %s (algorithm %s, reward %s)", model_path, config.output_dir, config.algorithm,
                 config.reward_func)

@@ -20,7 +20,7 @@ import torch
 from trl import TrlParser
 
 from trainers.recpo import RecPOConfig, RecPOTrainer
-from trainers.run_logging import configure_wandb, tee_output
+from trainers.run_logging import compose_run_name, configure_wandb, tee_output
 from trainers.script_args import CommonScriptArguments, start_rl_run, take_subset, train_and_save
 
 logger = logging.getLogger("train_recpo")
@@ -55,16 +55,17 @@ def main(argv=None):
 def run(script_args: ScriptArguments, config: RecPOConfig):
     start_rl_run(script_args, config, logger)
 
-    from modeling.loading import load_tokenizer, resolve_checkpoint, run_name
+    from modeling.loading import check_model_source, load_tokenizer, resolve_checkpoint, run_name
     from preprocess.common import load_processed
 
     # ---- model path and output folder
-    model_path = resolve_checkpoint(script_args.model_name)
+    model_path = check_model_source(resolve_checkpoint(script_args.model_name))  # before the run folder exists
     name = run_name(script_args.model_name)
     if config.output_dir in (None, "trainer_output"):
         config.output_dir = os.path.join("results", "recpo", f"{name}_lr{config.learning_rate}_b{config.reward_beta}")
     if config.run_name in (None, config.output_dir, "trainer_output"):
-        config.run_name = f"{name}_recpo_lr{config.learning_rate}_b{config.reward_beta}"
+        config.run_name = compose_run_name(name, "recpo", config.learning_rate, config.beta,
+                                           reward_beta=config.reward_beta)
     configure_wandb(config.output_dir, script_args.wandb_project)
     logger.info("model %s -> output %s", model_path, config.output_dir)
 

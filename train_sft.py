@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-from trainers.run_logging import configure_wandb, tee_output
+from trainers.checkpointing import KillSafeCheckpointMixin
+from trainers.run_logging import compose_run_name, configure_wandb, install_compact_console, tee_output
 from trainers.script_args import CommonScriptArguments, take_subset
 
 
@@ -69,8 +70,11 @@ def parse_args(argv=None) -> tuple[SFTScriptArguments, SFTConfig]:
         from modeling.loading import run_name
 
         training_args.output_dir = os.path.join("results", run_name(script_args.model_name))
-    if training_args.run_name is None:
-        training_args.run_name = os.path.basename(os.path.normpath(training_args.output_dir))
+    if training_args.run_name in (None, training_args.output_dir, "trainer_output"):
+        from modeling.loading import run_name
+
+        training_args.run_name = compose_run_name(run_name(script_args.model_name), "sft", training_args.learning_rate,
+                                                  lora=script_args.use_lora)
     return script_args, training_args
 
 
@@ -186,7 +190,12 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
     return dataset, stats
 
 
-# ================================================================================================ 3-6. main
+# ================================================================================================ 3. trainer
+class SFTRunTrainer(KillSafeCheckpointMixin, SFTTrainer):
+    """TRL's SFTTrainer with kill-safe checkpoints (trainers.checkpointing), like the RL trainers."""
+
+
+# ================================================================================================ 4-6. main
 def main(argv=None):
     script_args, training_args = parse_args(argv)
     with tee_output(script_args.log_file):
@@ -194,6 +203,9 @@ def main(argv=None):
 
 
 def run(script_args: SFTScriptArguments, training_args: SFTConfig):
+    from modeling.loading import check_model_source
+
+    check_model_source(script_args.model_name)  # a missing model: a clear error before the run folder exists
     configure_wandb(training_args.output_dir, script_args.wandb_project)  # offline: wandb files stay in the run
     t_start = time.time()
 
@@ -229,8 +241,9 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
                                  target_modules=script_args.lora_target_modules or "all-linear")
 
     # --- trainer
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=peft_config)
+    trainer = SFTRunTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                            processing_class=tokenizer, peft_config=peft_config)
+    install_compact_console(trainer)  # one short console line per log; the full dict goes to the logs
 
     # --- train
     result = trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint,

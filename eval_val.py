@@ -10,6 +10,9 @@
 For each <run_dir>/checkpoint-<N> in step order (only N divisible by --step_interval when given):
   * skips it when <run_dir>/checkpoint-N/eval_<split>/metrics.json exists with the same settings (resumable:
     rerun the command while training goes on), else generates greedily and scores (eval_test.py's outputs);
+  * skips a checkpoint that is not complete (still being written, or left partial by a killed run: no
+    checkpoint_complete.json, or weights shorter than their header) and one whose files fail to load (e.g. a
+    SafetensorError): each is reported and the series goes on (rerun later to pick them up);
   * merges a row (step + metrics) into <run_dir>/eval_<split>.csv (rows of checkpoints deleted since, e.g. by
     save_total_limit, are kept) and redraws <run_dir>/eval_<split>.png;
   * with --report_to wandb, logs the metrics at step=N (plus the training curves of trainer_state.json, same
@@ -26,10 +29,12 @@ import os
 import time
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from evaluation.checkpoints import (
     TrainLogReplay,
     catalog_fingerprint,
-    checkpoint_complete,
+    checkpoint_problem,
     csv_row,
     data_fingerprint,
     finished_metrics,
@@ -103,13 +108,20 @@ def init_wandb(args, run_dir: Path, tag: str, settings: dict):
     )
 
 
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint whose files do not load (e.g. a SafetensorError): reported, and the series goes on."""
+
+
 def evaluate_checkpoint(args, step: int, ckpt: Path, data, settings: dict, backend_name: str, out_dir: Path):
     """Greedy generation from one checkpoint, scored and written to <checkpoint>/eval_<split>/."""
     from evaluation.backends import make_backend
 
     t0 = time.time()
-    recommender = TextRecommender(make_backend(backend_name, str(ckpt), **backend_options(args)), data.catalog,
-                                  require_year_arg(args.require_year))
+    try:
+        backend = make_backend(backend_name, str(ckpt), **backend_options(args))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # corrupt / half-copied files
+        raise CheckpointLoadError(f"{type(err).__name__}: {err}") from err
+    recommender = TextRecommender(backend, data.catalog, require_year_arg(args.require_year))
     metrics = evaluate_recommender(
         recommender, data.dataset, data.catalog, out_dir, ks=args.ks, protocol=args.protocol,
         n_items=args.n_items, row_indices=data.rows,
@@ -154,21 +166,29 @@ def run(args) -> dict[int, dict]:
     train_log = TrainLogReplay(wandb_run, train_log_events(trainer_state)) if wandb_run is not None else None
 
     results: dict[int, dict] = {}
+    skipped: dict[int, str] = {}  # step -> why (partial, or its files fail to load)
     from evaluation.backends import resolve_backend_name
 
     backend_name = resolve_backend_name(args.backend) if checkpoints else args.backend
     for step, ckpt in checkpoints:
         out_dir = ckpt / tag
-        if not checkpoint_complete(ckpt):
-            print(f"[eval_val] step {step}: {ckpt} has no config.json or weights yet (being written?), skipped; "
-                  "rerun later", flush=True)
+        problem = checkpoint_problem(ckpt)
+        if problem:
+            print(f"[eval_val] step {step}: {ckpt} is not complete ({problem}), skipped; rerun later", flush=True)
+            skipped[step] = problem
             continue
         metrics, why = (None, "--overwrite") if args.overwrite else finished_metrics(out_dir / "metrics.json", settings)
         if metrics is not None:
             print(f"[eval_val] step {step}: done already ({out_dir / 'metrics.json'}), skipped", flush=True)
         else:
             print(f"[eval_val] step {step}: evaluating {ckpt} ({why})", flush=True)
-            metrics = evaluate_checkpoint(args, step, ckpt, data, settings, backend_name, out_dir)
+            try:
+                metrics = evaluate_checkpoint(args, step, ckpt, data, settings, backend_name, out_dir)
+            except CheckpointLoadError as err:
+                print(f"[eval_val] step {step}: cannot load {ckpt} ({err}), skipped; the other checkpoints go on",
+                      flush=True)
+                skipped[step] = str(err)
+                continue
         results[step] = metrics
         merge_csv(csv_path, {step: csv_row(step, metrics, columns)}, columns)
         plot_curves(csv_path, png_path, title=f"{run_dir.resolve().name} {tag}")
@@ -191,8 +211,11 @@ def run(args) -> dict[int, dict]:
         if images:
             wandb_run.log(images)
         wandb_run.finish()
-    if checkpoints:
+    if checkpoints and results:
         print(f"[eval_val] wrote {csv_path} and {png_path}", flush=True)
+    if skipped:
+        print(f"[eval_val] {len(skipped)} checkpoint(s) skipped: "
+              + "; ".join(f"step {s}: {why}" for s, why in sorted(skipped.items())), flush=True)
     return results
 
 

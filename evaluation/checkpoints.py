@@ -1,5 +1,6 @@
-"""A checkpoint series (eval_val.py): the checkpoint-<N> folders of a run, which of them are already evaluated
-with the same settings (resumable sweeps), the per-step CSV, and the training log of trainer_state.json."""
+"""A checkpoint series (eval_val.py): the checkpoint-<N> folders of a run, which of them are complete (never a
+partial one, even while training is still writing it: `checkpoint_problem`) and already evaluated with the same
+settings (resumable sweeps), the per-step CSV, and the training log of trainer_state.json."""
 from __future__ import annotations
 
 import csv
@@ -11,9 +12,9 @@ import os
 import re
 from pathlib import Path
 
+from modeling import checkpoint_integrity as integrity
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 # Settings that must match for a finished checkpoint evaluation to be reused.
 REUSE_KEYS = ("split", "protocol", "n_items", "ks", "num_samples", "max_new_tokens", "max_prompt_length",
               "require_year_arg", "data_fingerprint", "catalog_fingerprint")
@@ -36,10 +37,10 @@ def list_checkpoints(run_dir: Path, step_interval: int | None = None) -> list[tu
     return out
 
 
-def checkpoint_complete(path: Path) -> bool:
-    """A loadable model folder: a config (model or adapter) and a weights file."""
-    has_config = (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
-    return has_config and any((path / name).is_file() for name in WEIGHT_FILES)
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` cannot be evaluated yet (being written, left partial by a killed run, weights not whole, no
+    config), or None. The checks of modeling.checkpoint_integrity, the ones resume and resolve_checkpoint use."""
+    return integrity.checkpoint_problem(path, for_resume=False)
 
 
 def data_fingerprint(dataset) -> str:

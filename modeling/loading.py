@@ -239,8 +239,8 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike) -> s
         steps = list_checkpoints(output_dir, for_resume=True)
         if not steps:
             found = [p.name for p in Path(output_dir).glob("checkpoint-*")] if Path(output_dir).is_dir() else []
-            raise FileNotFoundError(f"--resume_from_checkpoint {value}: {output_dir} has no complete checkpoint-N "
-                                    f"folder to resume from (partial or none: {sorted(found) or 'none'})")
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: {output_dir} has no checkpoint-N folder "
+                                    f"complete enough to resume from (found: {', '.join(sorted(found)) or 'none'})")
         return str(Path(output_dir) / f"checkpoint-{steps[-1]}")
     path = Path(value)
     if not path.is_dir():

@@ -9,17 +9,26 @@
 * takes its reward functions from the ``build_reward_funcs`` hook, which go through TRL's own reward path;
 * decodes completion token ids to their exact text with a byte table (``trainers.token_map``);
 * ``process_slice`` / ``local_rows``: this process's rows of a tensor gathered over processes (TRL's order);
-* ``log_metrics``: named scalar metrics for the current mode.
+* ``log_metrics``: named scalar metrics for the current mode;
+* kill-safe checkpoints (``trainers.checkpointing.KillSafeCheckpointMixin``) that also record the run's identity
+  (``RESUME_IDENTITY_FIELDS``: a resume with another algorithm / stage / TRM is an error, not a silent mix), and
+  ``save_run_state`` / ``load_run_state`` hooks for method state transformers does not save (RecPO's item table);
+* a compact console line per logging step (``trainers.run_logging.install_compact_console``); the full metrics
+  still go to ``state.log_history``, wandb and the --log_file.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from rewards.catalog import resolve_require_year
+from trainers.checkpointing import KillSafeCheckpointMixin
+from trainers.run_logging import install_compact_console
 from trainers.token_map import ByteTable, build_byte_table, decode_bytes
 
 logger = logging.getLogger(__name__)
@@ -64,7 +73,13 @@ def truncate_dataset_prompts(dataset, tokenizer, max_prompt_length: int):
                        desc=f"truncating prompts to {max_prompt_length} tokens")
 
 
-class RecRLTrainer(GRPOTrainer):
+RUN_IDENTITY_FILE = "recrl_run.json"
+# Config fields that define what a run trains: a resume must use the same values (paths compared resolved).
+RESUME_IDENTITY_FIELDS = ("algorithm", "reward_func", "stage", "trm_path")
+RESUME_IDENTITY_PATHS = ("trm_path",)
+
+
+class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
     """``trl.GRPOTrainer`` with the catalog, prompt truncation, reward functions from ``build_reward_funcs`` and
     helpers for per-process rows and named metrics. Subclasses override ``build_reward_funcs`` and, for their own
     advantages / loss, TRL's ``_generate_and_score_completions`` / ``_compute_loss``."""
@@ -103,6 +118,7 @@ class RecRLTrainer(GRPOTrainer):
             logger.warning("%s -- using the SLOW per-sequence fallback (prefix decoding) for token->item maps", exc)
             self._byte_table = None
         self._eos_ids = set(self.eos_token_ids) | {self._tokenizer.pad_token_id}
+        install_compact_console(self, terms=[(name, f"rewards/{name}/mean") for name in self.reward_func_names])
 
     # ------------------------------------------------------------------------------------------ hooks
     def build_reward_funcs(self) -> list:
@@ -137,3 +153,34 @@ class RecRLTrainer(GRPOTrainer):
         table = self._metrics[mode or self.mode]
         for name, value in metrics.items():
             table[name].append(float(value))
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def run_identity(self) -> dict:
+        """The config fields (``RESUME_IDENTITY_FIELDS``) this trainer has, as recorded in each checkpoint."""
+        identity = {}
+        for name in RESUME_IDENTITY_FIELDS:
+            if hasattr(self.args, name):
+                value = getattr(self.args, name)
+                if name in RESUME_IDENTITY_PATHS and value is not None:
+                    value = os.path.realpath(value)
+                identity[name] = value
+        return identity
+
+    def save_run_state(self, checkpoint_dir: str) -> None:
+        if self.args.should_save:
+            with open(os.path.join(checkpoint_dir, RUN_IDENTITY_FILE), "w", encoding="utf-8") as fh:
+                json.dump({"trainer": type(self).__name__, **self.run_identity()}, fh, indent=1)
+
+    def load_run_state(self, checkpoint_dir: str) -> None:
+        path = os.path.join(checkpoint_dir, RUN_IDENTITY_FILE)
+        if not os.path.isfile(path):
+            logger.warning("%s has no %s (written before run identities were recorded): not checked",
+                           checkpoint_dir, RUN_IDENTITY_FILE)
+            return
+        with open(path, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        now = self.run_identity()
+        diff = [f"{k}: checkpoint {saved[k]!r}, now {v!r}" for k, v in now.items() if k in saved and saved[k] != v]
+        if diff:
+            raise ValueError(f"cannot resume from {checkpoint_dir}: it was trained with other settings ("
+                             + "; ".join(diff) + "). Resume with the same settings, or start a new --output_dir")

@@ -23,7 +23,9 @@ model's own last hidden state. Spec: METHODS.md §3.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +44,7 @@ from trainers.base import RecRLConfig, RecRLTrainer
 from trainers.core_algos import clipped_surrogate, get_loss_agg, get_ratio, group_zscore, k3_kl, sequence_mean
 
 logger = logging.getLogger(__name__)
+ITEM_TABLE_FILE = "recpo_item_table.safetensors"
 
 REC_LOSSES = ("infonce", "released")
 SOFTMAX_OVER = ("catalog", "batch")
@@ -168,6 +171,34 @@ class RecPOTrainer(RecRLTrainer):
     def _maybe_refresh(self) -> None:
         if self.item_table is None or self.state.global_step - self.table_step >= self.args.refresh_steps:
             self.refresh_item_table()
+
+    # The table is part of the run's state: a resume rebuilt from the checkpoint's model would rank against a newer
+    # snapshot than the uninterrupted run until the next refresh, so it is saved with each checkpoint.
+    def save_run_state(self, checkpoint_dir: str) -> None:
+        super().save_run_state(checkpoint_dir)
+        if self.args.should_save and self.item_table is not None:
+            from safetensors.torch import save_file
+
+            save_file({"item_table": self.item_table.detach().cpu().contiguous()},
+                      os.path.join(checkpoint_dir, ITEM_TABLE_FILE),
+                      metadata={"table_step": str(self.table_step), "item_ids": json.dumps(self.item_ids)})
+
+    def load_run_state(self, checkpoint_dir: str) -> None:
+        super().load_run_state(checkpoint_dir)
+        path = os.path.join(checkpoint_dir, ITEM_TABLE_FILE)
+        if not os.path.isfile(path):
+            logger.warning("%s has no %s: the item table is rebuilt from the resumed model", checkpoint_dir,
+                           ITEM_TABLE_FILE)
+            return
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as fh:
+            meta, table = fh.metadata(), fh.get_tensor("item_table")
+        if json.loads(meta["item_ids"]) != self.item_ids:
+            raise ValueError(f"{path}: the item table was built over another catalog (its item ids differ); resume "
+                             "with the catalog of the run")
+        self.item_table = table.to(self.accelerator.device)
+        self.table_step = int(meta["table_step"])
 
     # ------------------------------------------------------------------------------------------ rollout
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):

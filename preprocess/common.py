@@ -591,6 +591,15 @@ def _first_bad_row(table: pa.Table, catalog_ids: set[int]) -> int | None:
         zero_copy_only=False)
     bad |= pc.fill_null(pc.not_equal(pc.list_value_length(table.column("completion")), 1), True).to_numpy(
         zero_copy_only=False)
+    for field, role in (("prompt", "user"), ("completion", "assistant")):  # the last message's role
+        column = table.column(field).combine_chunks()
+        roles = pc.struct_field(column.flatten(), "role")
+        ends = column.offsets.to_numpy()[1:] - 1
+        ok = ends >= column.offsets.to_numpy()[:-1]
+        if len(roles) and ok.any():
+            last = pc.take(roles, pa.array(np.where(ok, ends, 0)))
+            wrong = pc.fill_null(pc.not_equal(last, role), True).to_numpy(zero_copy_only=False)
+            bad |= ok & wrong
     hits = np.flatnonzero(bad)
     return int(hits[0]) if len(hits) else None
 

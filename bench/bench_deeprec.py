@@ -36,6 +36,7 @@ from bench.common import REPO, machine
 GAMES_DATA = REPO / "processed_datasets" / "amazon18-games"
 STEPS, BATCH, G, N_CALLS, TURN_WORDS, TEXT_DIM = 4, 8, 4, 3, 40, 384
 MAX_TRAJECTORY_TOKENS = 4096  # three 20-title Games lists are ~1.5k tiny-BPE tokens
+COMPLETION_START = "Assistant:\n<think>\n"  # where the completion-style prompt ends
 
 
 class _Clock:
@@ -79,18 +80,26 @@ class ScriptedCostGenerator:
         self.encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
 
     def _segment(self, text: str) -> str:
-        from rewards.deeprec_format import (BEGIN_ITEM_LIST, BEGIN_PREFERENCE, END_ITEM_LIST, END_PREFERENCE,
-                                            THINK_CLOSE, answer_text)
+        from rewards.deeprec_format import BEGIN_ITEM_LIST, END_ITEM_LIST
 
-        opener = "\n" + BEGIN_ITEM_LIST + "\n"
-        turn = text.count(opener)
+        opener, boundary = "\n" + BEGIN_ITEM_LIST + "\n", END_ITEM_LIST + "\n"
+        completion = text.split(COMPLETION_START, 1)[1]
+        turn = completion.count(opener)
+        # the part of this turn already written (a turn cut by max_turn_tokens continues where it stopped)
+        done = completion[completion.rfind(boundary) + len(boundary):] if turn else completion
+        segment = self._full_segment(text, completion, turn, opener)
+        return segment[len(done):] if segment.startswith(done) else segment
+
+    def _full_segment(self, text: str, completion: str, turn: int, opener: str) -> str:
+        from rewards.deeprec_format import BEGIN_PREFERENCE, END_ITEM_LIST, END_PREFERENCE, THINK_CLOSE, answer_text
+
         filler = " ".join(["the user keeps coming back to long story-driven games with open worlds"] * 4)
         filler = " ".join(filler.split()[:TURN_WORDS])
         if turn < N_CALLS:
             titles = self.titles_of_history(text)
             anchor = titles[-1 - turn % len(titles)] if titles else "recent releases"
             return f"Step {turn + 1}: {filler}.\n{BEGIN_PREFERENCE}games like {anchor}{END_PREFERENCE}"
-        last = text[text.rfind(opener) + len(opener):]
+        last = completion[completion.rfind(opener) + len(opener):]
         last = last[: last.find("\n" + END_ITEM_LIST)]
         answer = [line.split(". ", 1)[1] for line in last.splitlines()[:10]]
         return f"So: {filler}.\n{THINK_CLOSE}\n{answer_text(answer)}"
@@ -185,8 +194,9 @@ def bench_rollout(workdir: Path) -> dict:
             return clock.timed("batch", super()._generate_and_score_completions, inputs)
 
     args = DeepRecConfig(output_dir=str(workdir / "deeprec"), stage="cold", prompt_style="completion",
-                         category="video games", max_calls=8, retrieve_k=20, max_trajectory_tokens=MAX_TRAJECTORY_TOKENS,
-                         max_turn_tokens=256, difficulty_selection=False, num_generations=G,
+                         category="video games", max_calls=8, retrieve_k=20,
+                         max_trajectory_tokens=MAX_TRAJECTORY_TOKENS, max_turn_tokens=256, difficulty_selection=False,
+                         num_generations=G,
                          per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, max_steps=STEPS,
                          learning_rate=2e-5, beta=0.0, use_cpu=True, bf16=False, activation_checkpointing=False,
                          logging_steps=1, save_strategy="no", report_to="none", seed=0, disable_tqdm=True)
@@ -222,6 +232,53 @@ def bench_rollout(workdir: Path) -> dict:
         **out,
         "n_steady_steps": len(calls),
     }
+
+
+def section(r: dict, heading: str) -> str:
+    """The BENCHMARKS.md section of a ``run()`` result (bench/run_all.py)."""
+    from bench.bench_scoring import cpu_model
+
+    lines = [heading, "",
+             f"`python -m bench.run_all --only deeprec` ({r.get('run_at', '-')}, {cpu_model()}, 2 cores shared with "
+             f"other agents' jobs; {r['machine']}). CPU seconds of the process are the numbers to read (wall "
+             "seconds, in brackets, include waiting for a core). Method: `bench/bench_deeprec.py`.", ""]
+    t = r.get("retrieval") or {}
+    if t:
+        one = t["retrieve"].get("1_threads", {})
+        enc = t.get("encode_64_preferences_ms")
+        enc = f"{enc:.1f} ms" if isinstance(enc, (int, float)) else str(enc)
+        lines += [f"TRM retrieval (`bench/bench_retrieval.py`: {t['shape']}; {t['source']}): warm call "
+                  f"**{t.get('retrieve_cpu_ms_1_thread', one.get('warm_cpu_ms', float('nan'))):.1f} ms CPU** on one "
+                  f"thread ({one.get('warm_ms', float('nan')):.1f} ms wall; best wall over thread counts "
+                  f"{t['retrieve_ms']:.1f} ms), cold call (item matrix recomputed) "
+                  f"{one.get('cold_ms', float('nan')):.1f}"
+                  f" ms; MiniLM encoding of the 64 preference texts {enc}. Target <= 20 ms: "
+                  f"{t.get('meets_target_cpu_time', t.get('meets_target'))} (CPU time).", ""]
+    o = r.get("rollout") or {}
+    if "skipped" in o:
+        lines += [f"Rollout: {o['skipped']}", ""]
+    elif o:
+        c, w = o["cpu_s"], o["wall_s"]
+
+        def row(label, k):
+            return f"| {label} | {c[k]:.3f} s ({w[k]:.3f} s) | {100 * c[k] / c['step']:.1f}% |"
+        lines += [f"DeepRec step ({o['setup']}; {o['generated_tokens_per_step']:,.0f} sampled tokens and "
+                  f"{o['retrieval_calls_per_step']} TRM queries per step; rewards: format "
+                  f"{o['format_reward_mean'][-1]:+.0f}, invocation {o['invocation_reward_mean'][-1]:.1f}). Median "
+                  "steady-state step, CPU s (wall s):", "",
+                  "| part | time | share of step |", "|---|---|---|",
+                  row("generation (HF sampling, all turns)", "generation"),
+                  row("retrieval (TRM + MiniLM query encoding, all calls)", "retrieval"),
+                  row("rest of the rollout loop (stop cuts, tokenising injected lists)", "rollout_other"),
+                  row("scoring (parse, R_fmt, R_inv, R_div's MiniLM encoding)", "scoring"),
+                  row("rest of TRL's batch preparation", "batch_other"),
+                  row("update (loss forward + backward + optimizer)", "update"),
+                  row("**step**", "step"), "",
+                  f"Retrieval's share of the rollout (generation + retrieval + loop): "
+                  f"**{100 * c['retrieval_share_of_rollout']:.1f}% CPU** ({100 * w['retrieval_share_of_rollout']:.1f}%"
+                  " wall); target <= 5%. The tiny model makes generation cheap, so on a real LLM the share is smaller "
+                  "still.", ""]
+    return "\n".join(lines)
 
 
 def run() -> dict:

@@ -254,7 +254,9 @@ def bench_step(workdir: Path) -> dict:
         trainer.add_callback(timer)
         trainer.train()
         steady = {k: statistics.median(v[1:]) for k, v in parts.items() if len(v) > 1}
-        return {"cpu_s": statistics.median(timer.cpu[1:]), "wall_s": statistics.median(timer.wall[1:]),
+        step_cpu = statistics.median(timer.cpu[1:])
+        steady["update"] = step_cpu - steady["rollout_and_rewards"]  # loss forward + backward + optimizer
+        return {"cpu_s": step_cpu, "wall_s": statistics.median(timer.wall[1:]),
                 "parts_cpu_s": steady, "refresh_cpu_s": parts.get("item_table_refresh", [None])[0],
                 "completion_tokens": COMPLETION}
 
@@ -274,10 +276,72 @@ def bench_step(workdir: Path) -> dict:
         "ratio_cpu": r["cpu_s"] / s["cpu_s"], "ratio_wall": r["wall_s"] / s["wall_s"],
         "stock_parts_cpu_s": s["parts_cpu_s"], "recpo_parts_cpu_s": r["parts_cpu_s"],
         "refresh_cpu_s": refresh,
-        "amortised": {str(n): {"recpo_cpu_s": r["cpu_s"] + refresh / n, "ratio": (r["cpu_s"] + refresh / n) / s["cpu_s"]}
+        "amortised": {str(n): {"recpo_cpu_s": r["cpu_s"] + refresh / n,
+                               "ratio": (r["cpu_s"] + refresh / n) / s["cpu_s"]}
                       for n in (5, 50)},
         "rounds": {k: [x["cpu_s"] for x in v] for k, v in rounds.items()},
     }
+
+
+def section(r: dict, heading: str) -> str:
+    """The BENCHMARKS.md section of a ``run()`` result (bench/run_all.py)."""
+    from bench.bench_scoring import cpu_model
+
+    lines = [heading, "",
+             f"`python -m bench.run_all --only recpo` ({r.get('run_at', '-')}, {cpu_model()}, 2 cores shared with "
+             f"other agents' jobs; {r['machine']}). CPU seconds of the process are the numbers to "
+             "read (wall seconds, in brackets, include waiting for a core). Method: `bench/bench_recpo.py`.", ""]
+    w = r.get("rewards")
+    if w:
+        lines += ["| reward computation | naive per-trajectory numpy loop | batch (`rewards.embedding_rewards`) "
+                  "| speedup | identical |", "|---|---|---|---|---|",
+                  f"| {w['shape']} ({w['source']}): rank, R_d (NDCG@{CUTOFF}), R_c (softmax) | "
+                  f"{w['naive_cpu_ms']:.1f} ms ({w['naive_wall_ms']:.1f} ms) | **{w['batch_cpu_ms']:.1f} ms** "
+                  f"({w['batch_wall_ms']:.1f} ms) | {w['speedup_cpu']:.1f}x | ranks and NDCG bit for bit: "
+                  f"{w['identical_ranks_and_ndcg']}; R_c to 1e-5: {w['softmax_prob_rtol_1e-5']} |", ""]
+    f = r.get("refresh")
+    if f and "skipped" not in f:
+        lines += ["| item-table refresh (`encode_id_rows`, batch 32) | items | tokens / item | CPU s (wall s) | "
+                  "items / CPU s | full Games catalog |", "|---|---|---|---|---|---|"]
+        for key, label in (("tiny_4x128", "tiny Qwen3 4 x 128 (BPE on Games)"),
+                           ("smollm2_135m", "SmolLM2-135M-Instruct (d 576, 30 layers)")):
+            x = f.get(key, {})
+            if "skipped" in x or not x:
+                lines.append(f"| {label} | skipped: {x.get('skipped', 'not run')} | | | | |")
+                continue
+            lines.append(f"| {label} | {x['items']} | {x['mean_tokens']:.0f} | {x['cpu_s']:.2f} ({x['wall_s']:.2f}) | "
+                         f"**{x['items_per_cpu_s']:,.1f}** | {f['catalog_items']:,} items: "
+                         f"{x['full_catalog_cpu_s'] / 60:,.1f} CPU min |")
+        lines.append("")
+    elif f:
+        lines += [f"Item-table refresh: {f['skipped']}", ""]
+    st = r.get("step")
+    if st:
+        sp, rp = st["stock_parts_cpu_s"], st["recpo_parts_cpu_s"]
+        gen_s, gen_r = sp.get("generation", 0.0), rp.get("generation", 0.0)
+        lines += [
+            f"Step time, RecPOTrainer / stock GRPOTrainer ({st['setup']}; RecPO's {st['catalog_items']:,}-item "
+            "ML-100k table). Per steady-state step, CPU seconds:", "",
+            "| | stock GRPOTrainer (constant reward) | RecPOTrainer | ratio |", "|---|---|---|---|",
+            f"| step (wall) | {st['stock_cpu_s']:.3f} s ({st['stock_wall_s']:.3f} s) | {st['recpo_cpu_s']:.3f} s "
+            f"({st['recpo_wall_s']:.3f} s) | **{st['ratio_cpu']:.3f}x** ({st['ratio_wall']:.3f}x wall) |",
+            f"| generation (+ RecPO's cut at `<answer>`) | {gen_s:.3f} s | {gen_r:.3f} s | |",
+            f"| rewards (RecPO: h_T forward {rp.get('rewards_forward', 0.0):.3f} s + catalog scoring) | "
+            f"{sp.get('rewards', 0.0):.4f} s | {rp.get('rewards', 0.0):.3f} s | |",
+            f"| rest of TRL's batch preparation | {sp['rollout_and_rewards'] - gen_s - sp.get('rewards', 0.0):.3f} s | "
+            f"{rp['rollout_and_rewards'] - gen_r - rp.get('rewards', 0.0):.3f} s | |",
+            f"| update (loss forward + backward + optimizer; RecPO: + the distinct targets' item rows, rec loss) | "
+            f"{sp['update']:.3f} s | {rp['update']:.3f} s | {rp['update'] / sp['update']:.3f}x |",
+            f"| item-table refresh ({st['catalog_items']:,} items, every refresh_steps) | - | "
+            f"{st['refresh_cpu_s']:.2f} s per refresh | |",
+            *(f"| step with the refresh amortised, refresh_steps {n} | {st['stock_cpu_s']:.3f} s | "
+              f"{a['recpo_cpu_s']:.3f} s | **{a['ratio']:.3f}x** |" for n, a in st["amortised"].items()),
+            "",
+            "RecPO's completions are the stock ones plus the forced `<answer>` marker tokens (a random model never "
+            "writes it), so its generation, rewards forward and loss rows are slightly longer. refresh_steps 5 is "
+            "configs/tiny/recpo_ml100k.yaml, 50 the default; the refresh scales with the catalog (see the table "
+            "above for the 16.9k Games items).", ""]
+    return "\n".join(lines)
 
 
 def run(parts=("rewards", "refresh", "step")) -> dict:

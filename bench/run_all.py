@@ -1,7 +1,7 @@
 """Run every benchmark in one process and write BENCHMARKS.md (ratios measured in this one run).
 
-`make bench` (or `python -m bench.run_all [--only token_map step_time scoring]`). A partial run (`--only`) keeps
-the rows / sections of the benchmarks it did not run, as they are in BENCHMARKS.md.
+`make bench` (or `python -m bench.run_all [--only token_map step_time scoring demo_rss recpo deeprec]`). A partial
+run (`--only`) keeps the rows / sections of the benchmarks it did not run, as they are in BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import re
 
 from bench.common import REPO, RESULTS_DIR
 
-BENCHES = ("token_map", "step_time", "scoring", "demo_rss")
+BENCHES = ("token_map", "step_time", "scoring", "demo_rss", "recpo", "deeprec")
 TABLE_BENCHES = ("token_map", "step_time", "demo_rss")  # rows of the main table; scoring has a section of its own
 ROW_PREFIX = {"token_map": "| Token -> item assignment", "step_time": "| Training step",
               "demo_rss": "| Peak resident memory of `make demo`"}
 SCORING_HEADING = "## Scoring throughput"
+# benchmarks whose module writes its own section (bench_<name>.section(result, heading)); kept when not run
+OWN_SECTIONS = {"recpo": "## RecPO: rewards, item-table refresh, step time",
+                "deeprec": "## DeepRec: retrieval latency and rollout split"}
 
 
 def _row_token_map(r: dict) -> str:
@@ -61,6 +64,11 @@ def _section_scoring(r: dict) -> str:
     ])
 
 
+def _old_section(text: str, heading: str) -> str | None:
+    m = re.search(rf"^{re.escape(heading)}.*?(?=^## |\Z)", text, flags=re.S | re.M)
+    return (m.group(0).rstrip() + "\n") if m else None
+
+
 def _old_parts(text: str) -> tuple[dict, str | None, str | None]:
     """Rows by benchmark, the Run line and the scoring section of the current BENCHMARKS.md."""
     rows = {name: line for line in text.splitlines() for name, prefix in ROW_PREFIX.items() if line.startswith(prefix)}
@@ -75,7 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = REPO / "BENCHMARKS.md"
-    old_rows, old_run, old_scoring = _old_parts(path.read_text() if path.exists() else "")
+    old_text = path.read_text() if path.exists() else ""
+    old_rows, old_run, old_scoring = _old_parts(old_text)
     results = {}
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     for name in args.only:
@@ -91,6 +100,8 @@ def main() -> None:
     ran_table = [n for n in TABLE_BENCHES if n in results]
     run_line = (f"Run: {now} on {results[ran_table[0]]['machine']}." if ran_table else old_run) or "Run: -"
     scoring = _section_scoring(results["scoring"]) if "scoring" in results else old_scoring
+    own = [__import__(f"bench.bench_{n}", fromlist=["section"]).section(results[n], h) if n in results
+           else _old_section(old_text, h) for n, h in OWN_SECTIONS.items()]
     text = "\n".join([
         "# Benchmarks",
         "",
@@ -106,6 +117,7 @@ def main() -> None:
         "Raw numbers: `bench/out/*.json`. Method notes are in each `bench/bench_*.py` docstring.",
         "",
         *([scoring] if scoring else []),
+        *[x for x in own if x],
     ])
     path.write_text(text)
     print(text)

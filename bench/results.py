@@ -67,8 +67,8 @@ class Settings:
 FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=500, sft_steps=400, rl_steps=60,
                 rl_save_steps=20, recpo_steps=20, deeprec_ws_steps=300, deeprec_steps=4, redial_n_test=100,
                 redial_sft_steps=40, redial_rl_steps=8)
-QUICK = Settings(seeds=[0], n_test=200, n_val=100, n_test_agent=100, sft_steps=400, rl_steps=20,
-                 rl_save_steps=10, recpo_steps=10, deeprec_ws_steps=150, deeprec_steps=2, redial_n_test=32,
+QUICK = Settings(seeds=[0], n_test=200, n_val=64, n_test_agent=48, sft_steps=150, rl_steps=10,
+                 rl_save_steps=5, recpo_steps=10, deeprec_ws_steps=60, deeprec_steps=2, redial_n_test=32,
                  redial_sft_steps=10, redial_rl_steps=2)
 
 # RL on the tiny SFT model: rollouts at a temperature below 1 so the sampled lists stay close to the greedy list
@@ -101,7 +101,13 @@ class Ctx:
 
     def run(self, args: list[str], log: Path, done: Path | None = None) -> None:
         """Run one command (skipped when `done` exists); its CPU / wall time is added to the part's."""
+        ledger = self.root / "commands.jsonl"  # CPU / wall time of each finished command, so a resumed part counts it
         if done is not None and done.exists():
+            for line in (ledger.read_text().splitlines() if ledger.exists() else []):
+                entry = json.loads(line)
+                if entry["done"] == str(done):
+                    self.cpu_s += entry["cpu_s"]
+                    self.wall_s += entry["wall_s"]
             return
         log.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
@@ -118,11 +124,16 @@ class Ctx:
             fh.flush()
             rc = subprocess.call(args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.cpu_s += (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        self.wall_s += time.time() - t0
+        cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        wall_s = time.time() - t0
+        self.cpu_s += cpu_s
+        self.wall_s += wall_s
         if rc != 0:
             tail = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n").splitlines()[-25:]
             raise PartFailed(f"exit {rc}: {' '.join(args)}\n  (log {log})\n" + "\n".join(tail))
+        if done is not None:
+            with open(ledger, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"done": str(done), "cpu_s": cpu_s, "wall_s": wall_s}) + "\n")
 
     def evaluate(self, out: Path, args: list[str], split: str = "test", n: int | None = None) -> dict:
         """eval_test.py with the shared protocol; returns metrics.json (cached)."""
@@ -154,9 +165,9 @@ def _text_eval_args(model: str, data: str = ML_DATA) -> list[str]:
 
 
 def part_popularity(ctx: Ctx) -> dict:
-    rows = [{"method": "Popularity", "seed": None, "protocol": "list",
+    rows = [{"method": "Popularity", "seed": None,
              **ctx.evaluate(ctx.root / "eval_list", ["--baseline", "popularity", "--dataset_path", ML_DATA])},
-            {"method": "Popularity", "seed": None, "protocol": "next",
+            {"method": "Popularity", "seed": None,
              **ctx.evaluate(ctx.root / "eval_next", ["--baseline", "popularity", "--dataset_path", ML_DATA,
                                                      "--target_only"])}]
     return {"rows": rows}
@@ -170,7 +181,7 @@ def part_trm(ctx: Ctx) -> dict:
     model = trm_dir(ctx)
     ctx.run([PY, "train_trm.py", "--config", "configs/tiny/trm_ml100k.yaml", "--output_dir", str(model)],
             ctx.root / "train.log", done=model / "model.safetensors")
-    rows = [{"method": "TRM alone", "seed": None, "protocol": "next",
+    rows = [{"method": "TRM alone", "seed": None,
              **ctx.evaluate(ctx.root / "eval_next", ["--recommender", "trm", "--model_path", str(model),
                                                      "--dataset_path", ML_DATA, "--target_only"])}]
     return {"rows": rows}
@@ -219,7 +230,7 @@ def part_sft(ctx: Ctx) -> dict:
                  "--max_steps", str(s.sft_steps), "--save_steps", str(max(1, s.sft_steps // 2)),
                  "--eval_steps", str(max(1, s.sft_steps // 4))],
                 model.parent / "train.log", done=model / "config.json")
-        rows.append({"method": "SFT", "seed": seed, "protocol": "list",
+        rows.append({"method": "SFT", "seed": seed,
                      **ctx.evaluate(model.parent / "eval_test", _text_eval_args(str(model)))})
         val0 = ctx.evaluate(model.parent / "eval_val_final", _text_eval_args(str(model)), split="validation",
                             n=s.n_val)
@@ -243,7 +254,7 @@ def _rl_part(name: str):
                      "--seed", str(seed), "--max_steps", str(s.rl_steps), "--save_steps", str(s.rl_save_steps),
                      *algo_args, *RL_OVERRIDES],
                     out.parent / "train.log", done=out / "config.json")
-            rows.append({"method": label, "seed": seed, "protocol": "list",
+            rows.append({"method": label, "seed": seed,
                          **ctx.evaluate(out.parent / "eval_test", _text_eval_args(str(out)))})
             curves[seed] = {"val": _val_curve(ctx, out), "reward": _reward_curve(out)}
         return {"rows": rows, "curves": curves}
@@ -263,10 +274,11 @@ def part_recpo(ctx: Ctx) -> dict:
                  "--dataset_path", ML_DATA, "--output_dir", str(out), "--seed", str(seed),
                  "--max_steps", str(s.recpo_steps), "--save_steps", str(s.recpo_steps)],
                 out.parent / "train.log", done=out / "config.json")
-        rows.append({"method": "RecPO", "seed": seed, "protocol": "next",
+        rows.append({"method": "RecPO", "seed": seed,
                      **ctx.evaluate(out.parent / "eval_next",
                                     ["--recommender", "recpo", "--model_path", str(out), "--dataset_path", ML_DATA,
-                                     "--category", "movies", "--target_only", "--batch_size", "16"])})
+                                     "--category", "movies", "--target_only", "--batch_size", "16",
+                                     "--max_new_tokens", "48"])})  # = the config's max_completion_length
     return {"rows": rows}
 
 
@@ -293,12 +305,13 @@ def part_deeprec(ctx: Ctx) -> dict:
                  "--output_dir", str(st1)], base / "stage1.log", done=st1 / "config.json")
         ctx.run([PY, "train_deeprec.py", "--config", "configs/tiny/deeprec_ml100k_stage2.yaml", *common,
                  "--init_from", str(st1), "--output_dir", str(st2)], base / "stage2.log", done=st2 / "config.json")
-        for label, model in (("DeepRec warm-start SFT", ws), ("DeepRec stage 1", st1), ("DeepRec stage 2", st2)):
+        for label, model in (("DeepRec warm-start SFT", ws), ("DeepRec stage 2", st2)):
             tag = model.name
-            rows.append({"method": label, "seed": seed, "protocol": "next",
+            rows.append({"method": label, "seed": seed,
                          **ctx.evaluate(base / f"eval_next_{tag}",
                                         ["--recommender", "deeprec", "--model_path", str(model), "--trm_path",
-                                         str(trm), "--dataset_path", ML_DATA, "--target_only", "--batch_size", "16"],
+                                         str(trm), "--dataset_path", ML_DATA, "--target_only", "--batch_size", "16",
+                                         "--max_new_tokens", "1536"],  # = the configs' max_trajectory_tokens
                                         n=s.n_test_agent)})
     return {"rows": rows}
 
@@ -308,7 +321,7 @@ def part_redial(ctx: Ctx) -> dict:
     s = ctx.settings
     n = s.redial_n_test
     eval_args = lambda m: _text_eval_args(m, REDIAL_DATA)  # noqa: E731
-    rows = [{"method": "SmolLM2-135M zero-shot", "seed": 0, "protocol": "list",
+    rows = [{"method": "SmolLM2-135M zero-shot", "seed": 0,
              **ctx.evaluate(ctx.root / "eval_zero_shot", eval_args(SMOL), n=n)}]
     sft = ctx.root / "sft"
     ctx.run([PY, "train_sft.py", "--config", "configs/tiny/sft_ml100k.yaml", "--model_name", SMOL,
@@ -316,7 +329,7 @@ def part_redial(ctx: Ctx) -> dict:
              "--learning_rate", "5.0e-5", "--per_device_train_batch_size", "4", "--max_train_samples", "2662",
              "--save_strategy", "no", "--eval_strategy", "no", "--seed", "0"],
             ctx.root / "sft.log", done=sft / "config.json")
-    rows.append({"method": "SmolLM2-135M SFT", "seed": 0, "protocol": "list",
+    rows.append({"method": "SmolLM2-135M SFT", "seed": 0,
                  **ctx.evaluate(ctx.root / "eval_sft", eval_args(str(sft)), n=n)})
     curves = {}
     for label, tag, algo in (("SmolLM2-135M GRPO", "grpo", ["--algorithm", "grpo"]),
@@ -328,7 +341,7 @@ def part_redial(ctx: Ctx) -> dict:
                  "--max_completion_length", "192", "--save_strategy", "steps", "--save_steps",
                  str(s.redial_rl_steps), "--seed", "0", *algo, *RL_OVERRIDES],
                 ctx.root / f"{tag}.log", done=out / "config.json")
-        rows.append({"method": label, "seed": 0, "protocol": "list",
+        rows.append({"method": label, "seed": 0,
                      **ctx.evaluate(ctx.root / f"eval_{tag}", eval_args(str(out)), n=n)})
         curves[tag] = _reward_curve(out)
     return {"rows": rows, "curves": {"reward": curves}}
@@ -363,10 +376,15 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def _table_of(row: dict) -> str:
+    """'next' for rows scored on the next item only (eval_test.py --target_only records groundtruth=target)."""
+    return "next" if row.get("groundtruth") == "target" else "list"
+
+
 def _table(rows: list[dict], protocol: str, cpu_by_method: dict[str, float]) -> list[str]:
     methods: dict[str, list[dict]] = {}
     for r in rows:
-        if r.get("protocol") == protocol:
+        if _table_of(r) == protocol:
             methods.setdefault(r["method"], []).append(r)
     extra = ["valid_item_ratio"] if protocol == "list" else []
     head = ["method", "seeds", *METRICS, *extra, "test rows", "CPU min"]
@@ -384,7 +402,7 @@ def _metric(rows, method, key="ndcg@10"):
     return statistics.mean(vals) if vals else None
 
 
-def _figures(parts: dict[str, dict], tag: str) -> list[str]:
+def _figures(parts: dict[str, dict], tag: str, md_dir: Path) -> list[str]:
     """Validation NDCG@10 vs step (SFT's last point = step 0 of RL) and the RL reward curves, seed 0."""
     from evaluation.plots import plot_series
 
@@ -414,11 +432,11 @@ def _figures(parts: dict[str, dict], tag: str) -> list[str]:
     if val_series:
         p = plot_series(val_series, DOCS_FIGURES / f"{tag}_val_ndcg10.png",
                         title="ML-100k validation NDCG@10 per checkpoint (seed 0)")
-        lines += [f"![validation curves]({p.relative_to(REPO).as_posix()})", ""]
+        lines += [f"![validation curves]({Path(os.path.relpath(p, md_dir)).as_posix()})", ""]
     if reward_series:
         p = plot_series(reward_series, DOCS_FIGURES / f"{tag}_train_reward.png",
                         title="mean sampled training reward per step (seed 0)")
-        lines += [f"![training reward]({p.relative_to(REPO).as_posix()})", ""]
+        lines += [f"![training reward]({Path(os.path.relpath(p, md_dir)).as_posix()})", ""]
     return lines
 
 
@@ -464,8 +482,8 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         "## Targets",
         "",
     ]
-    sft, rg, grpo, pop = (_metric(rows, m) for m in ("SFT", "Rank-GRPO (exp_inf)", "GRPO", "Popularity"))
-    pop_next = statistics.mean([r["ndcg@10"] for r in rows if r["method"] == "Popularity" and r["protocol"] == "next"]
+    sft, rg, grpo = (_metric(rows, m) for m in ("SFT", "Rank-GRPO (exp_inf)", "GRPO"))
+    pop_next = statistics.mean([r["ndcg@10"] for r in rows if r["method"] == "Popularity" and _table_of(r) == "next"]
                                or [float("nan")])
     checks = []
     if sft is not None and rg is not None:
@@ -477,7 +495,7 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         checks.append(f"- ordering Rank-GRPO >= GRPO >= SFT (NDCG@10 {rg:.4f} / {grpo:.4f} / {sft:.4f}): "
                       f"**{'holds' if ok else 'does not hold'}**")
     for m in ("RecPO", "DeepRec stage 2", "TRM alone"):
-        v = _metric([r for r in rows if r["protocol"] == "next"], m)
+        v = _metric([r for r in rows if _table_of(r) == "next"], m)
         if v is not None:
             checks.append(f"- {m} vs popularity (next item, NDCG@10): {v:.4f} vs {pop_next:.4f}: "
                           f"**{'beats' if v > pop_next else 'does not beat'}**")
@@ -489,7 +507,7 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
     if failures:
         lines += ["", "## Parts that failed in this run", ""]
         lines += [f"- `{k}`: {v.splitlines()[0]}" for k, v in failures.items()]
-    lines += ["", "## Curves", "", *_figures(parts, mode)]
+    lines += ["", "## Curves", "", *_figures(parts, mode, out.resolve().parent)]
     lines += ["## CPU time per part", "", "| part | CPU min | wall min |", "|---|---|---|"]
     lines += [f"| {k} | {p.get('cpu_s', 0) / 60:.1f} | {p.get('wall_s', 0) / 60:.1f} |" for k, p in parts.items()]
     notes = REPO / "docs" / "results" / "NOTES.md"

@@ -159,17 +159,16 @@ def checkpoint_problem(folder: str | os.PathLike, for_resume: bool = False) -> s
     elif (root / WRITING_MARKER).is_file():
         return (f"being written, or its run was interrupted while writing it ({WRITING_MARKER} and no "
                 f"{COMPLETE_MARKER})")
-    else:  # written without markers: check what can be checked
-        if why := weights_problem(root):
-            return why
-        if for_resume:
-            try:
-                json.loads((root / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
-            except FileNotFoundError:
-                return "no trainer_state.json (written partly, or not by a Trainer)"
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                return f"trainer_state.json is unreadable ({type(err).__name__}: {err})"
-    if not for_resume:
+    elif why := weights_problem(root):  # written without markers: check what can be checked
+        return why
+    if for_resume:
+        try:
+            json.loads((root / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+        except FileNotFoundError:
+            return "no trainer_state.json (written partly, or not by a Trainer)"
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return f"trainer_state.json is unreadable ({type(err).__name__}: {err})"
+    else:
         if not ((root / "config.json").is_file() or (root / "adapter_config.json").is_file()):
             return "no config.json or adapter_config.json"
         if not any((root / name).is_file() for name in WEIGHT_FILES):

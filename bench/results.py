@@ -449,6 +449,11 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         for m in methods:  # a part's CPU time is shared equally by the rows it produced
             cpu_by_method[m] = cpu_by_method.get(m, 0) + p.get("cpu_s", 0) / max(1, len(methods))
     end_load = os.getloadavg()
+    stamped = [p for p in parts.values() if "started" in p]
+    if stamped:  # the parts' own times: a report rewritten from caches describes the runs that made them
+        started = min(p["started"] for p in stamped)
+        first, last = min(stamped, key=lambda p: p["started"]), max(stamped, key=lambda p: p["finished"])
+        load, end_load = first["load_start"], last["load_end"]
     label = ("a `--quick` run (1 seed, short runs, fewer test rows: NOT the full benchmark)" if mode == "quick"
              else "the full `make results` run")
     lines = [
@@ -507,6 +512,9 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
     if failures:
         lines += ["", "## Parts that failed in this run", ""]
         lines += [f"- `{k}`: {v.splitlines()[0]}" for k, v in failures.items()]
+    missing = [k for k in PARTS if k not in parts and k not in failures]
+    if missing:
+        lines += ["", f"Parts not run (no cached result for these settings): {', '.join(f'`{k}`' for k in missing)}."]
     lines += ["", "## Curves", "", *_figures(parts, mode, out.resolve().parent)]
     lines += ["## CPU time per part", "", "| part | CPU min | wall min |", "|---|---|---|"]
     lines += [f"| {k} | {p.get('cpu_s', 0) / 60:.1f} | {p.get('wall_s', 0) / 60:.1f} |" for k, p in parts.items()]
@@ -523,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=PARTS, help="run these parts; the others come from caches")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the mode's seeds")
     parser.add_argument("--force", action="store_true", help="rerun the parts run even when cached")
+    parser.add_argument("--report", action="store_true", help="run nothing: rewrite the report from the caches")
     parser.add_argument("--output", default=str(REPO / "RESULTS.md"))
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
@@ -537,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in PARTS:
         root = run_root / name
         cache = root / "part.json"
-        wanted = args.only is None or name in args.only
+        wanted = not args.report and (args.only is None or name in args.only)
         if cache.exists() and not (wanted and args.force):
             cached = json.loads(cache.read_text())
             if cached.get("settings") == settings.key() or not wanted:
@@ -550,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root)
         root.mkdir(parents=True, exist_ok=True)
         ctx = Ctx(settings=settings, mode=mode, root=root, force=args.force)
+        part_started, part_load = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), os.getloadavg()
         print(f"[results] {name} ... ({datetime.datetime.utcnow():%H:%M:%S})", flush=True)
         try:
             result = PART_FUNCS[name](ctx)
@@ -557,7 +567,9 @@ def main(argv: list[str] | None = None) -> int:
             failures[name] = str(err)
             print(f"[results] {name} FAILED: {err}", flush=True)
             continue
-        result.update(settings=settings.key(), cpu_s=ctx.cpu_s, wall_s=ctx.wall_s)
+        result.update(settings=settings.key(), cpu_s=ctx.cpu_s, wall_s=ctx.wall_s, started=part_started,
+                      finished=datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), load_start=part_load,
+                      load_end=os.getloadavg())
         cache.write_text(json.dumps(result, indent=1))
         parts[name] = result
         print(f"[results] {name}: {ctx.cpu_s / 60:.1f} CPU min, {ctx.wall_s / 60:.1f} wall min", flush=True)

@@ -21,6 +21,26 @@ import time
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 
+class _LogFile:
+    """The --log_file, shared by the stdout and stderr tees; knows whether the last byte ended a line (progress bars
+    on stderr do not), so a record written to the file alone starts on its own line."""
+
+    def __init__(self, fh):
+        self.fh, self.at_line_start = fh, True
+
+    def write(self, data):
+        if data:
+            self.fh.write(data)
+            self.at_line_start = data.endswith(("\n", "\r"))
+        return len(data)
+
+    def write_record(self, line: str) -> None:
+        self.write(("" if self.at_line_start else "\n") + line + "\n")
+
+    def flush(self):
+        self.fh.flush()
+
+
 class _Tee:
     """Write to the original stream and to a log file."""
 
@@ -54,7 +74,8 @@ def tee_output(log_file: str | None):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     saved = sys.stdout, sys.stderr
     with open(path, "a", buffering=1, encoding="utf-8") as fh:
-        sys.stdout, sys.stderr = _Tee(sys.stdout, fh), _Tee(sys.stderr, fh)
+        log = _LogFile(fh)
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
         try:
             yield
         finally:
@@ -170,7 +191,7 @@ def write_full_metrics(logs: dict, step: int) -> None:
     out = sys.stdout
     if isinstance(out, _Tee):
         payload = {"step": step, **{k: v for k, v in logs.items() if k != "total_flos"}}
-        out.fh.write("[metrics] " + json.dumps(payload, default=str) + "\n")
+        out.fh.write_record("[metrics] " + json.dumps(payload, default=str))
 
 
 class CompactProgressCallback(ProgressCallback):

@@ -1,0 +1,64 @@
+"""bench.results' report: mean +- std over seeds, the list / next-item split, targets, figures, caches."""
+import json
+import statistics
+
+import bench.results as results
+
+
+def _row(method, seed, ndcg10, target_only=False):
+    row = {k: ndcg10 / 2 for k in results.METRICS} | {"ndcg@10": ndcg10, "valid_item_ratio": 0.5,
+                                                     "num_samples": 500, "method": method, "seed": seed,
+                                                     "protocol": "packed"}
+    if target_only:
+        row["groundtruth"] = "target"
+    return row
+
+
+def _parts():
+    return {
+        "popularity": {"rows": [_row("Popularity", None, 0.03), _row("Popularity", None, 0.02, True)], "cpu_s": 60},
+        "sft": {"rows": [_row("SFT", 0, 0.010), _row("SFT", 1, 0.014)], "cpu_s": 600,
+                "curves": {"0": {"val": [{"step": 200.0, "ndcg@10": 0.01}], "val_final": _row("SFT", 0, 0.012)}}},
+        "grpo": {"rows": [_row("GRPO", 0, 0.013), _row("GRPO", 1, 0.015)], "cpu_s": 120},
+        "rank_grpo_exp_inf": {"rows": [_row("Rank-GRPO (exp_inf)", 0, 0.016), _row("Rank-GRPO (exp_inf)", 1, 0.018)],
+                              "cpu_s": 120, "curves": {"0": {"val": [{"step": 10.0, "ndcg@10": 0.02}],
+                                                             "reward": [[1, 0.2], [2, 0.3]]}}},
+        "trm": {"rows": [_row("TRM alone", None, 0.05, True)], "cpu_s": 90},
+        "deeprec": {"rows": [_row("DeepRec stage 2", 0, 0.04, True)], "cpu_s": 90},
+    }
+
+
+def test_report_tables_targets_and_figures(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
+    out = tmp_path / "RESULTS.md"
+    results.write_results(_parts(), "quick", results.QUICK, "2026-01-01 00:00", (1.0, 1.0, 1.0), out,
+                          {"recpo": "exit 1: boom\ntail"})
+    text = out.read_text()
+    sft_line = next(line for line in text.splitlines() if line.startswith("| SFT |"))
+    cells = [c.strip() for c in sft_line.strip("|").split("|")]
+    ndcg10 = cells[2 + results.METRICS.index("ndcg@10")]
+    assert ndcg10 == f"{statistics.mean([0.010, 0.014]):.4f} ± {statistics.stdev([0.010, 0.014]):.4f}"
+    assert cells[1] == "2" and cells[-1] == "10.0"  # seeds, CPU minutes (600 s)
+    # the target-only rows sit in the next-item table only
+    list_part, next_part = text.split("## ML-100k, next-item protocol")
+    assert "TRM alone" not in list_part and "TRM alone" in next_part.split("## ReDial")[0]
+    assert "+41.7% relative" in text and "**met**" in text  # 0.017 vs 0.012
+    assert "Rank-GRPO >= GRPO >= SFT" in text and "**holds**" in text
+    assert "DeepRec stage 2 vs its TRM alone (next item, NDCG@10): 0.0400 vs 0.0500: **does not beat**" in text
+    assert "`recpo`: exit 1: boom" in text
+    assert "![validation curves](figs/quick_val_ndcg10.png)" in text
+    assert (tmp_path / "figs" / "quick_val_ndcg10.png").stat().st_size > 0
+    assert (tmp_path / "figs" / "quick_train_reward.png").stat().st_size > 0
+
+
+def test_cached_parts_are_reused_and_report_only_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "REPO", tmp_path)
+    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
+    part = tmp_path / "results" / "results_run" / "quick" / "sft"
+    part.mkdir(parents=True)
+    (part / "part.json").write_text(json.dumps(_parts()["sft"] | {"settings": results.QUICK.key()}))
+    called = []
+    monkeypatch.setattr(results, "PART_FUNCS", {k: (lambda ctx, k=k: called.append(k)) for k in results.PARTS})
+    assert results.main(["--quick", "--report", "--output", str(tmp_path / "R.md")]) == 0
+    assert called == []
+    assert "| SFT | 2 |" in (tmp_path / "R.md").read_text()

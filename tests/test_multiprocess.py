@@ -195,3 +195,213 @@ def test_two_process_rank_grpo_split_groups_get_their_own_rows_advantages(tiny_m
         assert math.isfinite(r["log_history"][-1]["train_loss"])
     assert [h["loss"] for h in recs[0]["log_history"] if "loss" in h] == \
         [h["loss"] for h in recs[1]["log_history"] if "loss" in h]
+
+
+# =====================================================================================================================
+# PARITY: a 2-process run (gloo DDP, and DeepSpeed ZeRO-2 on CPU) equals a 1-process run with the same global batch
+# =====================================================================================================================
+# Every trainer (SFT through train_sft.py itself; Rank-GRPO, RecPO, DeepRec through tests/mp_parity_probe.py with
+# canned completions chosen by GLOBAL row index) runs PARITY_STEPS optimizer steps twice: 2 processes x B_LOCAL rows
+# and 1 process x 2 B_LOCAL rows, plain SGD (the first update is -lr x gradient), one checkpoint per step. Checked:
+#   * each process's rows are the 1-process run's rows r*B..(r+1)*B-1 (sample ids), its local advantages are those
+#     rows' advantages, and the gathered rewards equal the 1-process rewards;
+#   * the logged losses and the weights after the first and the second update (checkpoint-1, checkpoint-2) equal
+#     the 1-process run's.
+# Tolerances (float32, different batch shapes and reduction orders; measured on 2 CPU cores): rewards 1e-5 abs
+# (measured <= 5e-7), advantages 1e-4 abs (z-scores; <= 5e-6), losses 1e-6 abs + 1e-4 rel (<= 2e-6 rel), weights
+# 2e-4 x the largest weight change of the 1-process update (measured <= 3e-5; the two defects these tests found
+# were 4.0 for RecPO and 0.076 for DeepRec). Runtime: ~35 s (1 process, all three RL trainers in one process) +
+# ~45 s per 2-process launch + ~25-35 s per SFT launch.
+RL_METHODS = ("rank_grpo", "recpo", "deeprec")
+B_PARITY, G_PARITY, STEPS_PARITY = 6, 4, 2  # 2 x 6 = 12 rows = 3 prompt groups a step; group 1 spans both processes
+REWARD_TOL, ADV_TOL, LOSS_ABS, LOSS_REL, WEIGHT_REL = 1e-5, 1e-4, 1e-6, 1e-4, 2e-4
+LAUNCH_CONFIGS = ["cpu_2proc.yaml", "cpu_2proc_zero2.yaml"]
+
+
+def _clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+           and not k.startswith("ACCELERATE_")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled",
+               CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+    return env
+
+
+def _launch(script_and_args: list[str], cwd, launch_config: str | None, timeout: int = 400) -> str:
+    """Run a script as ONE plain process (``launch_config`` None) or under ``accelerate launch --config_file
+    configs/accelerate/<launch_config>``; a failure is a test FAILURE with the output tail. Returns the output."""
+    for attempt in range(2):
+        cmd = [sys.executable, *script_and_args] if launch_config is None else \
+            [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+             str(REPO / "configs" / "accelerate" / launch_config), "--main_process_port", str(_free_port()),
+             *script_and_args]
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the workers it started
+            out, _ = proc.communicate()
+            pytest.fail(f"{launch_config or 'single-process'} run timed out after {timeout} s:\n{out[-4000:]}")
+        port_taken = "address already in use" in out.lower() or "EADDRINUSE" in out
+        if proc.returncode == 0 or not port_taken or launch_config is None:
+            break
+    assert proc.returncode == 0, f"{launch_config or 'single-process'} run failed (rc {proc.returncode}):\n" \
+                                 f"{out[-6000:]}"
+    return out
+
+
+def _skip_unless_launchable(launch_config: str | None):
+    reason = _launch_impossible()
+    if reason:
+        pytest.skip(f"multi-process launch impossible on this machine: {reason}")
+    if launch_config and "zero2" in launch_config and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (requirements-gpu.txt); the ZeRO-2 CPU run needs it")
+
+
+@pytest.fixture(scope="module")
+def parity_setup(tmp_path_factory):
+    """One contract data set for every trainer (24 rows over the 28-title catalog of tests/test_deeprec.py: prompt /
+    completion for SFT, groundtruth / seen for Rank-GRPO, history / target for RecPO and DeepRec), a tiny random Qwen3
+    with a small BPE, and an untrained TRM whose item texts are encoded by the probe's deterministic encoder."""
+    from mp_parity_probe import StableEncoder
+    from test_deeprec import CATALOG, CATALOG_ITEMS
+    from test_deeprec import TITLES as DR_TITLES
+
+    from modeling.tiny import build_tiny_model
+    from preprocess.common import build_prompt, format_completion, save_processed
+    from retrieval import TRMRetriever
+
+    root = tmp_path_factory.mktemp("parity")
+    recs = []
+    for s in range(2 * B_PARITY * STEPS_PARITY):  # SFT: every step a FULL global batch (a last partial batch of an
+        hist = [(3 * s + j) % len(DR_TITLES) for j in range(4)]  # epoch is split over processes differently)
+        target = (3 * s + 5) % len(DR_TITLES)
+        recs.append(dict(sample_id=f"s{s}", prompt=build_prompt(f"I liked {DR_TITLES[s % 28][0]}.", n_items=5),
+                         completion=format_completion([CATALOG.display(target), CATALOG.display((target + 3) % 28)]),
+                         groundtruth=[target, (target + 3) % len(DR_TITLES)], seen=hist[:1], history=hist,
+                         target=target, timestamp=None))
+    save_processed(root / "data", {"train": recs}, CATALOG_ITEMS, {"name": "parity"}, quiet=True, progress=False)
+    build_tiny_model(root / "model", tokenizer="bpe", vocab_size=600, hidden_size=32, num_layers=1, num_heads=2,
+                     num_kv_heads=1, intermediate_size=64)
+    TRMRetriever.build(CATALOG_ITEMS, StableEncoder(), hidden_size=16, num_heads=2, num_layers=1).save(root / "trm")
+    return root
+
+
+def _rl_probe(root, out, n_proc_batch: int) -> list[str]:
+    return [str(REPO / "tests" / "mp_parity_probe.py"), "--methods", ",".join(RL_METHODS),
+            "--data", str(root / "data"), "--model", str(root / "model"), "--trm", str(root / "trm"),
+            "--output_dir", str(out / "out"), "--record_dir", str(out / "records"),
+            "--per_device_train_batch_size", str(n_proc_batch), "--num_generations", str(G_PARITY),
+            "--max_steps", str(STEPS_PARITY)]
+
+
+def _sft_args(root, out, batch: int) -> list[str]:
+    return [str(REPO / "train_sft.py"), "--dataset_path", str(root / "data"), "--model_name", str(root / "model"),
+            "--output_dir", str(out), "--per_device_train_batch_size", str(batch), "--max_steps", str(STEPS_PARITY),
+            "--optim", "sgd", "--learning_rate", "0.5", "--lr_scheduler_type", "constant", "--save_strategy",
+            "steps", "--save_steps", "1", "--save_only_model", "true", "--logging_steps", "1", "--report_to", "none",
+            "--eval_strategy", "no", "--max_length", "256", "--seed", "0", "--dataloader_num_workers", "0",
+            "--activation_checkpointing", "false"]
+
+
+@pytest.fixture(scope="module")
+def rl_one_process(parity_setup):
+    _skip_unless_launchable(None)
+    out = parity_setup / "rl_1proc"
+    _launch(_rl_probe(parity_setup, out, 2 * B_PARITY), parity_setup, None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sft_one_process(parity_setup):
+    out = parity_setup / "sft_1proc"
+    _launch(_sft_args(parity_setup, out, 2 * B_PARITY), parity_setup, None)
+    return out
+
+
+def _losses(log_history) -> list[float]:
+    return [h["loss"] for h in log_history if "loss" in h]
+
+
+def _assert_same_losses(two: list[float], one: list[float], what: str):
+    assert len(two) == len(one) == STEPS_PARITY, (what, two, one)
+    for s, (a, b) in enumerate(zip(two, one)):
+        assert math.isfinite(a) and abs(a - b) <= LOSS_ABS + LOSS_REL * abs(b), (what, s, two, one)
+
+
+def _assert_same_updates(base_model, one_dir, two_dir, what: str):
+    """checkpoint-k weights of the 2-process run = the 1-process run's, within WEIGHT_REL x the largest 1-process
+    weight change of that step; and every update moved the weights."""
+    from safetensors.torch import load_file
+
+    before = load_file(str(base_model / "model.safetensors"))
+    for k in range(1, STEPS_PARITY + 1):
+        w1 = load_file(str(one_dir / f"checkpoint-{k}" / "model.safetensors"))
+        w2 = load_file(str(two_dir / f"checkpoint-{k}" / "model.safetensors"))
+        # DeepSpeed writes the tied lm_head.weight too (= embed_tokens.weight); everything else must match by name
+        assert set(w1) <= set(w2) and set(w2) - set(w1) <= {"lm_head.weight"}, (what, set(w1) ^ set(w2))
+        if "lm_head.weight" in w2 and "lm_head.weight" not in w1:
+            assert torch.equal(w2["lm_head.weight"], w2["model.embed_tokens.weight"]), what
+        change = max((w1[n] - before[n]).abs().max().item() for n in w1 if n in before)
+        worst = max((w1[n] - w2[n]).abs().max().item() for n in w1)
+        assert change > 1e-3, (what, k, change)  # the step moved the weights
+        assert worst <= WEIGHT_REL * change, f"{what}: checkpoint-{k} weights differ by {worst:.3g} (largest " \
+                                             f"1-process weight change {change:.3g})"
+        before = w1
+
+
+@multiprocess
+@pytest.mark.parametrize("launch_config", LAUNCH_CONFIGS)
+def test_two_process_rl_trainers_equal_one_process(parity_setup, rl_one_process, launch_config, tmp_path):
+    """Rank-GRPO, RecPO and DeepRec: own rows, own advantages, same losses and updates as one process."""
+    import numpy as np
+
+    _skip_unless_launchable(launch_config)
+    _launch(_rl_probe(parity_setup, tmp_path, B_PARITY), tmp_path, launch_config)
+    for method in RL_METHODS:
+        one = json.loads((rl_one_process / "records" / method / "rank0.json").read_text())
+        two = [json.loads((tmp_path / "records" / method / f"rank{r}.json").read_text()) for r in range(N_PROC)]
+        assert one["num_processes"] == 1 and [t["process_index"] for t in two] == [0, 1]
+        assert [t["num_processes"] for t in two] == [N_PROC, N_PROC]
+        wrong_slice_caught = 0
+        for s in range(STEPS_PARITY):
+            o = one["steps"][s]
+            rewards_one = np.asarray(o["gathered_rewards"], dtype=float)
+            adv_one = np.asarray(o["advantages"], dtype=float)
+            assert len(o["sample_ids"]) == N_PROC * B_PARITY
+            for r, t in enumerate(two):
+                x = t["steps"][s]
+                mine = slice(r * B_PARITY, (r + 1) * B_PARITY)
+                assert x["global_step"] == o["global_step"] == s
+                assert x["sample_ids"] == o["sample_ids"][mine], (method, s, r)
+                assert x["canned_index"] == o["canned_index"][mine], (method, s, r)  # the probe's own bookkeeping
+                np.testing.assert_allclose(np.asarray(x["gathered_rewards"], dtype=float), rewards_one,
+                                           atol=REWARD_TOL, rtol=0, err_msg=f"{method} step {s} process {r}")
+                adv = np.asarray(x["advantages"], dtype=float)
+                assert adv.shape == adv_one[mine].shape
+                np.testing.assert_allclose(adv, adv_one[mine], atol=ADV_TOL, rtol=0,
+                                           err_msg=f"{method} step {s} process {r}: not its own rows' advantages")
+                assert np.abs(adv).max() > 0.1, (method, s, r)  # non-trivial on every process
+            # a process keeping rows 0..B-1 of the gathered batch (a wrong process_slice) would be caught
+            if np.abs(np.asarray(two[1]["steps"][s]["advantages"]) - adv_one[:B_PARITY]).max() > 0.1:
+                wrong_slice_caught += 1
+        assert wrong_slice_caught >= 1, method
+        loss_one = _losses(one["log_history"])
+        for t in two:
+            _assert_same_losses(_losses(t["log_history"]), loss_one, f"{method} ({launch_config})")
+        _assert_same_updates(parity_setup / "model", rl_one_process / "out" / method, tmp_path / "out" / method,
+                             f"{method} ({launch_config})")
+
+
+@multiprocess
+@pytest.mark.parametrize("launch_config", LAUNCH_CONFIGS)
+def test_two_process_sft_equals_one_process(parity_setup, sft_one_process, launch_config, tmp_path):
+    """train_sft.py: 2 x 6 rows per step = 1 x 12 rows (same rows: the sampler is seeded and split rank-major)."""
+    _skip_unless_launchable(launch_config)
+    out = tmp_path / "sft"
+    _launch(_sft_args(parity_setup, out, B_PARITY), tmp_path, launch_config)
+    one = json.loads((sft_one_process / "trainer_state.json").read_text())["log_history"]
+    two = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    _assert_same_losses(_losses(two), _losses(one), f"sft ({launch_config})")
+    _assert_same_updates(parity_setup / "model", sft_one_process, out, f"sft ({launch_config})")

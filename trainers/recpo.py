@@ -360,7 +360,10 @@ class RecPOTrainer(RecRLTrainer):
 
     def _rec_loss(self, h_user, h_items, uniq, pos, rec_weight) -> torch.Tensor:
         """InfoNCE (or the released -A p) of each selected row's h_T against the batch's distinct targets, gathered
-        across processes (other processes' target vectors enter without grad; a duplicate id is one column)."""
+        across processes (a duplicate id is one column). Other processes' target vectors enter WITH grad
+        (``_gather_with_grad``): this process's loss sends gradient into the targets the other processes encoded, as
+        one process over the global batch would (without it, the first update of a 2-process run differed from the
+        1-process one by ~4x the largest weight change; tests/test_multiprocess.py)."""
         args = self.args
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.gather(torch.tensor([uniq.numel()], device=uniq.device))
@@ -368,9 +371,9 @@ class RecPOTrainer(RecRLTrainer):
             pad_ids = torch.full((width,), -1, dtype=uniq.dtype, device=uniq.device)
             pad_ids[:uniq.numel()] = uniq
             pad_vec = h_items.new_zeros(width, h_items.size(1))
-            pad_vec[:uniq.numel()] = h_items.detach()
+            pad_vec[:uniq.numel()] = h_items
             all_ids = self.accelerator.gather(pad_ids)
-            all_vec = self.accelerator.gather(pad_vec)
+            all_vec = _gather_with_grad(pad_vec)
             keep = all_ids >= 0
             all_ids, all_vec = all_ids[keep], all_vec[keep]
             cols, first = _first_occurrence(all_ids)
@@ -406,6 +409,34 @@ def recommendation_loss(h_user: torch.Tensor, h_candidates: torch.Tensor, positi
     w = weights.to(per_row.dtype)
     per_row = torch.where(w != 0, w * per_row, torch.zeros_like(per_row))  # no 0 * inf, no grad leak
     return per_row.sum() / max(1, weights.numel())
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """``all_gather`` along dim 0 (equal shapes on every process, rank-major) whose backward gives each process the
+    SUM over processes of the gradient of its own slice: every process's loss reaches the vectors this process
+    computed. With the data-parallel mean of the parameter gradients that is exactly the gradient of one process
+    over the global batch. Every process must run the backward (it is a collective)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        ctx.rank, ctx.n = dist.get_rank(), x.size(0)
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # all_reduce, not reduce_scatter: gloo (CPU) has no reduce_scatter
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    return _GatherWithGrad.apply(x)
 
 
 def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

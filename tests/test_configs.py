@@ -1,0 +1,222 @@
+"""Config lint: every YAML under configs/ is checked against the code that reads it.
+
+* Every method YAML (configs/*.yaml, configs/tiny/*.yaml) parses through its OWN script's parser (``parse_args`` of
+  train_sft.py / train_rank_grpo.py / train_recpo.py / train_deeprec.py / train_trm.py, i.e. TrlParser over the
+  script's dataclasses, unknown keys rejected); a YAML that no script claims is a failure.
+* Every GPU RL method config keeps TRL's ``use_vllm: true`` and ``vllm_mode: colocate``, unless the line that changes
+  it carries a comment saying why.
+* Batch arithmetic: per-device x accumulation x processes (processes from the ``accelerate launch --config_file``
+  line the YAML documents, ``--num_processes`` included; 1 for CPU configs) is a whole number of prompt groups of G,
+  and equals the papers' numbers (METHODS.md): Rank-GRPO 384 = 48 prompts x 8; R²ec 4 users/device x 3 processes x
+  G 4; DeepRec 128 prompts x 8; SFT 12 x grad-acc 8.
+* Every accelerate YAML (configs/accelerate/) loads with accelerate's own reader and names a valid distributed_type,
+  with consistent process counts, DeepSpeed stages and multi-node fields.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from conftest import REPO
+
+CONFIGS = REPO / "configs"
+ACCEL = CONFIGS / "accelerate"
+METHOD_YAMLS = sorted(p for p in CONFIGS.rglob("*.yaml") if ACCEL not in p.parents)
+ACCEL_YAMLS = sorted(ACCEL.glob("*.yaml"))
+# parse GPU files on a CPU machine: these only switch the device, never a method or batch field
+CPU_OVERRIDES = ["--use_cpu", "true", "--bf16", "false"]
+
+# The papers' effective batches (METHODS.md), keyed by config: (completions per optimizer step, G or None for SFT).
+PAPER_BATCHES = {
+    "rank_grpo_qwen25_0.5b.yaml": (384, 8),   # Rank-GRPO: 48 prompts x 8
+    "rank_grpo_llama32_3b.yaml": (384, 8),
+    "recpo_gemma2_2b.yaml": (4 * 3 * 4, 4),   # R²ec: 4 users/device x 3 processes x G 4
+    "recpo_qwen25_3b.yaml": (4 * 3 * 4, 4),
+    "deeprec_qwen25_7b_stage1.yaml": (128 * 8, 8),  # DeepRec: 128 prompts x 8 samples
+    "deeprec_qwen25_7b_stage2.yaml": (128 * 8, 8),
+    "sft_qwen25_0.5b.yaml": (12 * 8, None),   # SFT: batch 12 x grad-acc 8 (one GPU)
+}
+
+
+def script_for(path) -> str:
+    """The training script that reads this YAML (by file name; the DeepRec warm-start SFT is an SFT config)."""
+    name = path.name
+    if name.startswith("sft_") or name.endswith("_sft.yaml"):
+        return "train_sft"
+    for prefix, script in (("rank_grpo_", "train_rank_grpo"), ("recpo_", "train_recpo"),
+                           ("deeprec_", "train_deeprec"), ("trm_", "train_trm")):
+        if name.startswith(prefix):
+            return script
+    raise AssertionError(f"{path.relative_to(REPO)}: no training script claims this YAML (name it sft_*, "
+                         "rank_grpo_*, recpo_*, deeprec_*, trm_* or *_sft)")
+
+
+def parse(path, *extra):
+    """The script's own parse_args on ``--config path`` (+ CPU overrides for files that select a GPU)."""
+    import importlib
+
+    script = importlib.import_module(script_for(path))
+    if script_for(path) == "train_trm":
+        return script.parse_args(["--config", str(path), *extra])
+    raw = yaml.safe_load(path.read_text())
+    overrides = [] if raw.get("use_cpu") else list(CPU_OVERRIDES)
+    if raw.get("use_vllm"):
+        overrides += ["--use_vllm", "false"]  # vLLM is a GPU package; its fields are linted from the raw YAML
+    return script.parse_args(["--config", str(path), *overrides, *extra])
+
+
+def is_gpu_config(path) -> bool:
+    return "tiny" not in path.parts and not yaml.safe_load(path.read_text()).get("use_cpu", False)
+
+
+def launch_processes(path) -> tuple[str | None, int]:
+    """(accelerate config, number of processes) of the launch line a YAML documents in its comments; a CPU config
+    without one runs as one process."""
+    text = path.read_text()
+    m = re.search(r"--config_file\s+(configs/accelerate/\S+\.yaml)((?:\s+--\w+(?:\s+[^-\s]\S*)?)*?)\s+train_\w+\.py",
+                  text.replace("\\\n#", " "))
+    if m is None:
+        assert not is_gpu_config(path), f"{path.relative_to(REPO)}: a GPU config must document its `accelerate " \
+                                        "launch --config_file configs/accelerate/X.yaml ...` line"
+        return None, 1
+    accel = REPO / m.group(1)
+    assert accel.is_file(), f"{path.relative_to(REPO)}: documents {m.group(1)}, which does not exist"
+    n = yaml.safe_load(accel.read_text())["num_processes"]
+    override = re.search(r"--num_processes\s+(\d+)", m.group(2))
+    return m.group(1), int(override.group(1)) if override else int(n)
+
+
+# ---------------------------------------------------------------------------------------------- method YAMLs
+def test_every_config_folder_yaml_is_linted():
+    names = {p.relative_to(CONFIGS).as_posix() for p in METHOD_YAMLS}
+    assert {"sft_qwen25_0.5b.yaml", "rank_grpo_qwen25_0.5b.yaml", "recpo_qwen25_3b.yaml",
+            "deeprec_qwen25_7b_stage1.yaml", "tiny/trm_ml100k.yaml", "tiny/sft_ml100k.yaml"} <= names
+    assert set(PAPER_BATCHES) <= names, set(PAPER_BATCHES) - names
+    assert {script_for(p) for p in METHOD_YAMLS} == {"train_sft", "train_rank_grpo", "train_recpo", "train_deeprec",
+                                                    "train_trm"}
+
+
+@pytest.mark.parametrize("path", METHOD_YAMLS, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_config_parses_into_its_scripts_dataclasses(path):
+    parsed = parse(path)
+    raw = yaml.safe_load(path.read_text())
+    objs = parsed if isinstance(parsed, tuple) else (parsed,)
+    # every key of the YAML landed in one of the script's dataclasses with the YAML's value (no silent rename)
+    for key, value in raw.items():
+        if key in ("use_cpu", "bf16", "use_vllm"):
+            continue  # overridden above for CPU parsing
+        holders = [o for o in objs if hasattr(o, key)]
+        assert holders, f"{path.relative_to(REPO)}: key {key!r} is in no dataclass of {script_for(path)}.py"
+        got = getattr(holders[0], key)
+        got = getattr(got, "value", got)  # enums (lr_scheduler_type, save_strategy, ...)
+        if key == "output_dir" or value is None:
+            continue
+        if isinstance(value, float) and isinstance(got, (int, float)):
+            assert got == pytest.approx(value), (path.name, key, got, value)
+        elif key not in ("sft_checkpoint",):  # resolved later by the script
+            if isinstance(got, list) and not isinstance(value, list):
+                value = [] if value == "none" else [value]  # report_to: wandb -> ["wandb"], none -> []
+            assert got == value or str(got) == str(value), (path.name, key, got, value)
+
+
+def test_a_config_with_an_unknown_key_is_refused(tmp_path):
+    """The lint above could fail: a typo'd key is an error of the script's parser, naming the key."""
+    bad = tmp_path / "rank_grpo_typo.yaml"
+    bad.write_text((CONFIGS / "tiny" / "rank_grpo_ml100k.yaml").read_text() + "\nnum_generation: 8\n")
+    with pytest.raises((ValueError, SystemExit)) as err:
+        parse(bad)
+    assert err.type is SystemExit or "num_generation" in str(err.value)
+
+
+@pytest.mark.parametrize("path", [p for p in METHOD_YAMLS if is_gpu_config(p) and script_for(p) != "train_sft"
+                                  and script_for(p) != "train_trm"], ids=lambda p: p.name)
+def test_gpu_rl_configs_keep_colocated_vllm_unless_they_say_why(path):
+    raw = yaml.safe_load(path.read_text())
+    lines = {m.group(1): m.group(0) for m in re.finditer(r"(?m)^(use_vllm|vllm_mode):.*$", path.read_text())}
+    for key, want in (("use_vllm", True), ("vllm_mode", "colocate")):
+        if raw.get(key) != want:
+            line = lines.get(key, "")
+            assert "#" in line and len(line.split("#", 1)[1].split()) >= 3, \
+                f"{path.name}: {key} is {raw.get(key)!r}, not {want!r}, and its line has no comment saying why"
+
+
+@pytest.mark.parametrize("path", [p for p in METHOD_YAMLS if script_for(p) != "train_trm"], ids=lambda p: p.name)
+def test_batch_arithmetic(path):
+    parsed = parse(path)
+    config = parsed[1]
+    accel, processes = launch_processes(path)
+    per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * processes
+    G = getattr(config, "num_generations", None)
+    if script_for(path) != "train_sft":
+        assert per_step % G == 0, f"{path.name}: {config.per_device_train_batch_size} x " \
+                                  f"{config.gradient_accumulation_steps} x {processes} = {per_step} completions a " \
+                                  f"step is not a whole number of groups of G = {G}"
+        # TRL generates per_device x processes x steps_per_generation at once: whole groups too
+        assert config.per_device_train_batch_size * processes * config.steps_per_generation % G == 0, path.name
+    if path.name in PAPER_BATCHES:
+        want, want_G = PAPER_BATCHES[path.name]
+        assert per_step == want, f"{path.name}: {per_step} completions a step ({accel}, {processes} processes), " \
+                                 f"the paper's is {want}"
+        assert G == want_G or want_G is None, (path.name, G, want_G)
+
+
+def test_batch_arithmetic_of_the_paper_setups_in_detail():
+    """The three RL setups spelled out: prompts per step x G."""
+    for name, prompts, G, processes in (("rank_grpo_qwen25_0.5b.yaml", 48, 8, 4), ("recpo_qwen25_3b.yaml", 12, 4, 3),
+                                        ("deeprec_qwen25_7b_stage1.yaml", 128, 8, 8)):
+        path = CONFIGS / name
+        _, config = parse(path)
+        assert launch_processes(path)[1] == processes, name
+        assert config.num_generations == G, name
+        per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * processes
+        assert per_step // G == prompts, (name, per_step, G)
+    _, recpo = parse(CONFIGS / "recpo_qwen25_3b.yaml")
+    assert recpo.per_device_train_batch_size == 4 * recpo.num_generations  # 4 users a device
+
+
+# ---------------------------------------------------------------------------------------------- accelerate YAMLs
+@pytest.mark.parametrize("path", ACCEL_YAMLS, ids=lambda p: p.name)
+def test_accelerate_config_parses_and_names_a_valid_distributed_type(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    raw = yaml.safe_load(path.read_text())
+    assert raw["distributed_type"] in {t.value for t in DistributedType}, (path.name, raw["distributed_type"])
+    cfg = load_config_from_file(str(path))  # accelerate's own reader (what `accelerate launch` uses)
+    assert cfg.distributed_type == DistributedType(raw["distributed_type"])
+    assert cfg.num_processes >= 1 and cfg.num_machines >= 1 and cfg.num_processes % cfg.num_machines == 0
+    assert cfg.mixed_precision in ("no", "fp16", "bf16")
+    if cfg.distributed_type == DistributedType.NO:
+        assert cfg.num_processes == 1, f"{path.name}: distributed_type NO runs ONE process"
+    if cfg.distributed_type == DistributedType.DEEPSPEED:
+        ds = cfg.deepspeed_config
+        assert ds["zero_stage"] in (0, 1, 2, 3), path.name
+        assert ds["zero3_init_flag"] == (ds["zero_stage"] == 3), f"{path.name}: zero3_init_flag only with ZeRO-3"
+        for key in ("offload_optimizer_device", "offload_param_device"):
+            assert ds[key] in ("none", "cpu", "nvme"), (path.name, key)
+        if ds["offload_param_device"] != "none":
+            assert ds["zero_stage"] == 3, f"{path.name}: parameter offload needs ZeRO-3"
+    if raw.get("use_cpu"):
+        assert cfg.mixed_precision == "no", f"{path.name}: CPU runs are fp32"
+    if cfg.num_machines > 1:
+        assert raw.get("main_process_ip") and raw.get("main_process_port"), f"{path.name}: multi-node needs " \
+                                                                           "main_process_ip / main_process_port"
+        assert raw.get("rdzv_backend") == "static" and raw.get("machine_rank") == 0
+
+
+def test_the_documented_setups_exist():
+    """The configs the README's "Running at scale" table names, with their process counts."""
+    want = {"zero2.yaml": ("DEEPSPEED", 2, 3), "zero3.yaml": ("DEEPSPEED", 3, 4),
+            "zero3_offload.yaml": ("DEEPSPEED", 3, 4), "multinode_2x4.yaml": ("DEEPSPEED", 3, 8),
+            "single_gpu.yaml": ("NO", None, 1), "cpu.yaml": ("NO", None, 1), "cpu_2proc.yaml": ("MULTI_GPU", None, 2),
+            "cpu_2proc_zero2.yaml": ("DEEPSPEED", 2, 2)}
+    for name, (kind, stage, n) in want.items():
+        raw = yaml.safe_load((ACCEL / name).read_text())
+        assert raw["distributed_type"] == kind and raw["num_processes"] == n, name
+        if stage is not None:
+            assert raw["deepspeed_config"]["zero_stage"] == stage, name
+    multinode = yaml.safe_load((ACCEL / "multinode_2x4.yaml").read_text())
+    assert multinode["num_machines"] == 2 and multinode["num_processes"] == 8
+    # `--cpu --num_processes 2` silently runs one process; the 2-process CPU config is a MULTI_GPU (gloo) one
+    assert yaml.safe_load((ACCEL / "cpu_2proc.yaml").read_text()).get("use_cpu") in (None, False)

@@ -220,3 +220,54 @@ def test_the_documented_setups_exist():
     assert multinode["num_machines"] == 2 and multinode["num_processes"] == 8
     # `--cpu --num_processes 2` silently runs one process; the 2-process CPU config is a MULTI_GPU (gloo) one
     assert yaml.safe_load((ACCEL / "cpu_2proc.yaml").read_text()).get("use_cpu") in (None, False)
+
+
+# ---------------------------------------------------------------------------------------------- README launch lines
+def _readme_launch_lines() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Running at scale", 1)[1].split("\n## ", 1)[0]
+    joined = re.sub(r"\\\n\s*", " ", section)  # shell line continuations
+    return [ln.split("#", 1)[0].strip() for ln in joined.splitlines()
+            if re.search(r"(accelerate launch|^python) .*train_\w+\.py", ln.split("#", 1)[0].strip())]
+
+
+def test_readme_running_at_scale_launch_lines_parse_and_keep_the_batch():
+    """Every `accelerate launch ... train_X.py ARGS` line of the README's "Running at scale" section: the accelerate
+    config exists, the script's parser accepts ARGS, and an RL line's completions per step are whole groups of G
+    (and 384 for Rank-GRPO, 1024 or the documented 768 for DeepRec)."""
+    import importlib
+    import shlex
+
+    lines = _readme_launch_lines()
+    assert len(lines) >= 9, lines
+    seen_scripts = set()
+    for line in lines:
+        words = shlex.split(line.replace("&", ""))
+        words = [w for w in words if not w.startswith("CUDA_VISIBLE_DEVICES=")]
+        i = next(k for k, w in enumerate(words) if re.fullmatch(r"train_\w+\.py", w))
+        launcher, script, args = words[:i], words[i][:-3], words[i + 1:]
+        seen_scripts.add(script)
+        processes = 1
+        if "--config_file" in launcher:
+            accel = REPO / launcher[launcher.index("--config_file") + 1]
+            assert accel.is_file(), line
+            processes = int(yaml.safe_load(accel.read_text())["num_processes"])
+        if "--num_processes" in launcher:
+            processes = int(launcher[launcher.index("--num_processes") + 1])
+        mod = importlib.import_module(script)
+        if script == "train_trm":
+            mod.parse_args(args)
+            continue
+        no_vllm = [] if script == "train_sft" else ["--use_vllm", "false"]  # vLLM is not installed on CPU
+        parsed = mod.parse_args([*args, *CPU_OVERRIDES, *no_vllm])
+        config = parsed[1]
+        per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * processes
+        if script != "train_sft":
+            assert per_step % config.num_generations == 0, (line, per_step)
+        if script == "train_rank_grpo":
+            assert per_step == 384, (line, per_step)
+        if script == "train_deeprec":
+            assert per_step in (1024, 768), (line, per_step)
+        if script == "train_recpo":
+            assert per_step == 48, (line, per_step)
+    assert seen_scripts == {"train_sft", "train_rank_grpo", "train_recpo", "train_deeprec", "train_trm"}

@@ -38,7 +38,6 @@ from evaluation.evaluate import (
     check_evaluation_options,
     count_distinct_prompts,
     generate_completions,
-    metric_keys,
     popularity_ranking,
     read_prediction_records,
     summarize_scores,

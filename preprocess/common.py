@@ -681,8 +681,8 @@ def _catalog_content_bytes(content: Mapping[int, tuple[str, int | None]]) -> byt
 
 def _check_same_catalog(own, own_path: Path, other, other_path: Path) -> None:
     """DataError (naming both files and the first differing item) unless ``other`` has the content of ``own``:
-    the same ids, each with the same normalised title AND year where both give one (a catalog with every year shifted by +3 used to
-    pass, and every year-checked match then missed: popularity recall 0.054 -> 0, silently)."""
+    the same ids, each with the same normalised title AND the same year where both give one (a catalog with every
+    year shifted by +3 used to pass, and every year-checked match then missed: popularity recall 0.054 -> 0)."""
     a, b = _catalog_content(own), _catalog_content(other)
     if a == b:  # the same content, i.e. the same catalog_fingerprint
         return

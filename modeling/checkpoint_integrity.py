@@ -87,7 +87,8 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
             and len(v["data_offsets"]) == 2]
     expected = 8 + n_header + max(ends, default=0)
     if size != expected:
-        return f"{path.name} is {'truncated' if size < expected else 'oversized'}: {size} bytes, its header says {expected}"
+        state = "truncated" if size < expected else "oversized"
+        return f"{path.name} is {state}: {size} bytes, its header says {expected}"
     return None
 
 

@@ -285,3 +285,22 @@ class _Factory:
         path = self.root / f"{name}{self.n}"
         path.mkdir()
         return path
+
+
+@pytest.mark.parametrize("save_steps, warns", [(1, True), (2, False)])
+def test_rl_trainer_warns_when_checkpoints_split_a_generation_batch(tmp_path, caplog, save_steps, warns):
+    """num_iterations 2: one generation batch serves 2 optimizer steps, and TRL does not save it."""
+    from modeling.loading import load_tokenizer
+    from preprocess.common import load_processed
+    from test_train_rank_grpo import tiny_setup
+    from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+
+    _, data, model = tiny_setup.__wrapped__(_Factory(tmp_path))
+    dsd, catalog = load_processed(data)
+    cfg = RankGRPOConfig(output_dir=str(tmp_path / "out"), n_items=5, num_generations=2, per_device_train_batch_size=2,
+                         num_iterations=2, max_steps=2, save_strategy="steps", save_steps=save_steps,
+                         report_to="none", use_cpu=True, bf16=False, activation_checkpointing=False)
+    with caplog.at_level(logging.WARNING, logger="trainers.base"):
+        RankGRPOTrainer(model=str(model), args=cfg, train_dataset=dsd["train"], processing_class=load_tokenizer(model),
+                        catalog=catalog)
+    assert ("regenerates the batch" in caplog.text) == warns

@@ -119,6 +119,7 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
             self._byte_table = None
         self._eos_ids = set(self.eos_token_ids) | {self._tokenizer.pad_token_id}
         install_compact_console(self, terms=[(name, f"rewards/{name}/mean") for name in self.reward_func_names])
+        self._warn_if_checkpoints_split_generations()
 
     # ------------------------------------------------------------------------------------------ hooks
     def build_reward_funcs(self) -> list:
@@ -155,6 +156,21 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
             table[name].append(float(value))
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    def _warn_if_checkpoints_split_generations(self) -> None:
+        """TRL keeps one generation batch for steps_per_generation x num_iterations micro-steps and does not save
+        it: a resume from a checkpoint inside that window generates a new batch, so its curve leaves the
+        uninterrupted run's. Checkpoints on window boundaries resume exactly."""
+        args = self.args
+        window = args.steps_per_generation * self.num_iterations  # micro-steps per generation batch
+        save_steps = args.save_steps
+        if args.save_strategy != "steps" or not float(save_steps).is_integer() or save_steps < 1:
+            return
+        if (int(save_steps) * args.gradient_accumulation_steps) % window:
+            logger.warning("save_steps %s x gradient_accumulation_steps %s is not a multiple of steps_per_generation "
+                           "x num_iterations = %s micro-steps: a resume from such a checkpoint regenerates the "
+                           "batch it was in the middle of (the run goes on, but differs from an uninterrupted one)",
+                           save_steps, args.gradient_accumulation_steps, window)
+
     def run_identity(self) -> dict:
         """The config fields (``RESUME_IDENTITY_FIELDS``) this trainer has, as recorded in each checkpoint."""
         identity = {}

@@ -208,7 +208,8 @@ def test_two_process_rank_grpo_split_groups_get_their_own_rows_advantages(tiny_m
 #   * the logged losses and the weights after the first and the second update (checkpoint-1, checkpoint-2) equal
 #     the 1-process run's.
 # Tolerances (float32, different batch shapes and reduction orders; measured on 2 CPU cores): rewards 1e-5 abs
-# (measured <= 5e-7), advantages 1e-4 abs (z-scores; <= 5e-6), losses 1e-6 abs + 1e-4 rel (<= 2e-6 rel), weights
+# (measured <= 5e-7), advantages 1e-4 abs (z-scores; <= 5e-6), both x 10 from the second step on (the weights then
+# differ by float noise, which RecPO's cosine / 0.02 rewards amplify: measured 1.8e-4 on an advantage), losses 1e-6 abs + 1e-4 rel (<= 2e-6 rel), weights
 # 2e-4 x the largest weight change of the 1-process update (measured <= 3e-5; the two defects these tests found
 # were 4.0 for RecPO and 0.076 for DeepRec). Runtime: ~35 s (1 process, all three RL trainers in one process) +
 # ~45 s per 2-process launch + ~25-35 s per SFT launch.
@@ -376,11 +377,12 @@ def test_two_process_rl_trainers_equal_one_process(parity_setup, rl_one_process,
                 assert x["global_step"] == o["global_step"] == s
                 assert x["sample_ids"] == o["sample_ids"][mine], (method, s, r)
                 assert x["canned_index"] == o["canned_index"][mine], (method, s, r)  # the probe's own bookkeeping
+                later = 1 if s == 0 else 10  # after the first update the weights differ by float noise
                 np.testing.assert_allclose(np.asarray(x["gathered_rewards"], dtype=float), rewards_one,
-                                           atol=REWARD_TOL, rtol=0, err_msg=f"{method} step {s} process {r}")
+                                           atol=REWARD_TOL * later, rtol=0, err_msg=f"{method} step {s} process {r}")
                 adv = np.asarray(x["advantages"], dtype=float)
                 assert adv.shape == adv_one[mine].shape
-                np.testing.assert_allclose(adv, adv_one[mine], atol=ADV_TOL, rtol=0,
+                np.testing.assert_allclose(adv, adv_one[mine], atol=ADV_TOL * later, rtol=0,
                                            err_msg=f"{method} step {s} process {r}: not its own rows' advantages")
                 assert np.abs(adv).max() > 0.1, (method, s, r)  # non-trivial on every process
             # a process keeping rows 0..B-1 of the gathered batch (a wrong process_slice) would be caught

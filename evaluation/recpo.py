@@ -10,12 +10,16 @@ against the item table (every catalog item encoded with the item prompt by the s
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from evaluation.recommenders import Recommendation
 from modeling.hidden_states import chat_ids, encode_id_rows, end_with_marker, left_pad
 from preprocess.recpo_prompts import ANSWER_MARKER, ITEM_PREFILL, MAX_HISTORY, item_prompt, record_user_prompt
 from rewards.embedding_rewards import cosine_scores, top_k_items
+
+PROJECTION_FILE = "recpo_projection.safetensors"  # written by trainers.recpo.RecPOTrainer.save_model
 
 
 class RecPORecommender:
@@ -25,7 +29,7 @@ class RecPORecommender:
 
     def __init__(self, model, tokenizer, catalog, category: str = "items", n_items: int = 20,
                  max_new_tokens: int = 256, reasoning: bool = True, batch_size: int = 8, item_batch_size: int = 32,
-                 max_history: int = MAX_HISTORY, progress: bool = True):
+                 max_history: int = MAX_HISTORY, progress: bool = True, projection: torch.Tensor | None = None):
         self.model, self.tokenizer, self.catalog = model, tokenizer, catalog
         self.category, self.n_items, self.max_new_tokens = category, n_items, max_new_tokens
         self.reasoning, self.batch_size, self.max_history, self.progress = reasoning, batch_size, max_history, progress
@@ -36,6 +40,7 @@ class RecPORecommender:
         rows = [chat_ids(tokenizer, item_prompt(catalog[i], category), ITEM_PREFILL) for i in self.item_ids]
         self.item_table = encode_id_rows(model, rows, pad, item_batch_size, desc=f"item table ({len(rows)} items)",
                                          progress=progress)
+        self.projection = projection  # (out, d) learned W of a run trained with --projection_dim, or None
         eos = getattr(model.generation_config, "eos_token_id", None)
         stops = {eos} if isinstance(eos, int) else set(eos or [])
         self.stop_ids = (stops | {tokenizer.eos_token_id, pad}) - {None}
@@ -46,7 +51,15 @@ class RecPORecommender:
 
         model, tokenizer = load_model_and_tokenizer(path, padding_side="left")
         model.eval()
+        projection_file = Path(path) / PROJECTION_FILE
+        if projection_file.is_file() and "projection" not in kw:  # a run trained with --projection_dim
+            from safetensors.torch import load_file
+
+            kw["projection"] = load_file(str(projection_file))["weight"].to(next(model.parameters()).device)
         return cls(model, tokenizer, catalog, **kw)
+
+    def _project(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.projection is None else h @ self.projection.T.to(h.dtype)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -90,7 +103,8 @@ class RecPORecommender:
                         if i in self.index_of]
                 if cols:
                     exclude[b, cols] = True
-            top = top_k_items(cosine_scores(h, self.item_table, 1.0), self.n_items, exclude)
+            top = top_k_items(cosine_scores(self._project(h), self._project(self.item_table), 1.0), self.n_items,
+                              exclude)
             for b, c in enumerate(completions):
                 allowed = int((~exclude[b]).sum())
                 ids = [self.item_ids[j] for j in top[b, :min(self.n_items, allowed)].tolist()]

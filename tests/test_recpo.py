@@ -390,3 +390,30 @@ def test_recpo_configs_parse_with_the_released_settings(path):
             (4, 128, 1e-5, "constant")
         assert cfg.per_device_train_batch_size == 4 * cfg.num_generations and cfg.num_train_epochs == 3
         assert cfg.use_vllm and cfg.vllm_mode == "colocate" and cfg.generation_kwargs["stop"] == ["<answer>"]
+
+
+def test_learned_projection_is_trained_saved_and_used_by_evaluation(tiny_recpo, tmp_path):
+    import train_recpo
+    from evaluation.recpo import PROJECTION_FILE, RecPORecommender
+    from preprocess.common import load_processed
+    from trainers.recpo import make_projection
+
+    eye = make_projection(6, 6).weight
+    assert torch.equal(eye, torch.eye(6))
+    w = make_projection(6, 3).weight  # (3, 6), orthonormal rows
+    torch.testing.assert_close(w @ w.T, torch.eye(3), atol=1e-6, rtol=0)
+
+    _, data, model = tiny_recpo
+    out = tmp_path / "proj"
+    trainer = train_recpo.main(["--dataset_path", str(data), "--model_name", str(model), "--output_dir", str(out),
+                                "--num_generations", "2", "--per_device_train_batch_size", "4",
+                                "--max_completion_length", "6", "--learning_rate", "5e-2", "--max_steps", "2",
+                                "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+                                "--activation_checkpointing", "false", "--dataloader_num_workers", "0", "--seed", "0",
+                                "--projection_dim", "16", "--category", "video games"])
+    learned = trainer.projection.weight.detach().cpu()
+    assert learned.shape == (16, 32) and not torch.allclose(learned, make_projection(32, 16).weight)
+    rec = RecPORecommender.from_pretrained(str(out), load_processed(data)[1], category="video games",
+                                           max_new_tokens=2, progress=False)
+    assert rec.projection is not None and torch.equal(rec.projection.cpu(), learned)
+    assert (out / PROJECTION_FILE).is_file()

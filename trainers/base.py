@@ -126,6 +126,20 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         """The TRL reward functions of this method (called once, before ``GRPOTrainer.__init__``)."""
         raise NotImplementedError
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, with a guard: a non-finite loss (e.g. NaN logits at a real position) must not reach the
+        optimiser. The micro-batch is skipped -- its loss is replaced by an exact zero still connected to the
+        trainable parameters, so backward (and every data-parallel reduction) runs as usual with zero gradients --
+        and counted in ``nonfinite_loss_skipped`` with a warning."""
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if torch.isfinite(loss.detach()).all():
+            return loss
+        self.nonfinite_loss_skipped = getattr(self, "nonfinite_loss_skipped", 0) + 1
+        logger.warning("non-finite loss (%s) at step %d: micro-batch skipped (%d so far)", loss.detach().item(),
+                       self.state.global_step, self.nonfinite_loss_skipped)
+        self.log_metrics({"nonfinite_loss_skipped": float(self.nonfinite_loss_skipped)})
+        return sum((p.sum() * 0.0 for p in model.parameters() if p.requires_grad), loss.new_zeros(()))
+
     # ------------------------------------------------------------------------------------------ helpers
     def decode_completion(self, ids: list[int]) -> str:
         """The exact text of completion token ids (byte table; tokenizer decode for non-byte-level vocabularies)."""

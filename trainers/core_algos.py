@@ -105,12 +105,18 @@ def reinforce_pp_baseline(rewards: torch.Tensor, num_generations: int, token_cou
 
 
 # ------------------------------------------------------------------------------------------------ ratios
+def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x where mask != 0, else exactly 0: a NaN / inf at a padded or environment position never propagates
+    (x * mask would turn it into NaN)."""
+    return torch.where(mask != 0, x, torch.zeros_like(x))
+
+
 @register_ratio("token")
 def token_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO/GRPO token ratio: log w_it = log pi(y_it) - log pi_old(y_it). (B, T) -> ((B, T) log w, (B, T) weights =
     mask)."""
     m = mask.to(log_ratio.dtype)
-    return log_ratio * m, m
+    return _masked(log_ratio, mask), m
 
 
 @register_ratio("sequence")
@@ -119,7 +125,7 @@ def sequence_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor, **_) -> tupl
     mean of the token ratios). (B, T) -> ((B, 1) log w, (B, 1) token counts)."""
     m = mask.to(log_ratio.dtype)
     counts = m.sum(dim=1, keepdim=True)
-    return (log_ratio * m).sum(dim=1, keepdim=True) / counts.clamp(min=1.0), counts
+    return _masked(log_ratio, mask).sum(dim=1, keepdim=True) / counts.clamp(min=1.0), counts
 
 
 @register_ratio("item")
@@ -132,7 +138,7 @@ def item_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor, item_index: torc
     ((B, n_units) log w, (B, n_units) token counts). Units without tokens get log w 0 and count 0.
     """
     idx = torch.where((item_index >= 0) & (mask != 0), item_index, torch.full_like(item_index, n_units))
-    lr = log_ratio * mask.to(log_ratio.dtype)
+    lr = _masked(log_ratio, mask)
     B = log_ratio.size(0)
     sums = lr.new_zeros(B, n_units + 1).scatter_add(1, idx, lr)  # column n_units: the dump slot
     counts = lr.new_zeros(B, n_units + 1).scatter_add(1, idx, torch.ones_like(lr))
@@ -171,15 +177,14 @@ def paper_unit_mean(values: torch.Tensor, weights: torch.Tensor, n_units: int) -
     """RG's 1/(G N): sum over rows and units that have tokens (weight > 0) of ``values``, divided by B * n_units.
     ``values``/``weights`` (B, K) -> scalar. A unit without tokens contributes 0; extra units (Rank-GRPO's tail)
     add terms but the divisor stays n_units, as in the paper."""
-    present = (weights > 0).to(values.dtype)
-    return (values * present).sum() / (values.size(0) * n_units)
+    return _masked(values, weights > 0).sum() / (values.size(0) * n_units)
 
 
 @register_loss_agg("token")
 def token_weighted_mean(values: torch.Tensor, weights: torch.Tensor, n_units: int | None = None) -> torch.Tensor:
     """Token-weighted mean: sum w_bk v_bk / sum w_bk (TRL's ``bnpo``; the released Rank-GRPO code, where w = the
     unit's token count). (B, K) -> scalar."""
-    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+    return (_masked(values, weights) * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 @register_loss_agg("sequence")
@@ -187,4 +192,4 @@ def sequence_mean(values: torch.Tensor, weights: torch.Tensor, n_units: int | No
     """Per-row weighted mean, then the mean over rows (TRL's ``grpo`` loss; the k3 KL per sequence).
     (B, K) -> scalar."""
     w = weights.to(values.dtype)
-    return ((values * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)).mean()
+    return ((_masked(values, w) * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)).mean()

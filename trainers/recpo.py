@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from evaluation.recpo import PROJECTION_FILE  # the optional learned projection, saved beside the model
 from modeling.hidden_states import (
     capture_last_hidden_state,
     chat_ids,
@@ -70,6 +71,9 @@ class RecPOConfig(RecRLConfig):
     refresh_steps: int = field(default=50, metadata={"help": "Re-encode the whole item table every N steps."})
     item_batch_size: int = field(default=32, metadata={"help": "Batch size when encoding the item table."})
     reasoning: bool = field(default=True, metadata={"help": "False: the no-reasoning ablation (no rollout)."})
+    projection_dim: int | None = field(default=None, metadata={
+        "help": "Optional learned projection W (d -> projection_dim, no bias) applied to h_T and h_v before the "
+                "cosine; identity-initialised when projection_dim = d. None: none (the released code)."})
     max_history: int = field(default=20, metadata={"help": "History items shown in the user prompt."})
     policy_loss_aggregation: str = field(default="sequence", metadata={
         "help": "sequence: per-path token mean, then mean (TRL's grpo); token: over all tokens of the batch.",
@@ -84,6 +88,8 @@ class RecPOConfig(RecRLConfig):
             raise ValueError(f"reward_beta must be in [0, 1], got {self.reward_beta}")
         if not self.tau > 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
+        if self.projection_dim is not None and self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1 or None, got {self.projection_dim}")
         if self.ndcg_cutoff < 1 or self.refresh_steps < 1 or self.item_batch_size < 1 or self.max_history < 1:
             raise ValueError("ndcg_cutoff, refresh_steps, item_batch_size and max_history must be >= 1")
         if self.softmax_over not in SOFTMAX_OVER:
@@ -139,6 +145,12 @@ class RecPOTrainer(RecRLTrainer):
         self.table_step = -1  # global step of the snapshot
         self._forced: list[int] = []  # forced marker tokens per row of the batch being generated
         self._reward_stash: dict = {}
+        self.projection = None
+        if args.projection_dim is not None:
+            # a submodule of the policy: TRL's optimizer, device placement and DeepSpeed wrapping include it
+            d = self.model.config.get_text_config().hidden_size
+            self.projection = make_projection(d, args.projection_dim).to(self.accelerator.device)
+            self.model.recpo_projection = self.projection
 
     # ------------------------------------------------------------------------------------------ data
     @staticmethod
@@ -183,8 +195,26 @@ class RecPOTrainer(RecRLTrainer):
                       os.path.join(checkpoint_dir, ITEM_TABLE_FILE),
                       metadata={"table_step": str(self.table_step), "item_ids": json.dumps(self.item_ids)})
 
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """The optional learned projection of user / item vectors (identity when none is configured)."""
+        return h if self.projection is None else self.projection(h.to(self.projection.weight.dtype))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        if self.projection is not None and self.args.should_save:  # also beside a LoRA adapter, which omits it
+            from safetensors.torch import save_file
+
+            save_file({"weight": self.projection.weight.detach().cpu().contiguous()},
+                      os.path.join(output_dir or self.args.output_dir, PROJECTION_FILE))
+
     def load_run_state(self, checkpoint_dir: str) -> None:
         super().load_run_state(checkpoint_dir)
+        projection = os.path.join(checkpoint_dir, PROJECTION_FILE)
+        if self.projection is not None and os.path.isfile(projection):
+            from safetensors.torch import load_file
+
+            with torch.no_grad():
+                self.projection.weight.copy_(load_file(projection)["weight"])
         path = os.path.join(checkpoint_dir, ITEM_TABLE_FILE)
         if not os.path.isfile(path):
             logger.warning("%s has no %s: the item table is rebuilt from the resumed model", checkpoint_dir,
@@ -248,7 +278,7 @@ class RecPOTrainer(RecRLTrainer):
         targets = torch.tensor([self.index_of[x["target"]] for x in inputs], device=device)
         exclude = self._history_mask(inputs)
         h = self._user_vectors(completion_ids_list)
-        scores = cosine_scores(h, self.item_table, args.tau)  # (B, V)
+        scores = cosine_scores(self.project(h), self.project(self.item_table), args.tau)  # (B, V)
         ranks = target_ranks(scores, targets, exclude)
         r_d = rank_ndcg(ranks, args.ndcg_cutoff)
         if args.softmax_over == "catalog":
@@ -365,6 +395,7 @@ class RecPOTrainer(RecRLTrainer):
         one process over the global batch would (without it, the first update of a 2-process run differed from the
         1-process one by ~4x the largest weight change; tests/test_multiprocess.py)."""
         args = self.args
+        h_user, h_items = self.project(h_user), self.project(h_items)
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.gather(torch.tensor([uniq.numel()], device=uniq.device))
             width = int(counts.max())
@@ -384,6 +415,18 @@ class RecPOTrainer(RecRLTrainer):
         else:
             cand = h_items
         return recommendation_loss(h_user, cand, pos, rec_weight, args.tau, args.rec_loss)
+
+
+def make_projection(d: int, out_dim: int) -> torch.nn.Linear:
+    """W: d -> out_dim without bias; the identity when out_dim = d (training starts at the unprojected scores),
+    else a seeded orthogonal map (cosines preserved as well as a lower-dimensional map can)."""
+    layer = torch.nn.Linear(d, out_dim, bias=False)
+    with torch.no_grad():
+        if out_dim == d:
+            layer.weight.copy_(torch.eye(d))
+        else:
+            torch.nn.init.orthogonal_(layer.weight, generator=torch.Generator().manual_seed(0))
+    return layer
 
 
 def recommendation_weights(advantages: torch.Tensor, num_generations: int, reasoning: bool = True) -> torch.Tensor:

@@ -115,7 +115,6 @@ def run(args: TRMScriptArguments, encoder=None) -> dict:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
     # --- data + catalog
     splits, catalog = load_processed(args.dataset_path, args.catalog_path)
@@ -128,6 +127,7 @@ def run(args: TRMScriptArguments, encoder=None) -> dict:
         from modeling.text_encoder import load_text_encoder
 
         encoder = load_text_encoder(args.text_encoder, device="cuda" if device.type == "cuda" else "cpu")
+    out.mkdir(parents=True, exist_ok=True)  # only once the data and the encoder loaded: no empty run folder
     t0 = time.time()
     model_config = dict(hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
                         ffn_size=args.ffn_size, num_experts=args.num_experts, max_history=args.max_history,

@@ -155,7 +155,9 @@ def load_text_encoder(name_or_path: str | os.PathLike | None = None, device: str
     if name_or_path is None or str(name_or_path).lower() in _DEFAULT_ALIASES:
         source, name = str(offline_minilm_path()), DEFAULT_TEXT_ENCODER
     else:
-        source = name = str(name_or_path)
+        from modeling.loading import check_model_source
+
+        source = name = check_model_source(name_or_path)  # a clear error (path / HF_HUB_OFFLINE) before any download
     key = (source, str(device))
     if key not in _LOADED:
         model = SentenceTransformer(source, device=device)

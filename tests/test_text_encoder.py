@@ -108,3 +108,25 @@ def test_encode_rejects_non_text(encoder):
         encoder.encode(["ok", 3])
     with pytest.raises(ValueError, match="batch_size"):
         encoder.encode(["ok"], batch_size=0)
+
+
+def test_a_missing_encoder_is_named_and_train_trm_leaves_no_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="models/no-such-encoder"):
+        te.load_text_encoder("models/no-such-encoder")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        te.load_text_encoder("nobody-org/no-such-encoder-xyz")
+
+    import train_trm
+    from preprocess.common import build_prompt, format_completion, save_processed
+
+    recs = [dict(sample_id=f"s{i}", prompt=build_prompt("x", n_items=1), completion=format_completion(["A (2000)"]),
+                 groundtruth=[1], seen=[0], history=[0], target=1, timestamp=None) for i in range(2)]
+    save_processed(tmp_path / "data", {"train": recs}, [{"id": 0, "title": "B", "year": 2001},
+                                                        {"id": 1, "title": "A", "year": 2000}],
+                   {"name": "t"}, quiet=True, progress=False)
+    out = tmp_path / "trm"
+    with pytest.raises(FileNotFoundError, match="nobody-org/no-such-encoder-xyz"):
+        train_trm.main(["--dataset_path", str(tmp_path / "data"), "--output_dir", str(out), "--text_encoder",
+                        "nobody-org/no-such-encoder-xyz", "--no_progress"])
+    assert not out.exists()

@@ -1,7 +1,8 @@
 """Run every benchmark in one process and write BENCHMARKS.md (ratios measured in this one run).
 
 `make bench` (or `python -m bench.run_all [--only token_map step_time scoring demo_rss recpo deeprec]`). A partial
-run (`--only`) keeps the rows / sections of the benchmarks it did not run, as they are in BENCHMARKS.md.
+run (`--only`) keeps the rows / sections of the benchmarks it did not run, as they are in BENCHMARKS.md; sections no
+benchmark here writes (measured by hand, e.g. the pretrained model's zero-shot numbers) are kept as they are.
 """
 from __future__ import annotations
 
@@ -102,6 +103,9 @@ def main() -> None:
     scoring = _section_scoring(results["scoring"]) if "scoring" in results else old_scoring
     own = [__import__(f"bench.bench_{n}", fromlist=["section"]).section(results[n], h) if n in results
            else _old_section(old_text, h) for n, h in OWN_SECTIONS.items()]
+    generated = {SCORING_HEADING, *OWN_SECTIONS.values()}
+    by_hand = [m.group(0).rstrip() + "\n" for m in re.finditer(r"^## .*?(?=^## |\Z)", old_text, flags=re.S | re.M)
+               if m.group(0).splitlines()[0].strip() not in generated]  # measured by hand: kept as written
     text = "\n".join([
         "# Benchmarks",
         "",
@@ -117,6 +121,7 @@ def main() -> None:
         "Raw numbers: `bench/out/*.json`. Method notes are in each `bench/bench_*.py` docstring.",
         "",
         *([scoring] if scoring else []),
+        *by_hand,
         *[x for x in own if x],
     ])
     path.write_text(text)

@@ -37,8 +37,12 @@ def workdir(tiny_setup, tmp_path_factory):  # noqa: F811
     shutil.copytree(model, root / MODEL)
     shutil.copytree(data, root / "processed_datasets" / "sft_dataset")
     # the shared tiny set has train/validation only; the final evaluation reads a test split
-    shutil.copytree(root / "processed_datasets" / "sft_dataset" / "validation",
-                    root / "processed_datasets" / "sft_dataset" / "test")
+    # (a copy of validation under its own sample ids: ids are unique across the splits of a data set)
+    import datasets
+
+    val = datasets.load_from_disk(str(root / "processed_datasets" / "sft_dataset" / "validation"))
+    val.map(lambda x: {"sample_id": "test-" + x["sample_id"]}).save_to_disk(
+        str(root / "processed_datasets" / "sft_dataset" / "test"))
     shutil.copytree(data, root / "processed_datasets" / "grpo" / "grpo_dataset")
     for where in (root / "gt_catalog.pkl", root / "processed_datasets" / "gt_catalog.pkl"):
         with open(where, "wb") as fh:  # Rank-GRPO's catalog format: a pickled list of (title, year) tuples

@@ -453,10 +453,15 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
             cpu_by_method[m] = cpu_by_method.get(m, 0) + p.get("cpu_s", 0) / max(1, len(methods))
     end_load = os.getloadavg()
     stamped = [p for p in parts.values() if "started" in p]
+    unstamped = [k for k, p in parts.items() if "started" not in p]
+    if stamped and unstamped:
+        started = (f"{min(p['started'] for p in stamped)} UTC for the parts that recorded it; parts "
+                   f"{', '.join(unstamped)} ran earlier and recorded no start time or load, so the load figures "
+                   "are those of the other parts")
     if not stamped:
-        started = f"(not recorded by the cached parts; report written {started})"
+        started = f"(not recorded by the cached parts; report written {started} UTC)"
     if stamped:  # the parts' own times: a report rewritten from caches describes the runs that made them
-        started = min(p["started"] for p in stamped)
+        started = f"{min(p['started'] for p in stamped)} UTC" if not unstamped else started
         first, last = min(stamped, key=lambda p: p["started"]), max(stamped, key=lambda p: p["finished"])
         load, end_load = first["load_start"], last["load_end"]
     label = ("a `--quick` run (1 seed, short runs, fewer test rows: NOT the full benchmark)" if mode == "quick"
@@ -466,7 +471,7 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         "",
         f"Written by `python -m bench.results{' --quick' if mode == 'quick' else ''}` — {label}.",
         "",
-        f"Machine: {machine_line()}. Started {started} UTC; load average (1/5/15 min) {load[0]:.1f}/{load[1]:.1f}/"
+        f"Machine: {machine_line()}. Started {started}; load average (1/5/15 min) {load[0]:.1f}/{load[1]:.1f}/"
         f"{load[2]:.1f} at the start and {end_load[0]:.1f}/{end_load[1]:.1f}/{end_load[2]:.1f} at the end "
         "(other jobs shared the cores: read the CPU minutes, which are this run's own user+system time; the wall "
         f"minutes grow with the load). Total: {sum(p.get('cpu_s', 0) for p in parts.values()) / 60:.1f} CPU min, "

@@ -464,12 +464,12 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         started = f"{min(p['started'] for p in stamped)} UTC" if not unstamped else started
         first, last = min(stamped, key=lambda p: p["started"]), max(stamped, key=lambda p: p["finished"])
         load, end_load = first["load_start"], last["load_end"]
-    label = ("a `--quick` run (1 seed, short runs, fewer test rows: NOT the full benchmark)" if mode == "quick"
+    label = ("a `--quick` run (1 seed, short runs, fewer test rows: NOT the full benchmark)" if mode.startswith("quick")
              else "the full `make results` run")
     lines = [
         "# Results",
         "",
-        f"Written by `python -m bench.results{' --quick' if mode == 'quick' else ''}` — {label}.",
+        f"Written by `python -m bench.results{' --quick' if mode.startswith('quick') else ''}` — {label}.",
         "",
         f"Machine: {machine_line()}. Started {started}; load average (1/5/15 min) {load[0]:.1f}/{load[1]:.1f}/"
         f"{load[2]:.1f} at the start and {end_load[0]:.1f}/{end_load[1]:.1f}/{end_load[2]:.1f} at the end "
@@ -549,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=PARTS, help="run these parts; the others come from caches")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the mode's seeds")
     parser.add_argument("--force", action="store_true", help="rerun the parts run even when cached")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=INT",
+                        help="override budgets (e.g. sft_steps=400); the run is cached under <mode>-<overrides>")
     parser.add_argument("--report", action="store_true", help="run nothing: rewrite the report from the caches")
     parser.add_argument("--output", default=str(REPO / "RESULTS.md"))
     args = parser.parse_args(argv)
@@ -556,6 +558,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**(QUICK if args.quick else FULL).key())
     if args.seeds:
         settings.seeds = args.seeds
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in settings.key() or key == "seeds" or not value.isdigit():
+            parser.error(f"--set {item!r}: expected KEY=INT with KEY one of "
+                         f"{', '.join(k for k in settings.key() if k != 'seeds')}")
+        setattr(settings, key, int(value))
+    if args.set:
+        mode += "-" + "-".join(sorted(x.replace("=", "") for x in args.set))
     run_root = REPO / "results" / "results_run" / mode
     started = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M")
     load = os.getloadavg()

@@ -62,3 +62,18 @@ def test_cached_parts_are_reused_and_report_only_runs_nothing(tmp_path, monkeypa
     assert results.main(["--quick", "--report", "--output", str(tmp_path / "R.md")]) == 0
     assert called == []
     assert "| SFT | 2 |" in (tmp_path / "R.md").read_text()
+
+
+def test_set_overrides_budgets_and_rejects_unknown_keys(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    monkeypatch.setattr(results, "REPO", tmp_path)
+    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
+    seen = {}
+    monkeypatch.setattr(results, "PART_FUNCS", {k: (lambda ctx, k=k: seen.setdefault(k, ctx) and {})
+                                                for k in results.PARTS})
+    results.main(["--quick", "--set", "sft_steps=7", "--only", "sft", "--output", str(tmp_path / "R.md")])
+    assert seen["sft"].settings.sft_steps == 7 and seen["sft"].root.parent.name == "quick-sft_steps7"
+    with pytest.raises(SystemExit):
+        results.main(["--quick", "--set", "sft_stepz=7"])
+    assert "sft_stepz" in capsys.readouterr().err

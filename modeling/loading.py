@@ -84,9 +84,9 @@ def check_model_source(name: str | os.PathLike, *, check_hub_cache: bool = True,
 
         cached = any(isinstance(try_to_load_from_cache(text, f), str) for f in files)
         if not cached:
-            raise FileNotFoundError(f"model {text!r}: no local folder of that name, and HF_HUB_OFFLINE=1 with the hub "
-                                    f"id not in the local hub cache (HF_HOME / HF_HUB_CACHE); download it first or "
-                                    f"pass a local model folder")
+            raise FileNotFoundError(f"model folder not found: {text} (resolved to {path.resolve()}), and as a hub id "
+                                    f"it is not in the local hub cache (HF_HOME / HF_HUB_CACHE) with HF_HUB_OFFLINE=1; "
+                                    f"pass a local model folder or download it first")
     return text
 
 

@@ -141,6 +141,17 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         return sum((p.sum() * 0.0 for p in model.parameters() if p.requires_grad), loss.new_zeros(()))
 
     # ------------------------------------------------------------------------------------------ helpers
+    def policy_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward of [prompt | completion]: (per-token log-probs (B, T), entropies (B, T), policy mask (B, T)
+        = completion_mask x TRL's tool / env mask: the tokens the policy wrote)."""
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        mask = completion_mask * inputs["tool_mask"] if "tool_mask" in inputs else completion_mask
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True)
+        return logps, entropies, mask
+
     def decode_completion(self, ids: list[int]) -> str:
         """The exact text of completion token ids (byte table; tokenizer decode for non-byte-level vocabularies)."""
         if self._byte_table is not None:

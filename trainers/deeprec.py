@@ -447,13 +447,7 @@ class DeepRecTrainer(RecRLTrainer):
     # ------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
         mode = self.mode
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        mask = completion_mask * inputs["tool_mask"] if "tool_mask" in inputs else completion_mask
-        per_token_logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True)
+        per_token_logps, entropies, mask = self.policy_logps(model, inputs)
         old = inputs.get("old_per_token_logps")
         old = per_token_logps.detach() if old is None else old
         loss, log_w, kl = deeprec_policy_loss(

@@ -18,6 +18,8 @@ model's own last hidden state. Spec: METHODS.md §3.
   targets gathered across processes (a duplicate target is not a negative), with the targets re-encoded WITH grad in
   the same forward as the policy log-probs (one pass: user rows and item rows are one batch). ``released`` is the
   released -A p(target) form (anchor bug a: its gradient vanishes for small p at tau 0.02). Optional k3 KL.
+* Optional learned projection (``projection_dim``): W applied to h_T and h_v before the cosine, a submodule of the
+  policy (optimised and placed with it), saved as ``recpo_projection.safetensors`` for evaluation.
 * Ablations: ``reasoning=False`` (no rollout: h_T at the prompt's own ``<answer>``; all paths are identical, so the
   recommendation loss weighs every row 1), ``beta=0`` (no R_c), ``beta=1`` (no R_d).
 """

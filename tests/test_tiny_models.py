@@ -114,6 +114,10 @@ def test_bpe_trained_on_processed_dataset(tmp_path):
     _, tok = build_tiny_model(tmp_path / "m", dataset_path=str(tmp_path / "d"), family="llama", vocab_size=400)
     # the data's frequent words became single tokens
     assert len(tok.encode(" recommender", add_special_tokens=False)) == 1
+    # digits are pre-split in runs of at most 4 (Qwen splits each digit): a frequent year is one token, and a
+    # longer number never merges across the 4-digit boundary
+    assert tok.convert_ids_to_tokens(tok.encode("(1991)", add_special_tokens=False)) == ["(", "1991", ")"]
+    assert all(len(p) <= 4 for p in tok.convert_ids_to_tokens(tok.encode("19911992", add_special_tokens=False)))
     _assert_reload_identical(tmp_path / "m", tok, TEXTS)
 
 

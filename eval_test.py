@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--prompt_style", choices=("completion", "chat"), default="completion",
                      help="deeprec: the paper's base-model completion prompt, or the model's chat template")
     rec.add_argument("--max_calls", type=int, default=8, help="deeprec: TRM calls per episode (paper: 8)")
+    rec.add_argument("--retrieve_k", type=int, default=20, help="deeprec: items per TRM call (paper: 20; use the "
+                                                                 "value the model was trained with)")
+    rec.add_argument("--max_turn_tokens", type=int, default=None,
+                     help="deeprec: new tokens per generation turn (default: the remaining --max_new_tokens)")
     rec.add_argument("--target_only", action="store_true",
                      help="score the next item (`target`) only, as DeepRec and RecPO report; default: `groundtruth`")
     parser.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
@@ -127,8 +131,10 @@ def make_recommender(args, model_path: str | None, data, provenance: dict):
             model, tokenizer = load_model_and_tokenizer(model_path)
             model.eval()
             provenance.update(backend="transformers", recommender="deeprec", trm_path=args.trm_path,
-                              prompt_style=args.prompt_style, max_calls=args.max_calls)
-            settings = EpisodeSettings(max_calls=args.max_calls, max_tokens=args.max_new_tokens)
+                              prompt_style=args.prompt_style, max_calls=args.max_calls, retrieve_k=args.retrieve_k,
+                              max_turn_tokens=args.max_turn_tokens)
+            settings = EpisodeSettings(max_calls=args.max_calls, max_tokens=args.max_new_tokens,
+                                       max_turn_tokens=args.max_turn_tokens, k=args.retrieve_k)
             return DeepRecRecommender(model, tokenizer, TRMRetriever.load(args.trm_path, encoder="auto"),
                                       data.catalog, settings, prompt_style=args.prompt_style, category=args.category,
                                       batch_size=args.batch_size)

@@ -76,3 +76,21 @@ def test_eval_test_runs_the_deeprec_loop_with_a_trained_trm(trm_setup):
     assert "deeprec/calls_per_episode" in metrics and "deeprec/valid_format_rate" in metrics
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all("completion" in r for r in rows)  # the whole trajectory
+
+
+def test_eval_test_deeprec_episode_budgets_reach_the_loop(trm_setup, monkeypatch):
+    """--retrieve_k / --max_turn_tokens / --max_calls are the episode settings the loop runs with (a model trained
+    with 10-item calls must be evaluated with 10-item calls), and are recorded in metrics.json."""
+    import eval_test
+    import evaluation.deeprec as deeprec
+
+    seen = []
+    real = deeprec.run_episodes
+    monkeypatch.setattr(deeprec, "run_episodes", lambda *a, **kw: seen.append(a[-1]) or real(*a, **kw))
+    root, data, trm, llm = trm_setup
+    metrics = eval_test.main(["--recommender", "deeprec", "--model_path", str(llm), "--trm_path", str(trm),
+                              "--dataset_path", str(data), "--max_samples", "2", "--target_only", "--max_calls", "2",
+                              "--retrieve_k", "3", "--max_turn_tokens", "8", "--max_new_tokens", "24", "--ks", "1",
+                              "5", "--n_items", "10", "--output_dir", str(root / "eval_deeprec_budgets")])
+    assert seen and all((s.k, s.max_turn_tokens, s.max_calls, s.max_tokens) == (3, 8, 2, 24) for s in seen)
+    assert (metrics["retrieve_k"], metrics["max_turn_tokens"]) == (3, 8)

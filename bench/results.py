@@ -39,7 +39,6 @@ METRICS = [f"{m}@{k}" for m in ("recall", "ndcg") for k in KS]
 
 ML_DATA = "processed_datasets/ml100k"
 REDIAL_DATA = "processed_datasets/redial"
-TINY = "models/tiny-ml100k"
 SMOL = "models/smollm2-135m-instruct"
 
 
@@ -51,6 +50,7 @@ class Settings:
     n_val: int                   # validation rows per checkpoint for the curves
     n_test_agent: int            # test rows for the multi-turn DeepRec episodes (each is several generations)
     sft_steps: int
+    n_sft_seeds: int             # SFT is trained for the first n seeds; an RL seed >= n starts from seed 0's SFT
     rl_steps: int
     rl_save_steps: int
     recpo_steps: int
@@ -64,27 +64,27 @@ class Settings:
         return self.__dict__.copy()
 
 
-# FULL has not been run end to end yet (its 2-hour fit on 2 idle cores is an estimate, not a measurement); QUICK
-# was cut to what fitted a 2-core box shared with 5+ other jobs -- 150 SFT steps leave greedy decoding collapsed
-# (docs/results/NOTES.md), so QUICK checks the pipeline, not the methods.
-FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=500, sft_steps=400, rl_steps=60,
-                rl_save_steps=20, recpo_steps=20, deeprec_ws_steps=300, deeprec_steps=4, redial_n_test=100,
-                redial_sft_steps=40, redial_rl_steps=8)
-QUICK = Settings(seeds=[0], n_test=200, n_val=64, n_test_agent=48, sft_steps=150, rl_steps=10,
-                 rl_save_steps=5, recpo_steps=10, deeprec_ws_steps=60, deeprec_steps=2, redial_n_test=32,
+# FULL has not been run end to end (on one core at a time it needs more than 2 hours: an estimate, not a
+# measurement); QUICK checks the pipeline, not the methods (300 SFT steps leave greedy decoding repeating titles).
+FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=500, sft_steps=1000, n_sft_seeds=3,
+                rl_steps=80, rl_save_steps=20, recpo_steps=20, deeprec_ws_steps=300, deeprec_steps=4,
+                redial_n_test=100, redial_sft_steps=40, redial_rl_steps=8)
+QUICK = Settings(seeds=[0], n_test=200, n_val=64, n_test_agent=48, sft_steps=300, n_sft_seeds=1, rl_steps=20,
+                 rl_save_steps=10, recpo_steps=10, deeprec_ws_steps=40, deeprec_steps=2, redial_n_test=32,
                  redial_sft_steps=10, redial_rl_steps=2)
 
-# RL on the tiny SFT model: rollouts at a temperature below 1 so the sampled lists stay close to the greedy list
-# the evaluation decodes (at 1.0 the advantage mostly ranks lists greedy decoding never produces); the config's
-# learning rate (2e-5; 5e-5 over 150 steps lowered greedy test NDCG). A starting point, NOT yet confirmed on the
-# validation curves of a full run -- see RESULTS.md.
-RL_OVERRIDES = ["--temperature", "0.7", "--learning_rate", "2.0e-5"]
+# RL on the tiny SFT model: configs/tiny/rank_grpo_ml100k.yaml as it is (temperature 0.7, lr 5e-5, 4 prompts x G 4 a
+# step: tuned on ML-100k validation rows, docs/results/NOTES.md); nothing is overridden but steps and seeds.
+RL_OVERRIDES: list[str] = []
 RL_METHODS = {  # part -> (label, train_rank_grpo.py arguments)
     "grpo": ("GRPO", ["--algorithm", "grpo"]),
     "rank_grpo_exp_inf": ("Rank-GRPO (exp_inf)", ["--algorithm", "rank_grpo", "--reward_func", "exp_inf"]),
     "rank_grpo_log": ("Rank-GRPO (log)", ["--algorithm", "rank_grpo", "--reward_func", "log"]),
     "gspo": ("GSPO", ["--algorithm", "gspo"]),
 }
+# DeepRec evaluation episodes = those of configs/tiny/deeprec_ml100k_stage*.yaml (chat prompts, 3 calls of 10 items)
+DEEPREC_EPISODE = ["--prompt_style", "chat", "--category", "movies", "--max_calls", "3", "--retrieve_k", "10",
+                   "--max_new_tokens", "768", "--max_turn_tokens", "160"]
 PARTS = ["data", "popularity", "trm", "sft", *RL_METHODS, "recpo", "deeprec", "redial"]
 
 
@@ -153,14 +153,20 @@ def part_data(ctx: Ctx) -> dict:
         ctx.run([PY, "-m", "preprocess.movielens", "--output_dir", ML_DATA], ctx.root / "movielens.log")
     if not (REPO / REDIAL_DATA / "summary.json").exists():
         ctx.run([PY, "-m", "preprocess.redial", "--output_dir", REDIAL_DATA], ctx.root / "redial.log")
-    if not (REPO / TINY / "config.json").exists():
-        ctx.run([PY, "-m", "modeling.tiny", "--output_dir", TINY, "--dataset_path", ML_DATA, "--hidden_size", "128",
-                 "--num_layers", "4", "--intermediate_size", "256"], ctx.root / "tiny.log")
+    tiny = tiny_dir(ctx)
+    ctx.run([PY, "-m", "modeling.tiny", "--output_dir", str(tiny), "--dataset_path", ML_DATA, "--hidden_size", "128",
+             "--num_layers", "4", "--intermediate_size", "256", "--vocab_size", "4096"], ctx.root / "tiny.log",
+            done=tiny / "config.json")
     if not (REPO / SMOL / "config.json").exists():
         ctx.run([PY, "-m", "modeling.pretrained", "--name", "smollm2-135m-instruct", "--output_dir", SMOL],
                 ctx.root / "smollm2.log")
     summary = json.loads((REPO / ML_DATA / "summary.json").read_text())
     return {"ml100k_splits": {k: v["samples"] for k, v in summary["splits"].items()}}
+
+
+def tiny_dir(ctx: Ctx) -> Path:
+    """The run's own random-init tiny model (BPE trained on ML_DATA), so no other job's models/ folder leaks in."""
+    return ctx.root.parent / "data" / "tiny"
 
 
 def _text_eval_args(model: str, data: str = ML_DATA) -> list[str]:
@@ -192,6 +198,14 @@ def part_trm(ctx: Ctx) -> dict:
 
 def sft_dir(ctx: Ctx, seed: int) -> Path:
     return ctx.root.parent / "sft" / f"seed{seed}" / "model"
+
+
+def sft_start(ctx: Ctx, seed: int) -> Path:
+    """The SFT model an RL seed starts from: its own seed's, or seed 0's when SFT ran for fewer seeds."""
+    start = sft_dir(ctx, seed if seed in ctx.settings.seeds[:ctx.settings.n_sft_seeds] else ctx.settings.seeds[0])
+    if not (start / "config.json").exists():
+        raise PartFailed(f"needs the SFT model {start}: run --only sft first")
+    return start
 
 
 def _val_curve(ctx: Ctx, run_dir: Path, data: str = ML_DATA) -> list[dict]:
@@ -226,10 +240,12 @@ def _reward_curve(run_dir: Path) -> list[tuple[float, float]]:
 def part_sft(ctx: Ctx) -> dict:
     s = ctx.settings
     rows, curves = [], {}
-    for seed in s.seeds:
+    for seed in s.seeds[:s.n_sft_seeds]:
         model = sft_dir(ctx, seed)
-        ctx.run([PY, "train_sft.py", "--config", "configs/tiny/sft_ml100k.yaml", "--model_name", TINY,
+        # one epoch of fresh rows (16 a step) instead of the config's 4,000-row subset
+        ctx.run([PY, "train_sft.py", "--config", "configs/tiny/sft_ml100k.yaml", "--model_name", str(tiny_dir(ctx)),
                  "--dataset_path", ML_DATA, "--output_dir", str(model), "--seed", str(seed),
+                 "--max_train_samples", str(16 * s.sft_steps),
                  "--max_steps", str(s.sft_steps), "--save_steps", str(max(1, s.sft_steps // 2)),
                  "--eval_steps", str(max(1, s.sft_steps // 4))],
                 model.parent / "train.log", done=model / "config.json")
@@ -248,9 +264,7 @@ def _rl_part(name: str):
         s = ctx.settings
         rows, curves = [], {}
         for seed in s.seeds:
-            start = sft_dir(ctx, seed)
-            if not (start / "config.json").exists():
-                raise PartFailed(f"needs the SFT model {start}: run --only sft first")
+            start = sft_start(ctx, seed)
             out = ctx.root / f"seed{seed}" / "model"
             ctx.run([PY, "train_rank_grpo.py", "--config", "configs/tiny/rank_grpo_ml100k.yaml",
                      "--model_name", str(start), "--dataset_path", ML_DATA, "--output_dir", str(out),
@@ -269,9 +283,7 @@ def part_recpo(ctx: Ctx) -> dict:
     s = ctx.settings
     rows = []
     for seed in s.seeds:
-        start = sft_dir(ctx, seed)
-        if not (start / "config.json").exists():
-            raise PartFailed(f"needs the SFT model {start}: run --only sft first")
+        start = sft_start(ctx, seed)
         out = ctx.root / f"seed{seed}" / "model"
         ctx.run([PY, "train_recpo.py", "--config", "configs/tiny/recpo_ml100k.yaml", "--model_name", str(start),
                  "--dataset_path", ML_DATA, "--output_dir", str(out), "--seed", str(seed),
@@ -292,14 +304,15 @@ def part_deeprec(ctx: Ctx) -> dict:
         raise PartFailed(f"needs the TRM {trm}: run --only trm first")
     ws_data = ctx.root / "warmstart_data"
     ctx.run([PY, "train_deeprec.py", "--config", "configs/tiny/deeprec_ml100k_stage1.yaml", "--trm_path", str(trm),
-             "--dataset_path", ML_DATA, "--model_name", TINY, "--write_warmstart_data", str(ws_data),
+             "--dataset_path", ML_DATA, "--model_name", str(tiny_dir(ctx)), "--write_warmstart_data", str(ws_data),
              "--max_train_samples", "2000"], ctx.root / "warmstart_data.log", done=ws_data / "train")
     rows = []
     for seed in s.seeds:
         base = ctx.root / f"seed{seed}"
         ws = base / "warmstart_sft"
+        start = sft_start(ctx, seed)  # the format warm-start begins from the seed's list SFT model
         ctx.run([PY, "train_sft.py", "--config", "configs/tiny/deeprec_ml100k_warmstart_sft.yaml", "--model_name",
-                 TINY, "--dataset_path", str(ws_data), "--output_dir", str(ws), "--seed", str(seed),
+                 str(start), "--dataset_path", str(ws_data), "--output_dir", str(ws), "--seed", str(seed),
                  "--max_steps", str(s.deeprec_ws_steps)], base / "warmstart_sft.log", done=ws / "config.json")
         common = ["--model_name", str(ws), "--trm_path", str(trm), "--dataset_path", ML_DATA, "--seed", str(seed),
                   "--max_steps", str(s.deeprec_steps), "--save_steps", str(s.deeprec_steps)]
@@ -314,7 +327,7 @@ def part_deeprec(ctx: Ctx) -> dict:
                          **ctx.evaluate(base / f"eval_next_{tag}",
                                         ["--recommender", "deeprec", "--model_path", str(model), "--trm_path",
                                          str(trm), "--dataset_path", ML_DATA, "--target_only", "--batch_size", "16",
-                                         "--max_new_tokens", "1536"],  # = the configs' max_trajectory_tokens
+                                         *DEEPREC_EPISODE],
                                         n=s.n_test_agent)})
     return {"rows": rows}
 
@@ -478,10 +491,11 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         f"{sum(p.get('wall_s', 0) for p in parts.values()) / 60:.1f} wall min.",
         "",
         f"Settings: `{json.dumps(settings.key())}`; RL overrides of configs/tiny/rank_grpo_ml100k.yaml: "
-        f"`{' '.join(RL_OVERRIDES)}`. Metrics are means ± sample std over seeds (a single value = one seed), on a "
-        "seeded subset of the test split (the same rows for every model); greedy decoding, packed protocol.",
+        f"{' '.join(RL_OVERRIDES) or 'none'}. Metrics are means ± sample std over seeds (a single value = one seed), "
+        "on a seeded subset of the test split (the same rows for every model); greedy decoding, packed protocol.",
         "",
-        "## ML-100k, tiny model, list protocol (10 held-out items; SFT and the RL methods from each seed's SFT)",
+        "## ML-100k, tiny model, list protocol (10 held-out items; each RL seed starts from its seed's SFT, or from "
+        f"seed {settings.seeds[0]}'s when SFT ran for fewer seeds: here {settings.n_sft_seeds})",
         "",
         *_table(rows, "list", cpu_by_method),
         "",

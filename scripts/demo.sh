@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# make demo: the whole pipeline on the embedded MovieLens-100k, on CPU, in a few minutes.
+# make demo: every method on the embedded MovieLens-100k, on CPU, in about 10 minutes (short runs: a pipeline check,
+# not the learning benchmark -- that is `make results`).
 #   preprocess -> tiny random model -> evaluate (popularity, untrained) -> SFT -> evaluate -> Rank-GRPO -> evaluate
+#   -> RecPO from the SFT model -> evaluate -> DeepRec: TRM, format warm-start, stage 1 + stage 2 RL -> evaluate
 # Everything lands in processed_datasets/, models/, results/demo/ and logs/demo.log (all git-ignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,33 +16,62 @@ exec > >(tee logs/demo.log) 2>&1
 DATA=processed_datasets/ml100k-demo
 TINY=models/tiny-ml100k
 EVAL_N=${DEMO_EVAL_SAMPLES:-200}   # test samples scored per model (greedy generation on CPU)
+AGENT_N=${DEMO_AGENT_SAMPLES:-16}  # test samples for DeepRec's multi-turn episodes (several generations each)
 EVAL_ARGS=(--dataset_path "$DATA" --split test --max_samples "$EVAL_N" --max_new_tokens 160 --batch_size 16)
+NEXT_ARGS=(--dataset_path "$DATA" --split test --max_samples "$EVAL_N" --target_only)  # next-item protocol
+TRM=results/trm/ml100k-demo
+WARMSTART=results/tiny-ml100k-demo-deeprec-sft
 ACC=(.venv/bin/accelerate launch --config_file configs/accelerate/cpu.yaml)
 
 step() { printf '\n=== %s  [%s]\n' "$1" "$(date +%H:%M:%S)"; }
 
-step "1/7 preprocess MovieLens-100k (from the recbole wheel)"
+step "1/9 preprocess MovieLens-100k (from the recbole wheel)"
 [[ -f $DATA/summary.json ]] || $PY -m preprocess.movielens --output_dir "$DATA" --max_samples_per_split 4000 --max_history 10  # short prompts: CPU budget
 
-step "2/7 tiny random-init Qwen3-style model + BPE tokenizer trained on the data"
+step "2/9 tiny random-init Qwen3-style model + BPE tokenizer trained on the data"
 [[ -f $TINY/config.json ]] || $PY -m modeling.tiny --output_dir "$TINY" --dataset_path "$DATA" \
-  --hidden_size 128 --num_layers 4 --intermediate_size 256
+  --hidden_size 128 --num_layers 4 --intermediate_size 256 --vocab_size 4096
 
-step "3/7 baselines: popularity and the untrained tiny model"
+step "3/9 baselines: popularity and the untrained tiny model"
 $PY eval_test.py --baseline popularity --output_dir results/demo/popularity "${EVAL_ARGS[@]}"
 $PY eval_test.py --model_path "$TINY" --output_dir results/demo/untrained "${EVAL_ARGS[@]}"
 
-step "4/7 SFT (configs/tiny/sft_ml100k.yaml)"
-"${ACC[@]}" train_sft.py --config configs/tiny/sft_ml100k.yaml --dataset_path "$DATA"
+step "4/9 SFT (configs/tiny/sft_ml100k.yaml, 200 of its 400 steps: the demo's budget)"
+"${ACC[@]}" train_sft.py --config configs/tiny/sft_ml100k.yaml --dataset_path "$DATA" --max_steps "${DEMO_SFT_STEPS:-200}"
 
-step "5/7 evaluate SFT"
+step "5/9 evaluate SFT"
 $PY eval_test.py --model_path results/tiny-ml100k-sft --output_dir results/demo/sft "${EVAL_ARGS[@]}"
 
-step "6/7 Rank-GRPO from the SFT model (configs/tiny/rank_grpo_ml100k.yaml)"
+step "6/9 Rank-GRPO from the SFT model (configs/tiny/rank_grpo_ml100k.yaml)"
 "${ACC[@]}" train_rank_grpo.py --config configs/tiny/rank_grpo_ml100k.yaml --dataset_path "$DATA"
 
-step "7/7 evaluate Rank-GRPO"
+step "7/9 evaluate Rank-GRPO"
 $PY eval_test.py --model_path results/grpo/tiny-ml100k-sft_rank_grpo --output_dir results/demo/rank_grpo "${EVAL_ARGS[@]}"
+
+step "8/9 RecPO from the SFT model (configs/tiny/recpo_ml100k.yaml), then rank the whole catalog"
+"${ACC[@]}" train_recpo.py --config configs/tiny/recpo_ml100k.yaml --dataset_path "$DATA" \
+  --output_dir results/recpo/tiny-ml100k-demo --max_steps 10 --save_steps 10
+$PY eval_test.py --recommender recpo --model_path results/recpo/tiny-ml100k-demo --category movies \
+  --max_new_tokens 48 --batch_size 16 --output_dir results/demo/recpo "${NEXT_ARGS[@]}"
+
+step "9/9 DeepRec: the TRM, a format warm-start of the SFT model, 2 RL steps of each stage (configs/tiny/deeprec_*)"
+[[ -f $TRM/model.safetensors ]] || $PY train_trm.py --config configs/tiny/trm_ml100k.yaml --dataset_path "$DATA" \
+  --output_dir "$TRM" --max_steps 100 --eval_splits test --max_eval_samples "$EVAL_N" --no_progress
+$PY eval_test.py --recommender trm --model_path "$TRM" --output_dir results/demo/trm "${NEXT_ARGS[@]}"
+DR=(--dataset_path "$DATA" --trm_path "$TRM" --max_steps 2 --save_steps 2)
+$PY train_deeprec.py --config configs/tiny/deeprec_ml100k_stage1.yaml "${DR[@]}" --model_name results/tiny-ml100k-sft \
+  --write_warmstart_data "$DATA-deeprec-warmstart" --max_train_samples 400
+"${ACC[@]}" train_sft.py --config configs/tiny/deeprec_ml100k_warmstart_sft.yaml --dataset_path "$DATA-deeprec-warmstart" \
+  --output_dir "$WARMSTART" --max_steps "${DEMO_WARMSTART_STEPS:-30}"
+"${ACC[@]}" train_deeprec.py --config configs/tiny/deeprec_ml100k_stage1.yaml "${DR[@]}" --model_name "$WARMSTART" \
+  --output_dir results/deeprec/tiny-ml100k-demo_stage1
+"${ACC[@]}" train_deeprec.py --config configs/tiny/deeprec_ml100k_stage2.yaml "${DR[@]}" --model_name "$WARMSTART" \
+  --init_from results/deeprec/tiny-ml100k-demo_stage1 --output_dir results/deeprec/tiny-ml100k-demo_stage2
+# the episode budgets of configs/tiny/deeprec_ml100k_stage*.yaml
+$PY eval_test.py --recommender deeprec --model_path results/deeprec/tiny-ml100k-demo_stage2 --trm_path "$TRM" \
+  --prompt_style chat --category movies --max_calls 3 --retrieve_k 10 --max_new_tokens 768 --max_turn_tokens 160 \
+  --batch_size 16 --output_dir results/demo/deeprec "${NEXT_ARGS[@]}" --max_samples "$AGENT_N"
+$PY eval_test.py --baseline popularity --output_dir results/demo/popularity_next "${NEXT_ARGS[@]}"
 
 step "results (test split, a seeded subset of $EVAL_N samples, packed protocol)"
 MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))"
@@ -48,7 +79,11 @@ MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | 
   echo "What \`make demo\` wrote on $MACHINE, $(date -u '+%Y-%m-%d %H:%M') UTC, in $((SECONDS / 60)) min $((SECONDS % 60)) s"
   echo "(load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)); test split, $EVAL_N samples, packed protocol."
   echo
+  echo "List protocol (the 10 held-out items):"
   $PY scripts/results_table.py results/demo/popularity results/demo/untrained results/demo/sft results/demo/rank_grpo
+  echo
+  echo "Next-item protocol (\`--target_only\`, as RecPO and DeepRec report; DeepRec on $AGENT_N samples):"
+  $PY scripts/results_table.py results/demo/popularity_next results/demo/trm results/demo/recpo results/demo/deeprec
 } | tee results/demo/RESULTS.md
 echo
 echo "demo table written to $PWD/results/demo/RESULTS.md (full log: $PWD/logs/demo.log)"

@@ -16,7 +16,7 @@ exec > >(tee logs/demo.log) 2>&1
 DATA=processed_datasets/ml100k-demo
 TINY=models/tiny-ml100k
 EVAL_N=${DEMO_EVAL_SAMPLES:-200}   # test samples scored per model (greedy generation on CPU)
-AGENT_N=${DEMO_AGENT_SAMPLES:-16}  # test samples for DeepRec's multi-turn episodes (several generations each)
+AGENT_N=${DEMO_AGENT_SAMPLES:-8}  # test samples for DeepRec's multi-turn episodes (several generations each)
 EVAL_ARGS=(--dataset_path "$DATA" --split test --max_samples "$EVAL_N" --max_new_tokens 160 --batch_size 16)
 NEXT_ARGS=(--dataset_path "$DATA" --split test --max_samples "$EVAL_N" --target_only)  # next-item protocol
 TRM=results/trm/ml100k-demo
@@ -60,9 +60,9 @@ step "9/9 DeepRec: the TRM, a format warm-start of the SFT model, 2 RL steps of 
 $PY eval_test.py --recommender trm --model_path "$TRM" --output_dir results/demo/trm "${NEXT_ARGS[@]}"
 DR=(--dataset_path "$DATA" --trm_path "$TRM" --max_steps 2 --save_steps 2)
 $PY train_deeprec.py --config configs/tiny/deeprec_ml100k_stage1.yaml "${DR[@]}" --model_name results/tiny-ml100k-sft \
-  --write_warmstart_data "$DATA-deeprec-warmstart" --max_train_samples 400
+  --write_warmstart_data "$DATA-deeprec-warmstart" --max_train_samples 200
 "${ACC[@]}" train_sft.py --config configs/tiny/deeprec_ml100k_warmstart_sft.yaml --dataset_path "$DATA-deeprec-warmstart" \
-  --output_dir "$WARMSTART" --max_steps "${DEMO_WARMSTART_STEPS:-30}"
+  --output_dir "$WARMSTART" --max_steps "${DEMO_WARMSTART_STEPS:-20}"
 "${ACC[@]}" train_deeprec.py --config configs/tiny/deeprec_ml100k_stage1.yaml "${DR[@]}" --model_name "$WARMSTART" \
   --output_dir results/deeprec/tiny-ml100k-demo_stage1
 "${ACC[@]}" train_deeprec.py --config configs/tiny/deeprec_ml100k_stage2.yaml "${DR[@]}" --model_name "$WARMSTART" \

@@ -477,8 +477,12 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         started = f"{min(p['started'] for p in stamped)} UTC" if not unstamped else started
         first, last = min(stamped, key=lambda p: p["started"]), max(stamped, key=lambda p: p["finished"])
         load, end_load = first["load_start"], last["load_end"]
-    label = ("a `--quick` run (1 seed, short runs, fewer test rows: NOT the full benchmark)" if mode.startswith("quick")
-             else "the full `make results` run")
+    if mode.startswith("quick"):
+        label = "a `--quick` run (1 seed, short runs, fewer test rows: NOT the full benchmark)"
+    elif mode != "full":  # --set overrides: the budgets differ from FULL (see Settings below)
+        label = f"a run with overridden budgets (`{mode}`: NOT the full benchmark; see Settings)"
+    else:
+        label = "the full `make results` run"
     lines = [
         "# Results",
         "",

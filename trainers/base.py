@@ -152,6 +152,13 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
             model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True)
         return logps, entropies, mask
 
+    @staticmethod
+    def old_logps(inputs, per_token_logps: torch.Tensor) -> torch.Tensor:
+        """The sampler-time log-probs of the ratio's denominator; TRL omits them when mu = 1 (one update per
+        generation), where the old policy IS the current one: its detached log-probs (ratio exactly 1)."""
+        old = inputs.get("old_per_token_logps")
+        return per_token_logps.detach() if old is None else old
+
     def decode_completion(self, ids: list[int]) -> str:
         """The exact text of completion token ids (byte table; tokenizer decode for non-byte-level vocabularies)."""
         if self._byte_table is not None:

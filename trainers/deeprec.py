@@ -448,8 +448,7 @@ class DeepRecTrainer(RecRLTrainer):
     def _compute_loss(self, model, inputs):
         mode = self.mode
         per_token_logps, entropies, mask = self.policy_logps(model, inputs)
-        old = inputs.get("old_per_token_logps")
-        old = per_token_logps.detach() if old is None else old
+        old = self.old_logps(inputs, per_token_logps)
         loss, log_w, kl = deeprec_policy_loss(
             per_token_logps, old, inputs["advantages"], mask, self.epsilon_low, self.epsilon_high,
             self.args.loss_aggregation, self.beta, inputs.get("ref_per_token_logps"),

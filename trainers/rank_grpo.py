@@ -273,8 +273,7 @@ class RankGRPOTrainer(ListGRPOTrainer):
         mode = self.mode
         per_token_logps, entropies, mask = self.policy_logps(model, inputs)
 
-        old = inputs.get("old_per_token_logps")
-        old = per_token_logps.detach() if old is None else old
+        old = self.old_logps(inputs, per_token_logps)
         advantages = inputs["advantages"]  # (B, N+1)
         K = advantages.size(1)
         log_w, counts = item_log_ratio(per_token_logps - old, mask, item_index=inputs["item_index"], n_units=K)

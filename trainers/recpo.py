@@ -336,8 +336,7 @@ class RecPOTrainer(RecRLTrainer):
 
         # policy loss on the reasoning tokens of all paths (token ratios, clipped surrogate)
         pmask = inputs["policy_mask"] * (inputs["tool_mask"] if "tool_mask" in inputs else 1)
-        old = inputs.get("old_per_token_logps")
-        old = per_token_logps.detach() if old is None else old
+        old = self.old_logps(inputs, per_token_logps)
         log_w, weights = get_ratio("token")(per_token_logps - old, pmask)
         adv = inputs["advantages"][:, None].expand_as(log_w)
         surrogate = clipped_surrogate(log_w, adv, self.epsilon_low, self.epsilon_high)

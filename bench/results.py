@@ -8,9 +8,10 @@
 Every part runs the repository's own scripts (train_*.py, eval_test.py, eval_val.py) as subprocesses, so what is
 measured here is what a user gets from the command line. Each part caches its outcome in
 results/results_run/<mode>/<part>/part.json (and its runs / evaluations in that folder): a finished part is
-skipped unless --force, a part killed midway resumes from the evaluations and trainings it finished. CPU time is
-the children's user+system time (resource.getrusage(RUSAGE_CHILDREN)): on a shared machine it is the cost that
-does not depend on how many other jobs run; the wall time is reported next to it.
+skipped unless --force, a part killed midway resumes from the evaluations and trainings it finished. Parts run
+--jobs at a time (default: one per core, one thread each), each as soon as the parts it reads from are done. CPU
+time is each command's own user+system time (os.wait4): on a shared machine it is the cost that does not depend
+on how many other jobs run; the wall time is reported next to it.
 
 Tuning rule: every choice below (steps, learning rates, temperatures) was made on the VALIDATION split
 (eval_val.py curves); the test split is only scored, once per run, for the tables.
@@ -22,14 +23,15 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from bench.common import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -64,11 +66,12 @@ class Settings:
         return self.__dict__.copy()
 
 
-# FULL has not been run end to end (on one core at a time it needs more than 2 hours: an estimate, not a
-# measurement); QUICK checks the pipeline, not the methods (300 SFT steps leave greedy decoding repeating titles).
-FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=500, sft_steps=1000, n_sft_seeds=3,
-                rl_steps=80, rl_save_steps=20, recpo_steps=20, deeprec_ws_steps=300, deeprec_steps=4,
-                redial_n_test=100, redial_sft_steps=40, redial_rl_steps=8)
+# FULL is sized for 2 hours on 2 cores with --jobs 2 (one shared SFT start, RL curves for seed 0, DeepRec and ReDial
+# on fewer test rows: each episode / 135M generation costs 10-50x a tiny-model list); QUICK checks the pipeline, not
+# the methods (300 SFT steps leave greedy decoding repeating titles).
+FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=100, sft_steps=1000, n_sft_seeds=1,
+                rl_steps=60, rl_save_steps=20, recpo_steps=20, deeprec_ws_steps=150, deeprec_steps=4,
+                redial_n_test=48, redial_sft_steps=40, redial_rl_steps=6)
 QUICK = Settings(seeds=[0], n_test=200, n_val=64, n_test_agent=48, sft_steps=300, n_sft_seeds=1, rl_steps=20,
                  rl_save_steps=10, recpo_steps=10, deeprec_ws_steps=40, deeprec_steps=2, redial_n_test=32,
                  redial_sft_steps=10, redial_rl_steps=2)
@@ -86,6 +89,13 @@ RL_METHODS = {  # part -> (label, train_rank_grpo.py arguments)
 DEEPREC_EPISODE = ["--prompt_style", "chat", "--category", "movies", "--max_calls", "3", "--retrieve_k", "10",
                    "--max_new_tokens", "768", "--max_turn_tokens", "160"]
 PARTS = ["data", "popularity", "trm", "sft", *RL_METHODS, "recpo", "deeprec", "redial"]
+# what a part reads from another part's outputs: it starts only after those finished (or were cached)
+DEPENDS_ON = {"popularity": ["data"], "trm": ["data"], "sft": ["data"], **{m: ["sft"] for m in RL_METHODS},
+              "recpo": ["sft"], "deeprec": ["sft", "trm"], "redial": ["data"]}
+# longest chains first, so two workers finish together: SFT gates six parts, DeepRec is the longest after it
+# (ReDial needs only the data: it fills the second core while SFT runs)
+START_ORDER = ["data", "sft", "trm", "popularity", "redial", "deeprec", "rank_grpo_exp_inf", "grpo", "rank_grpo_log",
+               "gspo", "recpo"]
 
 
 class PartFailed(RuntimeError):
@@ -98,9 +108,9 @@ class Ctx:
     mode: str
     root: Path
     force: bool
+    tag: str = ""
     cpu_s: float = 0.0
     wall_s: float = 0.0
-    log_lines: list[str] = field(default_factory=list)
 
     def run(self, args: list[str], log: Path, done: Path | None = None) -> None:
         """Run one command (skipped when `done` exists); its CPU / wall time is added to the part's."""
@@ -119,15 +129,16 @@ class Ctx:
         # thread per core loses more to contention than it gains (measured: SFT steps several times slower)
         threads = os.environ.get("RESULTS_NUM_THREADS", "1")
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.time()
-        print(f"  $ {' '.join(args)}", flush=True)
+        print(f"  [{self.tag}] $ {' '.join(args)}", flush=True)
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"\n$ {' '.join(args)}\n")
             fh.flush()
-            rc = subprocess.call(args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            child = subprocess.Popen(args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            # wait4: this child's own user+system time (RUSAGE_CHILDREN would mix in the other workers' children)
+            _, status, usage = os.wait4(child.pid, 0)
+            child.returncode = rc = os.waitstatus_to_exitcode(status)
+        cpu_s = usage.ru_utime + usage.ru_stime
         wall_s = time.time() - t0
         self.cpu_s += cpu_s
         self.wall_s += wall_s
@@ -151,15 +162,10 @@ class Ctx:
 def part_data(ctx: Ctx) -> dict:
     if not (REPO / ML_DATA / "summary.json").exists():
         ctx.run([PY, "-m", "preprocess.movielens", "--output_dir", ML_DATA], ctx.root / "movielens.log")
-    if not (REPO / REDIAL_DATA / "summary.json").exists():
-        ctx.run([PY, "-m", "preprocess.redial", "--output_dir", REDIAL_DATA], ctx.root / "redial.log")
     tiny = tiny_dir(ctx)
     ctx.run([PY, "-m", "modeling.tiny", "--output_dir", str(tiny), "--dataset_path", ML_DATA, "--hidden_size", "128",
              "--num_layers", "4", "--intermediate_size", "256", "--vocab_size", "4096"], ctx.root / "tiny.log",
             done=tiny / "config.json")
-    if not (REPO / SMOL / "config.json").exists():
-        ctx.run([PY, "-m", "modeling.pretrained", "--name", "smollm2-135m-instruct", "--output_dir", SMOL],
-                ctx.root / "smollm2.log")
     summary = json.loads((REPO / ML_DATA / "summary.json").read_text())
     return {"ml100k_splits": {k: v["samples"] for k, v in summary["splits"].items()}}
 
@@ -273,7 +279,8 @@ def _rl_part(name: str):
                     out.parent / "train.log", done=out / "config.json")
             rows.append({"method": label, "seed": seed,
                          **ctx.evaluate(out.parent / "eval_test", _text_eval_args(str(out)))})
-            curves[seed] = {"val": _val_curve(ctx, out), "reward": _reward_curve(out)}
+            # validation curves for the first seed (the figures'); reward curves for all (they cost nothing)
+            curves[seed] = {"val": _val_curve(ctx, out) if seed == s.seeds[0] else [], "reward": _reward_curve(out)}
         return {"rows": rows, "curves": curves}
 
     return run_part
@@ -309,11 +316,14 @@ def part_deeprec(ctx: Ctx) -> dict:
     rows = []
     for seed in s.seeds:
         base = ctx.root / f"seed{seed}"
-        ws = base / "warmstart_sft"
-        start = sft_start(ctx, seed)  # the format warm-start begins from the seed's list SFT model
-        ctx.run([PY, "train_sft.py", "--config", "configs/tiny/deeprec_ml100k_warmstart_sft.yaml", "--model_name",
-                 str(start), "--dataset_path", str(ws_data), "--output_dir", str(ws), "--seed", str(seed),
-                 "--max_steps", str(s.deeprec_ws_steps)], base / "warmstart_sft.log", done=ws / "config.json")
+        # the format warm-start is SFT: trained once per SFT seed, from that seed's list SFT model (as SFT is shared)
+        own_ws = seed in s.seeds[:s.n_sft_seeds]
+        ws = (base if own_ws else ctx.root / f"seed{s.seeds[0]}") / "warmstart_sft"
+        if own_ws:
+            ctx.run([PY, "train_sft.py", "--config", "configs/tiny/deeprec_ml100k_warmstart_sft.yaml", "--model_name",
+                     str(sft_start(ctx, seed)), "--dataset_path", str(ws_data), "--output_dir", str(ws), "--seed",
+                     str(seed), "--max_steps", str(s.deeprec_ws_steps)], base / "warmstart_sft.log",
+                    done=ws / "config.json")
         common = ["--model_name", str(ws), "--trm_path", str(trm), "--dataset_path", ML_DATA, "--seed", str(seed),
                   "--max_steps", str(s.deeprec_steps), "--save_steps", str(s.deeprec_steps)]
         st1, st2 = base / "stage1", base / "stage2"
@@ -321,10 +331,9 @@ def part_deeprec(ctx: Ctx) -> dict:
                  "--output_dir", str(st1)], base / "stage1.log", done=st1 / "config.json")
         ctx.run([PY, "train_deeprec.py", "--config", "configs/tiny/deeprec_ml100k_stage2.yaml", *common,
                  "--init_from", str(st1), "--output_dir", str(st2)], base / "stage2.log", done=st2 / "config.json")
-        for label, model in (("DeepRec warm-start SFT", ws), ("DeepRec stage 2", st2)):
-            tag = model.name
+        for label, model in ([("DeepRec warm-start SFT", ws)] if own_ws else []) + [("DeepRec stage 2", st2)]:
             rows.append({"method": label, "seed": seed,
-                         **ctx.evaluate(base / f"eval_next_{tag}",
+                         **ctx.evaluate(base / f"eval_next_{model.name}",
                                         ["--recommender", "deeprec", "--model_path", str(model), "--trm_path",
                                          str(trm), "--dataset_path", ML_DATA, "--target_only", "--batch_size", "16",
                                          *DEEPREC_EPISODE],
@@ -336,6 +345,15 @@ def part_redial(ctx: Ctx) -> dict:
     """ReDial with the pretrained SmolLM2-135M-Instruct: zero-shot, SFT, GRPO, Rank-GRPO (exp_inf); seed 0 only."""
     s = ctx.settings
     n = s.redial_n_test
+    if not (REPO / REDIAL_DATA / "summary.json").exists():
+        raw = SHARED_DATA / "redial_official"
+        if not raw.is_dir():
+            raise PartFailed(f"needs the ReDial files in {raw} (see ../shared/data/SOURCES.md); not found")
+        ctx.run([PY, "-m", "preprocess.redial", "--raw_dir", str(raw), "--output_dir", REDIAL_DATA],
+                ctx.root / "preprocess.log")
+    if not (REPO / SMOL / "config.json").exists():
+        ctx.run([PY, "-m", "modeling.pretrained", "--name", "smollm2-135m-instruct", "--output_dir", SMOL],
+                ctx.root / "smollm2.log")
     eval_args = lambda m: _text_eval_args(m, REDIAL_DATA)  # noqa: E731
     rows = [{"method": "SmolLM2-135M zero-shot", "seed": 0,
              **ctx.evaluate(ctx.root / "eval_zero_shot", eval_args(SMOL), n=n)}]
@@ -366,6 +384,37 @@ def part_redial(ctx: Ctx) -> dict:
 PART_FUNCS = {"data": part_data, "popularity": part_popularity, "trm": part_trm, "sft": part_sft,
               **{name: _rl_part(name) for name in RL_METHODS}, "recpo": part_recpo, "deeprec": part_deeprec,
               "redial": part_redial}
+
+
+def default_jobs() -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("RESULTS_NUM_THREADS", "1"))))
+
+
+def run_scheduled(todo: list[str], run_part, failures: dict[str, str], jobs: int) -> None:
+    """Run the parts in `todo` on `jobs` threads (each part's commands are subprocesses), a part starting once the
+    parts it DEPENDS_ON that are also in `todo` have finished; a part whose dependency failed is not started."""
+    import concurrent.futures as cf
+
+    pending = sorted(todo, key=lambda n: START_ORDER.index(n) if n in START_ORDER else len(START_ORDER))
+    finished: set[str] = set()
+    running: dict[cf.Future, str] = {}
+    with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            for name in list(pending):
+                needs = [d for d in DEPENDS_ON.get(name, []) if d in todo]
+                broken = [d for d in needs if d in failures]
+                if broken:
+                    failures[name] = f"not run: it needs {', '.join(broken)}, which failed"
+                    pending.remove(name)
+                elif len(running) < jobs and all(d in finished for d in needs):
+                    running[pool.submit(run_part, name)] = name
+                    pending.remove(name)
+            if not running:  # everything left waits on a failed part
+                break
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                future.result()  # run_part records failures itself; anything else is a bug: raise it
+                finished.add(running.pop(future))
 
 
 # ----------------------------------------------------------------------------- report
@@ -571,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override budgets (e.g. sft_steps=400); the run is cached under <mode>-<overrides>")
     parser.add_argument("--report", action="store_true", help="run nothing: rewrite the report from the caches")
     parser.add_argument("--output", default=str(REPO / "RESULTS.md"))
+    parser.add_argument("--jobs", type=int, default=default_jobs(),
+                        help="parts run at once, each with RESULTS_NUM_THREADS threads (default: cores / threads "
+                             "= %(default)s here); a part waits for the parts it needs (DEPENDS_ON)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     settings = Settings(**(QUICK if args.quick else FULL).key())
@@ -589,9 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     parts: dict[str, dict] = {}
     failures: dict[str, str] = {}
+    todo = []
     for name in PARTS:
-        root = run_root / name
-        cache = root / "part.json"
+        cache = run_root / name / "part.json"
         wanted = not args.report and (args.only is None or name in args.only)
         if cache.exists() and not (wanted and args.force):
             cached = json.loads(cache.read_text())
@@ -599,12 +651,15 @@ def main(argv: list[str] | None = None) -> int:
                 parts[name] = cached
                 print(f"[results] {name}: cached", flush=True)
                 continue
-        if not wanted:
-            continue
+        if wanted:
+            todo.append(name)
+
+    def run_part(name: str) -> None:
+        root = run_root / name
         if args.force and root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True, exist_ok=True)
-        ctx = Ctx(settings=settings, mode=mode, root=root, force=args.force)
+        ctx = Ctx(settings=settings, mode=mode, root=root, force=args.force, tag=name)
         part_started, part_load = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), os.getloadavg()
         print(f"[results] {name} ... ({datetime.datetime.utcnow():%H:%M:%S})", flush=True)
         try:
@@ -612,13 +667,16 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001 -- one part's failure is reported, the others still run
             failures[name] = str(err)
             print(f"[results] {name} FAILED: {err}", flush=True)
-            continue
+            return
         result.update(settings=settings.key(), cpu_s=ctx.cpu_s, wall_s=ctx.wall_s, started=part_started,
                       finished=datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), load_start=part_load,
                       load_end=os.getloadavg())
-        cache.write_text(json.dumps(result, indent=1))
+        (root / "part.json").write_text(json.dumps(result, indent=1))
         parts[name] = result
-        print(f"[results] {name}: {ctx.cpu_s / 60:.1f} CPU min, {ctx.wall_s / 60:.1f} wall min", flush=True)
+        print(f"[results] {name}: {ctx.cpu_s / 60:.1f} CPU min, {ctx.wall_s / 60:.1f} wall min "
+              f"({datetime.datetime.utcnow():%H:%M:%S})", flush=True)
+
+    run_scheduled(todo, run_part, failures, args.jobs)
     write_results(parts, mode, settings, started, load, Path(args.output), failures)
     print(f"[results] wrote {args.output}", flush=True)
     return 1 if failures else 0

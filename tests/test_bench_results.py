@@ -77,3 +77,50 @@ def test_set_overrides_budgets_and_rejects_unknown_keys(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         results.main(["--quick", "--set", "sft_stepz=7"])
     assert "sft_stepz" in capsys.readouterr().err
+
+
+def test_scheduler_respects_dependencies_runs_two_at_once_and_skips_after_a_failure():
+    import threading
+    import time
+
+    lock, active, peak, order = threading.Lock(), [0], [0], []
+    failures = {}
+
+    def run_part(name):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            order.append(("start", name))
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+            order.append(("end", name))
+        if name == "trm":
+            failures[name] = "exit 1"
+
+    todo = ["data", "popularity", "trm", "sft", "grpo", "recpo", "deeprec"]
+    results.run_scheduled(todo, run_part, failures, jobs=2)
+    started = [n for e, n in order if e == "start"]
+    ended = [n for e, n in order if e == "end"]
+    assert peak[0] == 2  # two parts at once
+    for name in started:  # every part starts after the parts it reads from ended
+        for dep in results.DEPENDS_ON.get(name, []):
+            assert order.index(("end", dep)) < order.index(("start", name)), (dep, name)
+    assert "deeprec" not in started and "trm" in failures["deeprec"]  # it needs the failed TRM
+    assert set(ended) == set(todo) - {"deeprec"}
+
+
+def test_ctx_run_counts_each_commands_own_cpu_time(tmp_path):
+    import sys
+    import threading
+
+    ctxs = [results.Ctx(settings=results.QUICK, mode="quick", root=tmp_path / str(i), force=False) for i in range(2)]
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"
+    threads = [threading.Thread(target=c.run, args=([sys.executable, "-c", busy.format(sec)], tmp_path / f"{i}.log"))
+               for i, (c, sec) in enumerate(zip(ctxs, (0.3, 1.2)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # each context holds its own child's time, not the sum of both (which RUSAGE_CHILDREN would give)
+    assert 0.3 <= ctxs[0].cpu_s < 1.0 and 1.2 <= ctxs[1].cpu_s < 1.9

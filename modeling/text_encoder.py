@@ -125,6 +125,7 @@ class TextEncoder:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+            texts[i] = _valid_unicode(text)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not texts:
@@ -138,6 +139,17 @@ class TextEncoder:
 
     def __repr__(self) -> str:
         return f"TextEncoder({self.name!r}, dim={self.dim})"
+
+
+def _valid_unicode(text: str) -> str:
+    """``text`` with lone surrogates replaced (U+FFFD), which the Rust tokenizer rejects with a TypeError.
+
+    Model text decoded from token bytes keeps each invalid byte as a surrogate (trainers.token_map.decode_bytes,
+    ``surrogateescape``): a tiny byte-level model can stop mid-character inside a DeepRec preference."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate surrogateescape did not make (outside U+DC80..U+DCFF)
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 _LOADED: dict[tuple[str, str], TextEncoder] = {}  # one copy per (model, device) in a process: frozen, read-only

@@ -130,3 +130,13 @@ def test_a_missing_encoder_is_named_and_train_trm_leaves_no_run_folder(tmp_path,
         train_trm.main(["--dataset_path", str(tmp_path / "data"), "--output_dir", str(out), "--text_encoder",
                         "nobody-org/no-such-encoder-xyz", "--no_progress"])
     assert not out.exists()
+
+
+def test_encode_accepts_text_cut_mid_character(encoder):
+    # DeepRec preferences are decoded from token bytes with surrogateescape: a model that stops inside a UTF-8
+    # character leaves a lone surrogate, which the Rust tokenizer rejected with a TypeError (results run, stage 2)
+    cut = "movies like Am\u00e9lie".encode("utf-8")[:-4].decode("utf-8", errors="surrogateescape")
+    assert cut.endswith("Am\udcc3")
+    got = encoder.encode([cut, "x\ud800y"])
+    np.testing.assert_allclose(got, encoder.encode(["movies like Am\ufffd", "x?y"]), atol=1e-6)
+    np.testing.assert_allclose(encoder.encode(["clean text"]), encoder.encode(["clean text"]))  # unchanged path

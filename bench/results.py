@@ -155,7 +155,9 @@ class Ctx:
         metrics = out / "metrics.json"
         self.run([PY, "eval_test.py", *args, "--split", split, "--max_samples", str(n), "--ks", *map(str, KS),
                   "--output_dir", str(out), "--no_progress"], out.parent / f"{out.name}.log", done=metrics)
-        return json.loads(metrics.read_text())
+        scores = json.loads(metrics.read_text())
+        scores["eval_seed"] = scores.pop("seed", None)  # eval_test.py's sampling seed, not the run's training seed
+        return scores
 
 
 # ----------------------------------------------------------------------------- parts
@@ -505,9 +507,17 @@ def _figures(parts: dict[str, dict], tag: str, md_dir: Path) -> list[str]:
     return lines
 
 
+def _span_minutes(stamped: list[dict]) -> float | None:
+    """Minutes from the earliest part start to the latest part end (the stamps are UTC minutes)."""
+    if not stamped:
+        return None
+    parse = lambda t: datetime.datetime.strptime(t, "%Y-%m-%d %H:%M")  # noqa: E731
+    return (max(parse(p["finished"]) for p in stamped) - min(parse(p["started"]) for p in stamped)).total_seconds() / 60
+
+
 def write_results(parts: dict[str, dict], mode: str, settings: Settings, started: str, load: tuple, out: Path,
                   failures: dict[str, str]) -> None:
-    rows = [r for p in parts.values() for r in p.get("rows", [])]
+    rows = [r for name, p in parts.items() if name != "redial" for r in p.get("rows", [])]  # ReDial: own table
     cpu_by_method: dict[str, float] = {}
     for name, p in parts.items():
         methods = {r["method"] for r in p.get("rows", [])}
@@ -526,6 +536,7 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         started = f"{min(p['started'] for p in stamped)} UTC" if not unstamped else started
         first, last = min(stamped, key=lambda p: p["started"]), max(stamped, key=lambda p: p["finished"])
         load, end_load = first["load_start"], last["load_end"]
+    span = _span_minutes(stamped)
     if mode.startswith("quick"):
         label = "a `--quick` run (1 seed, short runs, fewer test rows: NOT the full benchmark)"
     elif mode != "full":  # --set overrides: the budgets differ from FULL (see Settings below)
@@ -540,8 +551,9 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         f"Machine: {machine_line()}. Started {started}; load average (1/5/15 min) {load[0]:.1f}/{load[1]:.1f}/"
         f"{load[2]:.1f} at the start and {end_load[0]:.1f}/{end_load[1]:.1f}/{end_load[2]:.1f} at the end "
         "(other jobs shared the cores: read the CPU minutes, which are this run's own user+system time; the wall "
-        f"minutes grow with the load). Total: {sum(p.get('cpu_s', 0) for p in parts.values()) / 60:.1f} CPU min, "
-        f"{sum(p.get('wall_s', 0) for p in parts.values()) / 60:.1f} wall min.",
+        f"minutes grow with the load). Total: {sum(p.get('cpu_s', 0) for p in parts.values()) / 60:.1f} CPU min; "
+        + (f"{span:.0f} min from the first part's start to the last part's end (parts run side by side); " if span
+           else "") + f"the parts' wall minutes add up to {sum(p.get('wall_s', 0) for p in parts.values()) / 60:.1f}.",
         "",
         f"Settings: `{json.dumps(settings.key())}`; RL overrides of configs/tiny/rank_grpo_ml100k.yaml: "
         f"{' '.join(RL_OVERRIDES) or 'none'}. Metrics are means ± sample std over seeds (a single value = one seed), "

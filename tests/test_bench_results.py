@@ -124,3 +124,11 @@ def test_ctx_run_counts_each_commands_own_cpu_time(tmp_path):
         t.join()
     # each context holds its own child's time, not the sum of both (which RUSAGE_CHILDREN would give)
     assert 0.3 <= ctxs[0].cpu_s < 1.0 and 1.2 <= ctxs[1].cpu_s < 1.9
+
+
+def test_evaluate_keeps_the_training_seed_of_a_row(tmp_path):
+    ctx = results.Ctx(settings=results.QUICK, mode="quick", root=tmp_path, force=False)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"ndcg@10": 0.1, "seed": 42}))
+    row = {"method": "SFT", "seed": 2, **ctx.evaluate(tmp_path / "eval", [])}  # cached: nothing runs
+    assert row["seed"] == 2 and row["eval_seed"] == 42

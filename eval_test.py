@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "value the model was trained with)")
     rec.add_argument("--max_turn_tokens", type=int, default=None,
                      help="deeprec: new tokens per generation turn (default: the remaining --max_new_tokens)")
+    rec.add_argument("--episode_config", default=None,
+                     help="deeprec: a train_deeprec.py YAML; its " + ", ".join(EPISODE_KEYS) + " (max_new_tokens "
+                          "= its max_trajectory_tokens) become the defaults, so the episodes are those the model "
+                          "was trained with; flags on the command line still win")
     rec.add_argument("--target_only", action="store_true",
                      help="score the next item (`target`) only, as DeepRec and RecPO report; default: `groundtruth`")
     parser.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
@@ -168,8 +172,40 @@ def make_recommender(args, model_path: str | None, data, provenance: dict):
     return GroundtruthRecommender(data.catalog, args.n_items, as_text=True, require_year=require_year)
 
 
+# eval_test.py option <- train_deeprec.py config field: the episode a DeepRec model was trained on
+EPISODE_KEYS = {"prompt_style": "prompt_style", "category": "category", "max_calls": "max_calls",
+                "retrieve_k": "retrieve_k", "max_turn_tokens": "max_turn_tokens",
+                "max_new_tokens": "max_trajectory_tokens"}
+
+
+def episode_defaults(path: str) -> dict:
+    """The EPISODE_KEYS of a train_deeprec.py YAML (SystemExit naming the file and a missing field)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except OSError as err:
+        raise SystemExit(f"error: --episode_config {path}: {err.strerror}")
+    if not isinstance(config, dict):
+        raise SystemExit(f"error: --episode_config {path}: expected a YAML mapping of train_deeprec.py options")
+    missing = [field for field in EPISODE_KEYS.values() if field not in config]
+    if missing:
+        raise SystemExit(f"error: --episode_config {path}: no {', '.join(missing)} (a train_deeprec.py config has "
+                         "them all)")
+    return {option: config[field] for option, field in EPISODE_KEYS.items()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.episode_config:  # the YAML's episode settings become defaults; explicit flags still override them
+        parser.set_defaults(**episode_defaults(known.episode_config))
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     with tee_output(args.log_file):
         return run(args)
 

@@ -85,9 +85,8 @@ RL_METHODS = {  # part -> (label, train_rank_grpo.py arguments)
     "rank_grpo_log": ("Rank-GRPO (log)", ["--algorithm", "rank_grpo", "--reward_func", "log"]),
     "gspo": ("GSPO", ["--algorithm", "gspo"]),
 }
-# DeepRec evaluation episodes = those of configs/tiny/deeprec_ml100k_stage*.yaml (chat prompts, 3 calls of 10 items)
-DEEPREC_EPISODE = ["--prompt_style", "chat", "--category", "movies", "--max_calls", "3", "--retrieve_k", "10",
-                   "--max_new_tokens", "768", "--max_turn_tokens", "160"]
+# DeepRec is evaluated with the episodes its stage configs train (chat prompts, 3 calls of 10 items, token budgets)
+DEEPREC_EPISODE = ["--episode_config", "configs/tiny/deeprec_ml100k_stage2.yaml"]
 PARTS = ["data", "popularity", "trm", "sft", *RL_METHODS, "recpo", "deeprec", "redial"]
 # what a part reads from another part's outputs: it starts only after those finished (or were cached)
 DEPENDS_ON = {"popularity": ["data"], "trm": ["data"], "sft": ["data"], **{m: ["sft"] for m in RL_METHODS},

@@ -67,10 +67,9 @@ $PY train_deeprec.py --config configs/tiny/deeprec_ml100k_stage1.yaml "${DR[@]}"
   --output_dir results/deeprec/tiny-ml100k-demo_stage1
 "${ACC[@]}" train_deeprec.py --config configs/tiny/deeprec_ml100k_stage2.yaml "${DR[@]}" --model_name "$WARMSTART" \
   --init_from results/deeprec/tiny-ml100k-demo_stage1 --output_dir results/deeprec/tiny-ml100k-demo_stage2
-# the episode budgets of configs/tiny/deeprec_ml100k_stage*.yaml
+# evaluated with the episodes it was trained with (prompt style, calls, items per call, token budgets)
 $PY eval_test.py --recommender deeprec --model_path results/deeprec/tiny-ml100k-demo_stage2 --trm_path "$TRM" \
-  --prompt_style chat --category movies --max_calls 3 --retrieve_k 10 --max_new_tokens 768 --max_turn_tokens 160 \
-  --batch_size 16 --output_dir results/demo/deeprec "${NEXT_ARGS[@]}" --max_samples "$AGENT_N"
+  --episode_config configs/tiny/deeprec_ml100k_stage2.yaml --batch_size 16 --output_dir results/demo/deeprec "${NEXT_ARGS[@]}" --max_samples "$AGENT_N"
 $PY eval_test.py --baseline popularity --output_dir results/demo/popularity_next "${NEXT_ARGS[@]}"
 
 step "results (test split, a seeded subset of $EVAL_N samples, packed protocol)"

@@ -94,3 +94,22 @@ def test_eval_test_deeprec_episode_budgets_reach_the_loop(trm_setup, monkeypatch
                               "5", "--n_items", "10", "--output_dir", str(root / "eval_deeprec_budgets")])
     assert seen and all((s.k, s.max_turn_tokens, s.max_calls, s.max_tokens) == (3, 8, 2, 24) for s in seen)
     assert (metrics["retrieve_k"], metrics["max_turn_tokens"]) == (3, 8)
+
+
+def test_eval_test_episode_config_sets_the_trained_episode_and_flags_win(tmp_path):
+    import eval_test
+
+    base = ["--recommender", "deeprec", "--model_path", "m", "--dataset_path", "d"]
+    a = eval_test.parse_args(base + ["--episode_config", "configs/tiny/deeprec_ml100k_stage2.yaml"])
+    assert (a.prompt_style, a.category, a.max_calls, a.retrieve_k, a.max_turn_tokens, a.max_new_tokens) == \
+        ("chat", "movies", 3, 10, 160, 768)  # = the YAML's fields (max_new_tokens <- max_trajectory_tokens)
+    a = eval_test.parse_args(base + ["--retrieve_k", "4", "--episode_config", "configs/tiny/deeprec_ml100k_stage1.yaml"])
+    assert a.retrieve_k == 4 and a.max_calls == 3  # an explicit flag wins, wherever it stands
+    assert eval_test.parse_args(base).retrieve_k == 20  # no config: the paper's defaults
+    bad = tmp_path / "partial.yaml"
+    bad.write_text("max_calls: 2\nretrieve_k: 3\n")
+    with pytest.raises(SystemExit, match=r"partial\.yaml: no prompt_style, category, max_turn_tokens, "
+                                         r"max_trajectory_tokens"):
+        eval_test.parse_args(base + ["--episode_config", str(bad)])
+    with pytest.raises(SystemExit, match=r"missing\.yaml: No such file"):
+        eval_test.parse_args(base + ["--episode_config", str(tmp_path / "missing.yaml")])

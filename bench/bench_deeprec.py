@@ -18,6 +18,11 @@ split into generation / retrieval / scoring / update, with retrieval's share of 
    wrapped), scoring (``_calculate_rewards``: parse, R_fmt / R_inv, the MiniLM encoding of R_div), the rest of
    TRL's batch preparation, and the update (loss forward + backward + optimizer = step - rollout - scoring).
    Medians over the steps after the first. Target (issue #8): retrieval <= 5% of the rollout.
+3. Step time vs stock ``trl.GRPOTrainer`` on the same tiny model, the same rendered DeepRec prompts and batch: the
+   stock trainer samples ONE turn forced (``min_new_tokens``) to the DeepRec trajectory's mean length (generated +
+   injected tokens: its loss forward covers as many tokens), with a constant reward. The ratio is what the
+   multi-turn episode costs over a single-turn completion of the same length: a prefill per turn, retrieval, the
+   rewards' MiniLM encoding and the episode bookkeeping (the method's cost, not a wrapper's).
 """
 from __future__ import annotations
 
@@ -205,6 +210,8 @@ def bench_rollout(workdir: Path) -> dict:
     trainer.add_callback(StepClock(clock))
     trainer.train()
     logs = [h for h in trainer.state.log_history if "rewards/format/mean" in h]
+    trajectory_tokens = int(round(statistics.median(h["completions/mean_length"] for h in logs[1:] or logs)))
+    stock = _stock_step(model_dir, list(trainer.train_dataset["prompt"]), trajectory_tokens, workdir)
 
     steady = clock.steps[1:]
 
@@ -231,7 +238,41 @@ def bench_rollout(workdir: Path) -> dict:
         "trainer_rollout_timings_s": dict(trainer.rollout_timings),
         **out,
         "n_steady_steps": len(calls),
+        "trajectory_tokens": trajectory_tokens,
+        "stock": stock,
+        "ratio_cpu": out["cpu_s"]["step"] / stock["cpu_s"], "ratio_wall": out["wall_s"]["step"] / stock["wall_s"],
     }
+
+
+def _stock_step(model_dir: Path, prompts: list[str], completion_tokens: int, workdir: Path) -> dict:
+    """Median steady-state step of stock GRPOTrainer: same model and prompts, one forced turn (module docstring)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from modeling.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(model_dir, padding_side="left")
+    clock = _Clock()
+
+    class TimedStock(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            return clock.timed("batch", super()._generate_and_score_completions, inputs)
+
+    trainer = TimedStock(
+        model=model, reward_funcs=[lambda completions, **kw: [0.0 for _ in completions]],
+        train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok,
+        args=GRPOConfig(output_dir=str(workdir / "stock"), num_generations=G, per_device_train_batch_size=BATCH,
+                        gradient_accumulation_steps=1, max_steps=STEPS, max_completion_length=completion_tokens,
+                        generation_kwargs={"min_new_tokens": completion_tokens}, learning_rate=2e-5, beta=0.0,
+                        use_cpu=True, bf16=False, activation_checkpointing=False, logging_steps=1,
+                        save_strategy="no", report_to="none", seed=0, disable_tqdm=True))
+    trainer.add_callback(StepClock(clock))
+    trainer.train()
+    steady = clock.steps[1:]
+    med = lambda name, which: statistics.median(s[name][which] for s in steady)  # noqa: E731
+    return {"cpu_s": med("step", 0), "wall_s": med("step", 1), "completion_tokens": completion_tokens,
+            "batch_cpu_s": med("batch", 0), "update_cpu_s": statistics.median(s["step"][0] - s["batch"][0]
+                                                                           for s in steady)}
 
 
 def section(r: dict, heading: str) -> str:
@@ -278,6 +319,18 @@ def section(r: dict, heading: str) -> str:
                   f"**{100 * c['retrieval_share_of_rollout']:.1f}% CPU** ({100 * w['retrieval_share_of_rollout']:.1f}%"
                   " wall); target <= 5%. The tiny model makes generation cheap, so on a real LLM the share is smaller "
                   "still.", ""]
+        if "stock" in o:
+            st = o["stock"]
+            lines += [f"Step time, DeepRecTrainer / stock GRPOTrainer (same model, prompts and batch; stock samples "
+                      f"one turn forced to the trajectory's mean length, {st['completion_tokens']:,} tokens, constant "
+                      f"reward): {c['step']:.3f} s vs {st['cpu_s']:.3f} s CPU ({w['step']:.3f} s vs "
+                      f"{st['wall_s']:.3f} s wall), **{o['ratio_cpu']:.3f}x** CPU ({o['ratio_wall']:.3f}x wall); "
+                      f"target <= 1.10x. Of that, rollout + scoring {c['step'] - c['update']:.3f} s vs "
+                      f"{st['batch_cpu_s']:.3f} s (stock: one batched `generate` with one KV cache; DeepRec: one "
+                      f"per turn, each re-reading the grown context) and update {c['update']:.3f} s vs "
+                      f"{st['update_cpu_s']:.3f} s: both are one forward of TRL's `_get_per_token_logps_and_entropies` "
+                      "+ backward over rows of the same mean length (DeepRec's padded to its longest), so this gap "
+                      "is not explained yet; the stock run comes second in the process, not alternated.", ""]
     return "\n".join(lines)
 
 

@@ -211,6 +211,7 @@ def bench_rollout(workdir: Path) -> dict:
     trainer.train()
     logs = [h for h in trainer.state.log_history if "rewards/format/mean" in h]
     trajectory_tokens = int(round(statistics.median(h["completions/mean_length"] for h in logs[1:] or logs)))
+    longest = int(round(statistics.median(h["completions/max_length"] for h in logs[1:] or logs)))
     stock = _stock_step(model_dir, list(trainer.train_dataset["prompt"]), trajectory_tokens, workdir)
 
     steady = clock.steps[1:]
@@ -238,7 +239,7 @@ def bench_rollout(workdir: Path) -> dict:
         "trainer_rollout_timings_s": dict(trainer.rollout_timings),
         **out,
         "n_steady_steps": len(calls),
-        "trajectory_tokens": trajectory_tokens,
+        "trajectory_tokens": trajectory_tokens, "longest_trajectory_tokens": longest,
         "stock": stock,
         "ratio_cpu": out["cpu_s"]["step"] / stock["cpu_s"], "ratio_wall": out["wall_s"]["step"] / stock["wall_s"],
     }
@@ -329,8 +330,9 @@ def section(r: dict, heading: str) -> str:
                       f"{st['batch_cpu_s']:.3f} s (stock: one batched `generate` with one KV cache; DeepRec: one "
                       f"per turn, each re-reading the grown context) and update {c['update']:.3f} s vs "
                       f"{st['update_cpu_s']:.3f} s: both are one forward of TRL's `_get_per_token_logps_and_entropies` "
-                      "+ backward over rows of the same mean length (DeepRec's padded to its longest), so this gap "
-                      "is not explained yet; the stock run comes second in the process, not alternated.", ""]
+                      "+ backward over rows of the same mean length, and DeepRec's are padded only to the batch's longest "
+                      f"({o.get('longest_trajectory_tokens', '?')} tokens, median step): the update gap is not "
+                      "explained yet. The stock run comes second in the process, not alternated.", ""]
     return "\n".join(lines)
 
 

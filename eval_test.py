@@ -191,8 +191,8 @@ def episode_defaults(path: str) -> dict:
         raise SystemExit(f"error: --episode_config {path}: expected a YAML mapping of train_deeprec.py options")
     missing = [field for field in EPISODE_KEYS.values() if field not in config]
     if missing:
-        raise SystemExit(f"error: --episode_config {path}: no {', '.join(missing)} (a train_deeprec.py config has "
-                         "them all)")
+        raise SystemExit(f"error: --episode_config {path}: no {', '.join(missing)} (write them out: a field left "
+                         "to train_deeprec.py's default is not read from here)")
     return {option: config[field] for option, field in EPISODE_KEYS.items()}
 
 

@@ -511,7 +511,8 @@ def _span_minutes(stamped: list[dict]) -> float | None:
     if not stamped:
         return None
     parse = lambda t: datetime.datetime.strptime(t, "%Y-%m-%d %H:%M")  # noqa: E731
-    return (max(parse(p["finished"]) for p in stamped) - min(parse(p["started"]) for p in stamped)).total_seconds() / 60
+    span = max(parse(p["finished"]) for p in stamped) - min(parse(p["started"]) for p in stamped)
+    return span.total_seconds() / 60
 
 
 def write_results(parts: dict[str, dict], mode: str, settings: Settings, started: str, load: tuple, out: Path,

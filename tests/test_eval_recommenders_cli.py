@@ -103,7 +103,8 @@ def test_eval_test_episode_config_sets_the_trained_episode_and_flags_win(tmp_pat
     a = eval_test.parse_args(base + ["--episode_config", "configs/tiny/deeprec_ml100k_stage2.yaml"])
     assert (a.prompt_style, a.category, a.max_calls, a.retrieve_k, a.max_turn_tokens, a.max_new_tokens) == \
         ("chat", "movies", 3, 10, 160, 768)  # = the YAML's fields (max_new_tokens <- max_trajectory_tokens)
-    a = eval_test.parse_args(base + ["--retrieve_k", "4", "--episode_config", "configs/tiny/deeprec_ml100k_stage1.yaml"])
+    a = eval_test.parse_args(base + ["--retrieve_k", "4", "--episode_config",
+                                     "configs/tiny/deeprec_ml100k_stage1.yaml"])
     assert a.retrieve_k == 4 and a.max_calls == 3  # an explicit flag wins, wherever it stands
     assert eval_test.parse_args(base).retrieve_k == 20  # no config: the paper's defaults
     bad = tmp_path / "partial.yaml"

@@ -19,8 +19,9 @@ split into generation / retrieval / scoring / update, with retrieval's share of 
    TRL's batch preparation, and the update (loss forward + backward + optimizer = step - rollout - scoring).
    Medians over the steps after the first. Target (issue #8): retrieval <= 5% of the rollout.
 3. Step time vs stock ``trl.GRPOTrainer`` on the same tiny model, the same rendered DeepRec prompts and batch: the
-   stock trainer samples ONE turn forced (``min_new_tokens``) to the DeepRec trajectory's mean length (generated +
-   injected tokens: its loss forward covers as many tokens), with a constant reward. The ratio is what the
+   stock trainer samples ONE turn forced (``min_new_tokens``) to the DeepRec rows' mean length (generated +
+   injected tokens, from the batch's completion mask: its loss forward covers as many tokens; TRL's
+   ``completions/mean_length`` counts the policy's tokens only), with a constant reward. The ratio is what the
    multi-turn episode costs over a single-turn completion of the same length: a prefill per turn, retrieval, the
    rewards' MiniLM encoding and the episode bookkeeping (the method's cost, not a wrapper's).
 """
@@ -196,7 +197,15 @@ def bench_rollout(workdir: Path) -> dict:
             return clock.timed("scoring", super()._calculate_rewards, *a, **kw)
 
         def _generate_and_score_completions(self, inputs):
-            return clock.timed("batch", super()._generate_and_score_completions, inputs)
+            out = clock.timed("batch", super()._generate_and_score_completions, inputs)
+            # the rows the loss runs over: generated AND injected tokens (TRL's completions/*_length metrics count
+            # only the policy's own tokens, tool_mask = 1)
+            widths = out["completion_mask"].sum(dim=1).float()
+            clock.add("trajectory_tokens", 0.0, widths.mean().item())
+            clock.add("longest_trajectory_tokens", 0.0, widths.max().item())
+            policy = (out["completion_mask"] * out["tool_mask"]).sum(dim=1).float()
+            clock.add("policy_tokens", 0.0, policy.mean().item())
+            return out
 
     args = DeepRecConfig(output_dir=str(workdir / "deeprec"), stage="cold", prompt_style="completion",
                          category="video games", max_calls=8, retrieve_k=20,
@@ -210,11 +219,10 @@ def bench_rollout(workdir: Path) -> dict:
     trainer.add_callback(StepClock(clock))
     trainer.train()
     logs = [h for h in trainer.state.log_history if "rewards/format/mean" in h]
-    trajectory_tokens = int(round(statistics.median(h["completions/mean_length"] for h in logs[1:] or logs)))
-    longest = int(round(statistics.median(h["completions/max_length"] for h in logs[1:] or logs)))
-    stock = _stock_step(model_dir, list(trainer.train_dataset["prompt"]), trajectory_tokens, workdir)
-
     steady = clock.steps[1:]
+    tokens = {k: int(round(statistics.median(s[k][1] for s in steady)))
+              for k in ("trajectory_tokens", "longest_trajectory_tokens", "policy_tokens")}
+    stock = _stock_step(model_dir, list(trainer.train_dataset["prompt"]), tokens["trajectory_tokens"], workdir)
 
     def med(name, which):  # which: 0 cpu, 1 wall
         return statistics.median(s.get(name, (0.0, 0.0))[which] for s in steady)
@@ -239,7 +247,7 @@ def bench_rollout(workdir: Path) -> dict:
         "trainer_rollout_timings_s": dict(trainer.rollout_timings),
         **out,
         "n_steady_steps": len(calls),
-        "trajectory_tokens": trajectory_tokens, "longest_trajectory_tokens": longest,
+        **tokens,
         "stock": stock,
         "ratio_cpu": out["cpu_s"]["step"] / stock["cpu_s"], "ratio_wall": out["wall_s"]["step"] / stock["wall_s"],
     }
@@ -322,17 +330,17 @@ def section(r: dict, heading: str) -> str:
         if "stock" in o:
             st = o["stock"]
             lines += [f"Step time, DeepRecTrainer / stock GRPOTrainer (same model, prompts and batch; stock samples "
-                      f"one turn forced to the trajectory's mean length, {st['completion_tokens']:,} tokens, constant "
-                      f"reward): {c['step']:.3f} s vs {st['cpu_s']:.3f} s CPU ({w['step']:.3f} s vs "
-                      f"{st['wall_s']:.3f} s wall), **{o['ratio_cpu']:.3f}x** CPU ({o['ratio_wall']:.3f}x wall); "
-                      f"target <= 1.10x. Of that, rollout + scoring {c['step'] - c['update']:.3f} s vs "
-                      f"{st['batch_cpu_s']:.3f} s (stock: one batched `generate` with one KV cache; DeepRec: one "
-                      f"per turn, each re-reading the grown context) and update (median step - median batch, as "
-                      f"for DeepRec) {c['update']:.3f} s vs {st['cpu_s'] - st['batch_cpu_s']:.3f} s: both are one "
-                      "forward of TRL's `_get_per_token_logps_and_entropies` + backward over rows of the same mean "
-                      "length, and DeepRec's are padded only to the batch's longest "
-                      f"({o.get('longest_trajectory_tokens', '?')} tokens, median step): the update gap is not "
-                      "explained yet. The stock run comes second in the process, not alternated.", ""]
+                      f"one turn forced to the DeepRec rows' mean length, {st['completion_tokens']:,} tokens = the "
+                      f"{o['policy_tokens']:,} the policy wrote + the injected item lists, so both losses run over "
+                      f"rows of the same length; constant reward): {c['step']:.3f} s vs {st['cpu_s']:.3f} s CPU "
+                      f"({w['step']:.3f} s vs {st['wall_s']:.3f} s wall), **{o['ratio_cpu']:.3f}x** CPU "
+                      f"({o['ratio_wall']:.3f}x wall); target <= 1.10x. Of that, rollout + scoring "
+                      f"{c['step'] - c['update']:.3f} s vs {st['batch_cpu_s']:.3f} s (stock samples every token in "
+                      "one batched `generate`; DeepRec samples only its own tokens, one `generate` per turn that "
+                      "re-reads the grown context, and injects the lists) and update (median step - median batch) "
+                      f"{c['update']:.3f} s vs {st['cpu_s'] - st['batch_cpu_s']:.3f} s (DeepRec's rows are padded to "
+                      f"the batch's longest, {o['longest_trajectory_tokens']:,} tokens). The stock run comes second "
+                      "in the process, not alternated.", ""]
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 """bench.results' report: mean +- std over seeds, the list / next-item split, targets, figures, caches."""
 import json
 import statistics
+from pathlib import Path
 
 import bench.results as results
 
@@ -62,6 +63,23 @@ def test_cached_parts_are_reused_and_report_only_runs_nothing(tmp_path, monkeypa
     assert results.main(["--quick", "--report", "--output", str(tmp_path / "R.md")]) == 0
     assert called == []
     assert "| SFT | 2 |" in (tmp_path / "R.md").read_text()
+
+
+def test_an_rl_part_cached_with_other_overrides_is_rerun(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "REPO", tmp_path)
+    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
+    monkeypatch.setattr(results, "RL_OVERRIDES", ["--learning_rate", "1e-4"])
+    for name, overrides in (("grpo", []), ("gspo", ["--learning_rate", "1e-4"])):
+        part = tmp_path / "results" / "results_run" / "quick" / name
+        part.mkdir(parents=True)
+        (part / "part.json").write_text(json.dumps({"rows": [], "settings": results.QUICK.key(),
+                                                    "rl_overrides": overrides}))
+    called = []
+    monkeypatch.setattr(results, "PART_FUNCS", {k: (lambda ctx, k=k: called.append(k) or {}) for k in results.PARTS})
+    results.main(["--quick", "--only", "grpo", "gspo", "--output", str(tmp_path / "R.md")])
+    assert called == ["grpo"]  # gspo's cache ran with today's overrides, grpo's without
+    saved = json.loads((tmp_path / "results" / "results_run" / "quick" / "grpo" / "part.json").read_text())
+    assert saved["rl_overrides"] == ["--learning_rate", "1e-4"]
 
 
 def test_set_overrides_budgets_and_rejects_unknown_keys(tmp_path, monkeypatch, capsys):
@@ -132,3 +150,40 @@ def test_evaluate_keeps_the_training_seed_of_a_row(tmp_path):
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"ndcg@10": 0.1, "seed": 42}))
     row = {"method": "SFT", "seed": 2, **ctx.evaluate(tmp_path / "eval", [])}  # cached: nothing runs
     assert row["seed"] == 2 and row["eval_seed"] == 42
+
+
+def test_rl_part_scores_the_checkpoint_best_on_validation(tmp_path, monkeypatch):
+    """The test split is scored at the validation-best checkpoint, per seed; the test rows choose nothing."""
+    settings = results.Settings(**results.QUICK.key())
+    settings.seeds = [0, 1]
+    (tmp_path / "sft" / "seed0" / "model").mkdir(parents=True)
+    (tmp_path / "sft" / "seed0" / "model" / "config.json").write_text("{}")
+    val_by_seed = {0: {10: 0.05, 20: 0.04}, 1: {10: 0.03, 20: 0.03}}  # seed 1: a tie -> the earlier step
+    evaluated = []
+
+    def fake_run(self, args, log, done=None):
+        if "train_rank_grpo.py" in args[1]:
+            out = Path(args[args.index("--output_dir") + 1])
+            (out / "checkpoint-10").mkdir(parents=True)
+            (out / "config.json").write_text("{}")
+        elif "eval_val.py" in args[1]:
+            run_dir = Path(args[args.index("--run_dir") + 1])
+            seed = int(run_dir.parent.name.removeprefix("seed"))
+            lines = ["step,ndcg@10"] + [f"{k},{v}" for k, v in val_by_seed[seed].items()]
+            (run_dir / "eval_validation.csv").write_text("\n".join(lines) + "\n")
+        else:  # eval_test.py
+            model = args[args.index("--model_path") + 1]
+            evaluated.append(model)
+            out = Path(args[args.index("--output_dir") + 1])
+            out.mkdir(parents=True)
+            (out / "metrics.json").write_text(json.dumps({"ndcg@10": 0.1}))
+
+    monkeypatch.setattr(results.Ctx, "run", fake_run)
+    ctx = results.Ctx(settings=settings, mode="quick", root=tmp_path / "grpo", force=False, tag="grpo")
+    part = results.PART_FUNCS["grpo"](ctx)
+    assert [r["selected_step"] for r in part["rows"]] == [10, 10]
+    assert evaluated == [str(tmp_path / "grpo" / f"seed{s}" / "model" / "checkpoint-10") for s in (0, 1)]
+    assert results.best_checkpoint([{"step": 10.0, "ndcg@10": 0.01}, {"step": 20.0, "ndcg@10": 0.02}], 20) == 20
+    assert results.best_checkpoint([], 20) == 20
+    lines = results._selection_lines(part["rows"], settings)
+    assert "Steps picked, by seed: GRPO 10/10." in lines[0]

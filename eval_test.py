@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--episode_config", default=None,
                      help="deeprec: a train_deeprec.py YAML; its " + ", ".join(EPISODE_KEYS) + " (max_new_tokens "
                           "= its max_trajectory_tokens) become the defaults, so the episodes are those the model "
-                          "was trained with; flags on the command line still win")
+                          "was trained with (a field it leaves out: train_deeprec.py's default); flags on the "
+                          "command line still win")
     rec.add_argument("--target_only", action="store_true",
                      help="score the next item (`target`) only, as DeepRec and RecPO report; default: `groundtruth`")
     parser.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
@@ -179,8 +180,13 @@ EPISODE_KEYS = {"prompt_style": "prompt_style", "category": "category", "max_cal
 
 
 def episode_defaults(path: str) -> dict:
-    """The EPISODE_KEYS of a train_deeprec.py YAML (SystemExit naming the file and a missing field)."""
+    """The EPISODE_KEYS of a train_deeprec.py YAML; a field the file leaves out is DeepRecConfig's default, the
+    value train_deeprec.py trained with (SystemExit naming the file when it cannot be read)."""
+    import dataclasses
+
     import yaml
+
+    from trainers.deeprec import DeepRecConfig
 
     try:
         with open(path, encoding="utf-8") as fh:
@@ -189,11 +195,12 @@ def episode_defaults(path: str) -> dict:
         raise SystemExit(f"error: --episode_config {path}: {err.strerror}")
     if not isinstance(config, dict):
         raise SystemExit(f"error: --episode_config {path}: expected a YAML mapping of train_deeprec.py options")
+    defaults = {f.name: f.default for f in dataclasses.fields(DeepRecConfig)}
     missing = [field for field in EPISODE_KEYS.values() if field not in config]
     if missing:
-        raise SystemExit(f"error: --episode_config {path}: no {', '.join(missing)} (write them out: a field left "
-                         "to train_deeprec.py's default is not read from here)")
-    return {option: config[field] for option, field in EPISODE_KEYS.items()}
+        print(f"[eval_test] --episode_config {path}: {', '.join(f'{k}={defaults[k]!r}' for k in missing)} "
+              "(train_deeprec.py's defaults: not in the file)")
+    return {option: config.get(field, defaults[field]) for option, field in EPISODE_KEYS.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -96,7 +96,7 @@ def test_eval_test_deeprec_episode_budgets_reach_the_loop(trm_setup, monkeypatch
     assert (metrics["retrieve_k"], metrics["max_turn_tokens"]) == (3, 8)
 
 
-def test_eval_test_episode_config_sets_the_trained_episode_and_flags_win(tmp_path):
+def test_eval_test_episode_config_sets_the_trained_episode_and_flags_win(tmp_path, capsys):
     import eval_test
 
     base = ["--recommender", "deeprec", "--model_path", "m", "--dataset_path", "d"]
@@ -107,10 +107,12 @@ def test_eval_test_episode_config_sets_the_trained_episode_and_flags_win(tmp_pat
                                      "configs/tiny/deeprec_ml100k_stage1.yaml"])
     assert a.retrieve_k == 4 and a.max_calls == 3  # an explicit flag wins, wherever it stands
     assert eval_test.parse_args(base).retrieve_k == 20  # no config: the paper's defaults
-    bad = tmp_path / "partial.yaml"
-    bad.write_text("max_calls: 2\nretrieve_k: 3\n")
-    with pytest.raises(SystemExit, match=r"partial\.yaml: no prompt_style, category, max_turn_tokens, "
-                                         r"max_trajectory_tokens"):
-        eval_test.parse_args(base + ["--episode_config", str(bad)])
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("max_calls: 2\nretrieve_k: 3\n")
+    a = eval_test.parse_args(base + ["--episode_config", str(partial)])
+    # the fields the file leaves out are what train_deeprec.py trained with: DeepRecConfig's defaults
+    assert (a.max_calls, a.retrieve_k) == (2, 3)
+    assert (a.prompt_style, a.category, a.max_turn_tokens, a.max_new_tokens) == ("completion", "items", None, 16384)
+    assert "max_trajectory_tokens=16384" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"missing\.yaml: No such file"):
         eval_test.parse_args(base + ["--episode_config", str(tmp_path / "missing.yaml")])

@@ -30,14 +30,12 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 
-from bench.common import REPO, machine
+from bench.common import REPO, StepClock, machine
 
 GAMES_DATA = REPO / "processed_datasets" / "amazon18-games"
 STEPS, BATCH, G, N_CALLS, TURN_WORDS, TEXT_DIM = 4, 8, 4, 3, 40, 384
@@ -45,29 +43,10 @@ MAX_TRAJECTORY_TOKENS = 4096  # three 20-title Games lists are ~1.5k tiny-BPE to
 COMPLETION_START = "Assistant:\n<think>\n"  # where the completion-style prompt ends
 
 
-class _Clock:
-    """CPU and wall seconds accumulated under names (one dict per step)."""
-
-    def __init__(self):
-        self.steps: list[dict] = []
-        self.current: dict = {}
-
-    def add(self, name, cpu, wall):
-        c, w = self.current.get(name, (0.0, 0.0))
-        self.current[name] = (c + cpu, w + wall)
-
-    def timed(self, name, fn, *a, **kw):
-        c0, w0 = time.process_time(), time.perf_counter()
-        try:
-            return fn(*a, **kw)
-        finally:
-            self.add(name, time.process_time() - c0, time.perf_counter() - w0)
-
-
 class TimedRetriever:
     """The retriever, with ``retrieve`` timed (everything else delegated)."""
 
-    def __init__(self, retriever, clock: _Clock):
+    def __init__(self, retriever, clock: StepClock):
         self._r, self._clock = retriever, clock
 
     def retrieve(self, *a, **kw):
@@ -80,7 +59,7 @@ class TimedRetriever:
 class ScriptedCostGenerator:
     """Real sampling cost, scripted text (module docstring). ``generate(rows, max_new_tokens)`` -> scripted ids."""
 
-    def __init__(self, model, tok, clock: _Clock, titles_of_history, decode):
+    def __init__(self, model, tok, clock: StepClock, titles_of_history, decode):
         self.model, self.tok, self.clock, self.decode = model, tok, clock, decode
         self.titles_of_history = titles_of_history  # prompt text -> history titles
         self.encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
@@ -134,19 +113,6 @@ class ScriptedCostGenerator:
         return [(s[:cap], None) for s, cap in zip(segments, max_new_tokens)]
 
 
-class StepClock(TrainerCallback):
-    def __init__(self, clock: _Clock):
-        self.clock = clock
-
-    def on_step_begin(self, args, state, control, **kw):
-        self.clock.current = {}
-        self._c, self._w = time.process_time(), time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.clock.add("step", time.process_time() - self._c, time.perf_counter() - self._w)
-        self.clock.steps.append(self.clock.current)
-
-
 def _random_trm(catalog_ids, encoder):
     from retrieval.model import TRM, TRMConfig
     from retrieval.retriever import TRMRetriever
@@ -174,7 +140,7 @@ def bench_rollout(workdir: Path) -> dict:
     splits, catalog = load_processed(GAMES_DATA)
     train = splits["train"].select(range(BATCH // G * (STEPS + 1))).select_columns(["history", "target", "seen"])
     encoder = load_text_encoder()
-    clock = _Clock()
+    clock = StepClock()
     retriever = TimedRetriever(_random_trm(list(catalog.ids), encoder), clock)
     model_dir = workdir / "tiny_games"
     build_tiny_model(model_dir, dataset_path=str(GAMES_DATA), hidden_size=128, num_layers=4, intermediate_size=256,
@@ -216,7 +182,7 @@ def bench_rollout(workdir: Path) -> dict:
                          logging_steps=1, save_strategy="no", report_to="none", seed=0, disable_tqdm=True)
     trainer = Timed(model=model, args=args, train_dataset=train, processing_class=tok, catalog=catalog,
                     retriever=retriever)
-    trainer.add_callback(StepClock(clock))
+    trainer.add_callback(clock)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "rewards/format/mean" in h]
     steady = clock.steps[1:]
@@ -261,7 +227,7 @@ def _stock_step(model_dir: Path, prompts: list[str], completion_tokens: int, wor
     from modeling.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(model_dir, padding_side="left")
-    clock = _Clock()
+    clock = StepClock()
 
     class TimedStock(GRPOTrainer):
         def _generate_and_score_completions(self, inputs):
@@ -275,7 +241,7 @@ def _stock_step(model_dir: Path, prompts: list[str], completion_tokens: int, wor
                         generation_kwargs={"min_new_tokens": completion_tokens}, learning_rate=2e-5, beta=0.0,
                         use_cpu=True, bf16=False, activation_checkpointing=False, logging_steps=1,
                         save_strategy="no", report_to="none", seed=0, disable_tqdm=True))
-    trainer.add_callback(StepClock(clock))
+    trainer.add_callback(clock)
     trainer.train()
     steady = clock.steps[1:]
     med = lambda name, which: statistics.median(s[name][which] for s in steady)  # noqa: E731

@@ -35,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 
-from bench.common import REPO, RESULTS_DIR, SHARED_DATA, machine
+from bench.common import REPO, RESULTS_DIR, SHARED_DATA, StepClock, machine
 
 N_TRAJ, DIM, N_HISTORY, TAU, CUTOFF = 48, 576, 20, 0.02, 1000
 GAMES_ITEMS = SHARED_DATA / "amazon18_games_llmrank" / "Games.item"
@@ -180,18 +179,6 @@ def bench_refresh(workdir: Path) -> dict:
 
 
 # ================================================================================================ 3. step time
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.wall, self.cpu = [], []
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._w, self._c = time.perf_counter(), time.process_time()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.wall.append(time.perf_counter() - self._w)
-        self.cpu.append(time.process_time() - self._c)
-
-
 def _timed(cls, parts: dict):
     """A subclass of trainer ``cls`` adding the CPU seconds of its phases to ``parts`` (lists, one per call)."""
 
@@ -250,7 +237,7 @@ def bench_step(workdir: Path) -> dict:
                 model=model, train_dataset=raw, processing_class=tok, catalog=catalog,
                 args=RecPOConfig(output_dir=str(workdir / kind), refresh_steps=10_000, item_batch_size=64,
                                  category="movies", **common))
-        timer = StepTimer()
+        timer = StepClock()
         trainer.add_callback(timer)
         trainer.train()
         steady = {k: statistics.median(v[1:]) for k, v in parts.items() if len(v) > 1}

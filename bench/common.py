@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: timing by repeated runs (median), and the BENCHMARKS.md section writer."""
+"""Shared benchmark helpers: timing by repeated runs (median), a per-step clock for trainers, the machine line."""
 from __future__ import annotations
 
 import platform
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -29,3 +30,37 @@ def median_seconds(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -
 def machine() -> str:
     return (f"{platform.machine()}, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
             f"torch {torch.__version__}")
+
+
+class StepClock(TrainerCallback):
+    """A trainer callback timing each optimizer step: its process CPU and wall seconds (``cpu``, ``wall``) and the
+    phases timed inside it (``steps``: one dict per step, name -> (cpu s, wall s), filled by ``timed`` / ``add``,
+    with "step" the whole step)."""
+
+    def __init__(self):
+        self.cpu: list[float] = []
+        self.wall: list[float] = []
+        self.steps: list[dict] = []
+        self.current: dict = {}
+
+    def add(self, name: str, cpu: float, wall: float) -> None:
+        c, w = self.current.get(name, (0.0, 0.0))
+        self.current[name] = (c + cpu, w + wall)
+
+    def timed(self, name: str, fn, *a, **kw):
+        c0, w0 = time.process_time(), time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            self.add(name, time.process_time() - c0, time.perf_counter() - w0)
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.current = {}
+        self._c, self._w = time.process_time(), time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        cpu, wall = time.process_time() - self._c, time.perf_counter() - self._w
+        self.cpu.append(cpu)
+        self.wall.append(wall)
+        self.add("step", cpu, wall)
+        self.steps.append(self.current)

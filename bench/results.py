@@ -537,13 +537,38 @@ def _figures(parts: dict[str, dict], tag: str, md_dir: Path) -> list[str]:
     return lines
 
 
-def _span_minutes(stamped: list[dict]) -> float | None:
-    """Minutes from the earliest part start to the latest part end (the stamps are UTC minutes)."""
-    if not stamped:
-        return None
-    parse = lambda t: datetime.datetime.strptime(t, "%Y-%m-%d %H:%M")  # noqa: E731
-    span = max(parse(p["finished"]) for p in stamped) - min(parse(p["started"]) for p in stamped)
-    return span.total_seconds() / 60
+def _run_windows(parts: dict[str, dict]) -> list[tuple[str, str, list[str]]]:
+    """The runs the stamped parts came from, as (first start, last finish, part names), grouped by the run's own
+    start (`run_started`); parts cached without it are grouped by overlapping or touching (start, finish)."""
+    groups: dict[str, list[tuple[str, str, str]]] = {}
+    loose = []
+    for name, p in parts.items():
+        if "started" in p:
+            (groups.setdefault(p["run_started"], []) if "run_started" in p else loose).append(
+                (p["started"], p["finished"], name))
+    windows = [(min(x[0] for x in g), max(x[1] for x in g), [x[2] for x in sorted(g)]) for g in groups.values()]
+    for start, finish, name in sorted(loose):
+        last = next((w for w in reversed(windows) if w[2] and parts[w[2][0]].get("run_started") is None), None)
+        if last is not None and start <= last[1]:
+            windows[windows.index(last)] = (last[0], max(last[1], finish), last[2] + [name])
+        else:
+            windows.append((start, finish, [name]))
+    return sorted(windows)
+
+
+def _window_minutes(window: tuple[str, str, list[str]]) -> float:
+    parse = lambda t: datetime.datetime.strptime(t, "%Y-%m-%d %H:%M")  # noqa: E731  (the stamps are UTC minutes)
+    return (parse(window[1]) - parse(window[0])).total_seconds() / 60
+
+
+def _windows_text(windows: list[tuple[str, str, list[str]]]) -> str:
+    if not windows:
+        return ""
+    if len(windows) == 1:
+        return (f"{_window_minutes(windows[0]):.0f} min from the first part's start to the last part's end (parts run "
+                "side by side); ")
+    each = "; ".join(f"{w[0]}-{w[1][-5:]} UTC, {_window_minutes(w):.0f} min: {', '.join(w[2])}" for w in windows)
+    return f"the parts come from {len(windows)} runs ({each}); "
 
 
 def write_results(parts: dict[str, dict], mode: str, settings: Settings, started: str, load: tuple, out: Path,
@@ -567,13 +592,14 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         started = f"{min(p['started'] for p in stamped)} UTC" if not unstamped else started
         first, last = min(stamped, key=lambda p: p["started"]), max(stamped, key=lambda p: p["finished"])
         load, end_load = first["load_start"], last["load_end"]
-    span = _span_minutes(stamped)
+    windows = _run_windows(parts)
     if mode.startswith("quick"):
         label = "a `--quick` run (1 seed, short runs, fewer test rows: NOT the full benchmark)"
     elif mode != "full":  # --set overrides: the budgets differ from FULL (see Settings below)
         label = f"a run with overridden budgets (`{mode}`: NOT the full benchmark; see Settings)"
     else:
-        label = "the full `make results` run"
+        label = "the full `make results` run" if len(windows) <= 1 else \
+            f"the full `make results` settings, its parts from {len(windows)} runs (which ran when: next line)"
     lines = [
         "# Results",
         "",
@@ -583,8 +609,7 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         f"{load[2]:.1f} at the start and {end_load[0]:.1f}/{end_load[1]:.1f}/{end_load[2]:.1f} at the end "
         "(other jobs shared the cores: read the CPU minutes, which are this run's own user+system time; the wall "
         f"minutes grow with the load). Total: {sum(p.get('cpu_s', 0) for p in parts.values()) / 60:.1f} CPU min; "
-        + (f"{span:.0f} min from the first part's start to the last part's end (parts run side by side); " if span
-           else "") + f"the parts' wall minutes add up to {sum(p.get('wall_s', 0) for p in parts.values()) / 60:.1f}.",
+        + _windows_text(windows) + f"the parts' wall minutes add up to {sum(p.get('wall_s', 0) for p in parts.values()) / 60:.1f}.",
         "",
         f"Settings: `{json.dumps(settings.key())}`; RL overrides of configs/tiny/rank_grpo_ml100k.yaml: "
         f"{' '.join(RL_OVERRIDES) or 'none'}. Metrics are means ± sample std over seeds (a single value = one seed), "
@@ -714,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[results] {name} FAILED: {err}", flush=True)
             return
         result.update(settings=settings.key(), rl_overrides=overrides_of(name), cpu_s=ctx.cpu_s, wall_s=ctx.wall_s,
-                      started=part_started, finished=datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
+                      run_started=started, started=part_started, finished=datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
                       load_start=part_load, load_end=os.getloadavg())
         (root / "part.json").write_text(json.dumps(result, indent=1))
         parts[name] = result

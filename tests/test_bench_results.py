@@ -187,3 +187,27 @@ def test_rl_part_scores_the_checkpoint_best_on_validation(tmp_path, monkeypatch)
     assert results.best_checkpoint([], 20) == 20
     lines = results._selection_lines(part["rows"], settings)
     assert "Steps picked, by seed: GRPO 10/10." in lines[0]
+
+
+def test_report_names_each_run_the_cached_parts_came_from(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
+    stamp = lambda a, b: {"started": f"2026-12-01 {a}", "finished": f"2026-12-01 {b}",  # noqa: E731
+                          "load_start": [1, 1, 1], "load_end": [2, 2, 2]}
+    parts = _parts()
+    parts["sft"] |= stamp("15:24", "16:03")
+    parts["popularity"] |= stamp("15:26", "15:27")
+    parts["grpo"] |= stamp("18:44", "19:14") | {"run_started": "2026-12-01 18:44"}
+    parts["rank_grpo_exp_inf"] |= stamp("19:20", "19:44") | {"run_started": "2026-12-01 18:44"}  # a gap, same run
+    parts["deeprec"] |= stamp("16:29", "16:35")  # no run_started, no overlap: a run of its own
+    assert [(w[0][-5:], w[1][-5:], w[2]) for w in results._run_windows(parts)] == [
+        ("15:24", "16:03", ["sft", "popularity"]), ("16:29", "16:35", ["deeprec"]),
+        ("18:44", "19:44", ["grpo", "rank_grpo_exp_inf"])]
+    out = tmp_path / "R.md"
+    results.write_results(parts, "full", results.FULL, "2026-12-01 20:00", (1.0, 1.0, 1.0), out, {})
+    text = out.read_text()
+    assert "its parts from 3 runs" in text
+    assert ("the parts come from 3 runs (2026-12-01 15:24-16:03 UTC, 39 min: sft, popularity; 2026-12-01 "
+            "16:29-16:35 UTC, 6 min: deeprec; 2026-12-01 18:44-19:44 UTC, 60 min: grpo, rank_grpo_exp_inf); ") in text
+    del parts["grpo"], parts["rank_grpo_exp_inf"], parts["deeprec"]
+    results.write_results(parts, "full", results.FULL, "2026-12-01 20:00", (1.0, 1.0, 1.0), out, {})
+    assert "39 min from the first part's start to the last part's end" in out.read_text()

@@ -481,6 +481,14 @@ def _table(rows: list[dict], protocol: str, cpu_by_method: dict[str, float]) -> 
     return out
 
 
+def _overrides_text(parts: dict[str, dict]) -> str:
+    """The RL_OVERRIDES the RL parts in the report ran with (from their caches: a report can outlive a change)."""
+    ran = {name: " ".join(p.get("rl_overrides", [])) or "none" for name, p in parts.items() if name in RL_METHODS}
+    if len(set(ran.values())) > 1:
+        return "; ".join(f"{name}: {value}" for name, value in ran.items())
+    return next(iter(ran.values()), " ".join(RL_OVERRIDES) or "none")
+
+
 def _selection_lines(rows: list[dict], settings: Settings) -> list[str]:
     """Which checkpoint each RL seed was scored at (bench.results.best_checkpoint)."""
     picked: dict[str, list[str]] = {}
@@ -609,10 +617,11 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         f"{load[2]:.1f} at the start and {end_load[0]:.1f}/{end_load[1]:.1f}/{end_load[2]:.1f} at the end "
         "(other jobs shared the cores: read the CPU minutes, which are this run's own user+system time; the wall "
         f"minutes grow with the load). Total: {sum(p.get('cpu_s', 0) for p in parts.values()) / 60:.1f} CPU min; "
-        + _windows_text(windows) + f"the parts' wall minutes add up to {sum(p.get('wall_s', 0) for p in parts.values()) / 60:.1f}.",
+        + _windows_text(windows) + "the parts' wall minutes add up to "
+        f"{sum(p.get('wall_s', 0) for p in parts.values()) / 60:.1f}.",
         "",
         f"Settings: `{json.dumps(settings.key())}`; RL overrides of configs/tiny/rank_grpo_ml100k.yaml: "
-        f"{' '.join(RL_OVERRIDES) or 'none'}. Metrics are means ± sample std over seeds (a single value = one seed), "
+        f"{_overrides_text(parts)}. Metrics are means ± sample std over seeds (a single value = one seed), "
         "on a seeded subset of the test split (the same rows for every model); greedy decoding, packed protocol.",
         "",
         "## ML-100k, tiny model, list protocol (10 held-out items; each RL seed starts from its seed's SFT, or from "
@@ -739,8 +748,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[results] {name} FAILED: {err}", flush=True)
             return
         result.update(settings=settings.key(), rl_overrides=overrides_of(name), cpu_s=ctx.cpu_s, wall_s=ctx.wall_s,
-                      run_started=started, started=part_started, finished=datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
-                      load_start=part_load, load_end=os.getloadavg())
+                      run_started=started, started=part_started,
+                      finished=datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), load_start=part_load,
+                      load_end=os.getloadavg())
         (root / "part.json").write_text(json.dumps(result, indent=1))
         parts[name] = result
         print(f"[results] {name}: {ctx.cpu_s / 60:.1f} CPU min, {ctx.wall_s / 60:.1f} wall min "

@@ -211,3 +211,12 @@ def test_report_names_each_run_the_cached_parts_came_from(tmp_path, monkeypatch)
     del parts["grpo"], parts["rank_grpo_exp_inf"], parts["deeprec"]
     results.write_results(parts, "full", results.FULL, "2026-12-01 20:00", (1.0, 1.0, 1.0), out, {})
     assert "39 min from the first part's start to the last part's end" in out.read_text()
+
+
+def test_report_prints_the_overrides_the_rl_parts_ran_with():
+    parts = _parts()
+    parts["grpo"]["rl_overrides"] = ["--learning_rate", "1e-4"]
+    parts["rank_grpo_exp_inf"]["rl_overrides"] = ["--learning_rate", "1e-4"]
+    assert results._overrides_text(parts) == "--learning_rate 1e-4"
+    parts["rank_grpo_exp_inf"]["rl_overrides"] = []  # a cache from before a change: both are named
+    assert results._overrides_text(parts) == "grpo: --learning_rate 1e-4; rank_grpo_exp_inf: none"

@@ -21,7 +21,7 @@ test: install
 bench: install
 	$(PY) -m bench.run_all
 
-## results: the learning benchmark (every method, 3 seeds, CPU; 86 min on 2 cores, two parts at a time); writes RESULTS.md + docs/results/*.png
+## results: the learning benchmark (every method, 3 seeds, CPU, two parts at a time; an estimated ~2 h on 2 cores, docs/results/NOTES.md item 10); writes RESULTS.md + docs/results/*.png
 ##          (`python -m bench.results --quick` for the short version; parts are cached in results/results_run/)
 results: install
 	$(PY) -m bench.results $(RESULTS_ARGS)

@@ -555,13 +555,13 @@ def _run_windows(parts: dict[str, dict]) -> list[tuple[str, str, list[str]]]:
             (groups.setdefault(p["run_started"], []) if "run_started" in p else loose).append(
                 (p["started"], p["finished"], name))
     windows = [(min(x[0] for x in g), max(x[1] for x in g), [x[2] for x in sorted(g)]) for g in groups.values()]
+    merged: list[tuple[str, str, list[str]]] = []
     for start, finish, name in sorted(loose):
-        last = next((w for w in reversed(windows) if w[2] and parts[w[2][0]].get("run_started") is None), None)
-        if last is not None and start <= last[1]:
-            windows[windows.index(last)] = (last[0], max(last[1], finish), last[2] + [name])
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], finish), merged[-1][2] + [name])
         else:
-            windows.append((start, finish, [name]))
-    return sorted(windows)
+            merged.append((start, finish, [name]))
+    return sorted(windows + merged)
 
 
 def _window_minutes(window: tuple[str, str, list[str]]) -> float:

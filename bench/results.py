@@ -72,16 +72,18 @@ class Settings:
 FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=100, sft_steps=1000, n_sft_seeds=1,
                 rl_steps=60, rl_save_steps=20, recpo_steps=20, deeprec_ws_steps=150, deeprec_steps=4,
                 redial_n_test=48, redial_sft_steps=40, redial_rl_steps=6)
-QUICK = Settings(seeds=[0], n_test=200, n_val=64, n_test_agent=48, sft_steps=300, n_sft_seeds=1, rl_steps=20,
-                 rl_save_steps=10, recpo_steps=10, deeprec_ws_steps=40, deeprec_steps=2, redial_n_test=32,
-                 redial_sft_steps=10, redial_rl_steps=2)
+QUICK = Settings(seeds=[0], n_test=100, n_val=32, n_test_agent=24, sft_steps=200, n_sft_seeds=1, rl_steps=10,
+                 rl_save_steps=5, recpo_steps=6, deeprec_ws_steps=20, deeprec_steps=1, redial_n_test=16,
+                 redial_sft_steps=6, redial_rl_steps=1)
 
 # RL on the tiny SFT model (ML-100k parts only; ReDial has its own config): configs/tiny/rank_grpo_ml100k.yaml
 # (temperature 0.7, G 4, beta 1e-3) with 8 prompts a step instead of 4 and lr 1e-4 instead of 5e-5, tuned on
 # ML-100k validation rows (docs/results/NOTES.md item 9: 3 seeds rose steadily, where 4 prompts at 5e-5 or 8 at
-# 5e-5 did not); part of each RL part's cache key.
-RL_OVERRIDES: list[str] = ["--per_device_train_batch_size", "32", "--learning_rate", "1e-4",
-                           "--max_train_samples", "4000"]
+# 5e-5 did not); part of each RL part's cache key. --quick keeps the config's 4 prompts a step: it checks the
+# pipeline in 20 minutes, and 8 prompts a step doubled its RL parts.
+RL_OVERRIDES: dict[str, list[str]] = {
+    "full": ["--per_device_train_batch_size", "32", "--learning_rate", "1e-4", "--max_train_samples", "4000"],
+    "quick": []}
 RL_METHODS = {  # part -> (label, train_rank_grpo.py arguments)
     "grpo": ("GRPO", ["--algorithm", "grpo"]),
     "rank_grpo_exp_inf": ("Rank-GRPO (exp_inf)", ["--algorithm", "rank_grpo", "--reward_func", "exp_inf"]),
@@ -100,9 +102,10 @@ START_ORDER = ["data", "sft", "trm", "popularity", "redial", "deeprec", "rank_gr
                "gspo", "recpo"]
 
 
-def overrides_of(part: str) -> list[str]:
-    """The RL_OVERRIDES a part ran with (part of its cache key: a part run with other overrides is rerun)."""
-    return list(RL_OVERRIDES) if part in RL_METHODS else []
+def overrides_of(part: str, mode: str) -> list[str]:
+    """The RL_OVERRIDES a part runs with in a mode ("full", "quick", or either with --set suffixes); part of its
+    cache key: a part run with other overrides is rerun."""
+    return list(RL_OVERRIDES[mode.split("-")[0]]) if part in RL_METHODS else []
 
 
 class PartFailed(RuntimeError):
@@ -284,7 +287,7 @@ def _rl_part(name: str):
             ctx.run([PY, "train_rank_grpo.py", "--config", "configs/tiny/rank_grpo_ml100k.yaml",
                      "--model_name", str(start), "--dataset_path", ML_DATA, "--output_dir", str(out),
                      "--seed", str(seed), "--max_steps", str(s.rl_steps), "--save_steps", str(s.rl_save_steps),
-                     *algo_args, *RL_OVERRIDES],
+                     *algo_args, *overrides_of(name, ctx.mode)],
                     out.parent / "train.log", done=out / "config.json")
             # model selection on validation rows only: the checkpoint with the best validation NDCG@10 is scored on
             # test (one RL seed's curve goes up and down by 20%: docs/results/NOTES.md items 7-9)
@@ -486,7 +489,7 @@ def _overrides_text(parts: dict[str, dict]) -> str:
     ran = {name: " ".join(p.get("rl_overrides", [])) or "none" for name, p in parts.items() if name in RL_METHODS}
     if len(set(ran.values())) > 1:
         return "; ".join(f"{name}: {value}" for name, value in ran.items())
-    return next(iter(ran.values()), " ".join(RL_OVERRIDES) or "none")
+    return next(iter(ran.values()), "none")
 
 
 def _selection_lines(rows: list[dict], settings: Settings) -> list[str]:
@@ -725,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         wanted = not args.report and (args.only is None or name in args.only)
         if cache.exists() and not (wanted and args.force):
             cached = json.loads(cache.read_text())
-            same = cached.get("settings") == settings.key() and cached.get("rl_overrides", []) == overrides_of(name)
+            same = cached.get("settings") == settings.key() and cached.get("rl_overrides", []) == overrides_of(name, mode)
             if same or not wanted:
                 parts[name] = cached
                 print(f"[results] {name}: cached", flush=True)
@@ -747,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
             failures[name] = str(err)
             print(f"[results] {name} FAILED: {err}", flush=True)
             return
-        result.update(settings=settings.key(), rl_overrides=overrides_of(name), cpu_s=ctx.cpu_s, wall_s=ctx.wall_s,
+        result.update(settings=settings.key(), rl_overrides=overrides_of(name, mode), cpu_s=ctx.cpu_s, wall_s=ctx.wall_s,
                       run_started=started, started=part_started,
                       finished=datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), load_start=part_load,
                       load_end=os.getloadavg())

@@ -68,7 +68,7 @@ def test_cached_parts_are_reused_and_report_only_runs_nothing(tmp_path, monkeypa
 def test_an_rl_part_cached_with_other_overrides_is_rerun(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "REPO", tmp_path)
     monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
-    monkeypatch.setattr(results, "RL_OVERRIDES", ["--learning_rate", "1e-4"])
+    monkeypatch.setattr(results, "RL_OVERRIDES", {"full": [], "quick": ["--learning_rate", "1e-4"]})
     for name, overrides in (("grpo", []), ("gspo", ["--learning_rate", "1e-4"])):
         part = tmp_path / "results" / "results_run" / "quick" / name
         part.mkdir(parents=True)
@@ -80,6 +80,9 @@ def test_an_rl_part_cached_with_other_overrides_is_rerun(tmp_path, monkeypatch):
     assert called == ["grpo"]  # gspo's cache ran with today's overrides, grpo's without
     saved = json.loads((tmp_path / "results" / "results_run" / "quick" / "grpo" / "part.json").read_text())
     assert saved["rl_overrides"] == ["--learning_rate", "1e-4"]
+    monkeypatch.undo()
+    assert results.overrides_of("grpo", "full-sft_steps400") == results.RL_OVERRIDES["full"] != []
+    assert results.overrides_of("grpo", "quick") == [] and results.overrides_of("recpo", "full") == []
 
 
 def test_set_overrides_budgets_and_rejects_unknown_keys(tmp_path, monkeypatch, capsys):
@@ -155,7 +158,7 @@ def test_evaluate_keeps_the_training_seed_of_a_row(tmp_path):
 def test_rl_part_scores_the_checkpoint_best_on_validation(tmp_path, monkeypatch):
     """The test split is scored at the validation-best checkpoint, per seed; the test rows choose nothing."""
     settings = results.Settings(**results.QUICK.key())
-    settings.seeds = [0, 1]
+    settings.seeds, settings.rl_steps, settings.rl_save_steps = [0, 1], 20, 10
     (tmp_path / "sft" / "seed0" / "model").mkdir(parents=True)
     (tmp_path / "sft" / "seed0" / "model" / "config.json").write_text("{}")
     val_by_seed = {0: {10: 0.05, 20: 0.04}, 1: {10: 0.03, 20: 0.03}}  # seed 1: a tie -> the earlier step

@@ -66,9 +66,9 @@ class Settings:
         return self.__dict__.copy()
 
 
-# FULL is sized for 2 hours on 2 cores with --jobs 2 (one shared SFT start, RL curves for seed 0, DeepRec and ReDial
-# on fewer test rows: each episode / 135M generation costs 10-50x a tiny-model list); QUICK checks the pipeline, not
-# the methods (300 SFT steps leave greedy decoding repeating titles).
+# FULL was sized for 2 hours on 2 cores with --jobs 2 (one shared SFT start; DeepRec and ReDial on fewer test rows:
+# each episode / 135M generation costs 10-50x a tiny-model list), and takes longer from scratch (docs/results/NOTES.md
+# item 13). QUICK checks the pipeline, not the methods (200 SFT steps leave greedy decoding repeating titles).
 FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=100, sft_steps=1000, n_sft_seeds=1,
                 rl_steps=60, rl_save_steps=20, recpo_steps=20, deeprec_ws_steps=150, deeprec_steps=4,
                 redial_n_test=48, redial_sft_steps=40, redial_rl_steps=6)

@@ -728,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = not args.report and (args.only is None or name in args.only)
         if cache.exists() and not (wanted and args.force):
             cached = json.loads(cache.read_text())
-            same = cached.get("settings") == settings.key() and cached.get("rl_overrides", []) == overrides_of(name, mode)
+            same = (cached.get("settings") == settings.key()
+                    and cached.get("rl_overrides", []) == overrides_of(name, mode))
             if same or not wanted:
                 parts[name] = cached
                 print(f"[results] {name}: cached", flush=True)
@@ -750,8 +751,8 @@ def main(argv: list[str] | None = None) -> int:
             failures[name] = str(err)
             print(f"[results] {name} FAILED: {err}", flush=True)
             return
-        result.update(settings=settings.key(), rl_overrides=overrides_of(name, mode), cpu_s=ctx.cpu_s, wall_s=ctx.wall_s,
-                      run_started=started, started=part_started,
+        result.update(settings=settings.key(), rl_overrides=overrides_of(name, mode), cpu_s=ctx.cpu_s,
+                      wall_s=ctx.wall_s, run_started=started, started=part_started,
                       finished=datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), load_start=part_load,
                       load_end=os.getloadavg())
         (root / "part.json").write_text(json.dumps(result, indent=1))

@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from bench.common import RESULTS_DIR, machine
+from bench.common import RESULTS_DIR, StepClock, machine
 from modeling.loading import load_model_and_tokenizer
 from modeling.tiny import build_tiny_model
 from preprocess.common import load_processed
@@ -30,17 +28,6 @@ from rewards.rank_rewards import sequence_ndcg
 from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
 
 STEPS, BATCH, G, COMPLETION, ROUNDS = 6, 8, 4, 96, 3
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self):
-        self.times, self._t0 = [], None
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._t0 = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.times.append(time.perf_counter() - self._t0)
 
 
 def _data(workdir: Path):
@@ -64,10 +51,10 @@ def _common(output_dir: Path) -> dict:
 
 
 def _time(trainer) -> float:
-    timer = StepTimer()
+    timer = StepClock()
     trainer.add_callback(timer)
     trainer.train()
-    return statistics.median(timer.times[1:])  # first step warms caches
+    return statistics.median(timer.wall[1:])  # first step warms caches
 
 
 def run() -> dict:

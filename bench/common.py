@@ -38,10 +38,16 @@ class StepClock(TrainerCallback):
     with "step" the whole step)."""
 
     def __init__(self):
-        self.cpu: list[float] = []
-        self.wall: list[float] = []
         self.steps: list[dict] = []
         self.current: dict = {}
+
+    @property
+    def cpu(self) -> list[float]:
+        return [s["step"][0] for s in self.steps]
+
+    @property
+    def wall(self) -> list[float]:
+        return [s["step"][1] for s in self.steps]
 
     def add(self, name: str, cpu: float, wall: float) -> None:
         c, w = self.current.get(name, (0.0, 0.0))
@@ -59,8 +65,5 @@ class StepClock(TrainerCallback):
         self._c, self._w = time.process_time(), time.perf_counter()
 
     def on_step_end(self, args, state, control, **kw):
-        cpu, wall = time.process_time() - self._c, time.perf_counter() - self._w
-        self.cpu.append(cpu)
-        self.wall.append(wall)
-        self.add("step", cpu, wall)
+        self.add("step", time.process_time() - self._c, time.perf_counter() - self._w)
         self.steps.append(self.current)

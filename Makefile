@@ -21,7 +21,7 @@ test: install
 bench: install
 	$(PY) -m bench.run_all
 
-## results: the learning benchmark (every method, 3 seeds, CPU, two parts at a time; over 2 h from scratch on 2 cores, docs/results/NOTES.md item 13); writes RESULTS.md + docs/results/*.png
+## results: the learning benchmark (every method, 3 seeds, CPU, two commands at a time; under 2 h from scratch on 2 cores, docs/results/NOTES.md item 14); writes RESULTS.md + docs/results/*.png
 ##          (`python -m bench.results --quick` for the short version; parts are cached in results/results_run/)
 results: install
 	$(PY) -m bench.results $(RESULTS_ARGS)

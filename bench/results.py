@@ -8,8 +8,9 @@
 Every part runs the repository's own scripts (train_*.py, eval_test.py, eval_val.py) as subprocesses, so what is
 measured here is what a user gets from the command line. Each part caches its outcome in
 results/results_run/<mode>/<part>/part.json (and its runs / evaluations in that folder): a finished part is
-skipped unless --force, a part killed midway resumes from the evaluations and trainings it finished. Parts run
---jobs at a time (default: one per core, one thread each), each as soon as the parts it reads from are done. CPU
+skipped unless --force, a part killed midway resumes from the evaluations and trainings it finished. Every part
+starts as soon as the parts it reads from are done; their commands take turns (first asked, first run) on --jobs
+command slots (default: one per core, one thread each), so no core idles while any part has work left. CPU
 time is each command's own user+system time (os.wait4): on a shared machine it is the cost that does not depend
 on how many other jobs run; the wall time is reported next to it.
 
@@ -19,6 +20,8 @@ Tuning rule: every choice below (steps, learning rates, temperatures) was made o
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import datetime
 import json
 import os
@@ -27,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,12 +70,13 @@ class Settings:
         return self.__dict__.copy()
 
 
-# FULL was sized for 2 hours on 2 cores with --jobs 2 (one shared SFT start; DeepRec and ReDial on fewer test rows:
-# each episode / 135M generation costs 10-50x a tiny-model list), and takes longer from scratch (docs/results/NOTES.md
-# item 13). QUICK checks the pipeline, not the methods (200 SFT steps leave greedy decoding repeating titles).
+# FULL is sized for 2 hours from scratch on 2 cores with --jobs 2 (one shared SFT start; DeepRec and ReDial on fewer
+# test rows: each episode / 135M generation costs 10-50x a tiny-model list). 60 RL steps did not fit (about 128 min
+# of two cores' work: docs/results/NOTES.md items 13-14), so the RL parts run 40. QUICK checks the pipeline, not the
+# methods (200 SFT steps leave greedy decoding repeating titles).
 FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=100, sft_steps=1000, n_sft_seeds=1,
-                rl_steps=60, rl_save_steps=20, recpo_steps=20, deeprec_ws_steps=150, deeprec_steps=4,
-                redial_n_test=48, redial_sft_steps=40, redial_rl_steps=6)
+                rl_steps=40, rl_save_steps=10, recpo_steps=20, deeprec_ws_steps=150, deeprec_steps=4,
+                redial_n_test=48, redial_sft_steps=40, redial_rl_steps=3)
 QUICK = Settings(seeds=[0], n_test=100, n_val=32, n_test_agent=24, sft_steps=200, n_sft_seeds=1, rl_steps=10,
                  rl_save_steps=5, recpo_steps=6, deeprec_ws_steps=20, deeprec_steps=1, redial_n_test=16,
                  redial_sft_steps=6, redial_rl_steps=1)
@@ -96,8 +101,8 @@ PARTS = ["data", "popularity", "trm", "sft", *RL_METHODS, "recpo", "deeprec", "r
 # what a part reads from another part's outputs: it starts only after those finished (or were cached)
 DEPENDS_ON = {"popularity": ["data"], "trm": ["data"], "sft": ["data"], **{m: ["sft"] for m in RL_METHODS},
               "recpo": ["sft"], "deeprec": ["sft", "trm"], "redial": ["data"]}
-# longest chains first, so two workers finish together: SFT gates six parts, DeepRec is the longest after it
-# (ReDial needs only the data: it fills the second core while SFT runs)
+# the order parts start in when several are ready, so their first commands queue in it: SFT first (it gates six
+# parts; ReDial needs only the data and fills the other core while SFT runs), then the longest parts
 START_ORDER = ["data", "sft", "trm", "popularity", "redial", "deeprec", "rank_grpo_exp_inf", "grpo", "rank_grpo_log",
                "gspo", "recpo"]
 
@@ -112,6 +117,33 @@ class PartFailed(RuntimeError):
     pass
 
 
+class CommandSlots:
+    """At most `n` commands run at once, granted in the order they were asked for. (threading.Semaphore would let
+    a part that just released a slot take it straight back for its next command, so one part would keep a core and
+    the last part left would run alone on a 2-core box while the other core idled.)"""
+
+    def __init__(self, n: int):
+        self._cond = threading.Condition()
+        self._free = max(1, n)
+        self._queue: collections.deque = collections.deque()
+
+    @contextlib.contextmanager
+    def slot(self):
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._free > 0 and self._queue[0] is ticket)
+            self._queue.popleft()
+            self._free -= 1
+            self._cond.notify_all()  # the next in line may be waiting for a second free slot
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
+
+
 @dataclass
 class Ctx:
     settings: Settings
@@ -119,6 +151,7 @@ class Ctx:
     root: Path
     force: bool
     tag: str = ""
+    slots: CommandSlots | None = None  # shared by every part of a run: how many commands run at once
     cpu_s: float = 0.0
     wall_s: float = 0.0
 
@@ -139,15 +172,16 @@ class Ctx:
         # thread per core loses more to contention than it gains (measured: SFT steps several times slower)
         threads = os.environ.get("RESULTS_NUM_THREADS", "1")
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        t0 = time.time()
-        print(f"  [{self.tag}] $ {' '.join(args)}", flush=True)
-        with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"\n$ {' '.join(args)}\n")
-            fh.flush()
-            child = subprocess.Popen(args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-            # wait4: this child's own user+system time (RUSAGE_CHILDREN would mix in the other workers' children)
-            _, status, usage = os.wait4(child.pid, 0)
-            child.returncode = rc = os.waitstatus_to_exitcode(status)
+        with self.slots.slot() if self.slots else contextlib.nullcontext():
+            t0 = time.time()  # after the wait for a slot: a command's wall time is its own
+            print(f"  [{self.tag}] $ {' '.join(args)}", flush=True)
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.write(f"\n$ {' '.join(args)}\n")
+                fh.flush()
+                child = subprocess.Popen(args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+                # wait4: this child's own user+system time (RUSAGE_CHILDREN would mix in the other workers' children)
+                _, status, usage = os.wait4(child.pid, 0)
+                child.returncode = rc = os.waitstatus_to_exitcode(status)
         cpu_s = usage.ru_utime + usage.ru_stime
         wall_s = time.time() - t0
         self.cpu_s += cpu_s
@@ -412,15 +446,16 @@ def default_jobs() -> int:
     return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("RESULTS_NUM_THREADS", "1"))))
 
 
-def run_scheduled(todo: list[str], run_part, failures: dict[str, str], jobs: int) -> None:
-    """Run the parts in `todo` on `jobs` threads (each part's commands are subprocesses), a part starting once the
-    parts it DEPENDS_ON that are also in `todo` have finished; a part whose dependency failed is not started."""
+def run_scheduled(todo: list[str], run_part, failures: dict[str, str]) -> None:
+    """Run the parts in `todo`, each on its own thread (its commands are subprocesses, which CommandSlots limits),
+    a part starting once the parts it DEPENDS_ON that are also in `todo` have finished; a part whose dependency
+    failed is not started."""
     import concurrent.futures as cf
 
     pending = sorted(todo, key=lambda n: START_ORDER.index(n) if n in START_ORDER else len(START_ORDER))
     finished: set[str] = set()
     running: dict[cf.Future, str] = {}
-    with cf.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with cf.ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         while pending or running:
             for name in list(pending):
                 needs = [d for d in DEPENDS_ON.get(name, []) if d in todo]
@@ -428,7 +463,7 @@ def run_scheduled(todo: list[str], run_part, failures: dict[str, str], jobs: int
                 if broken:
                     failures[name] = f"not run: it needs {', '.join(broken)}, which failed"
                     pending.remove(name)
-                elif len(running) < jobs and all(d in finished for d in needs):
+                elif all(d in finished for d in needs):
                     running[pool.submit(run_part, name)] = name
                     pending.remove(name)
             if not running:  # everything left waits on a failed part
@@ -702,8 +737,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="run nothing: rewrite the report from the caches")
     parser.add_argument("--output", default=str(REPO / "RESULTS.md"))
     parser.add_argument("--jobs", type=int, default=default_jobs(),
-                        help="parts run at once, each with RESULTS_NUM_THREADS threads (default: cores / threads "
-                             "= %(default)s here); a part waits for the parts it needs (DEPENDS_ON)")
+                        help="commands run at once, each with RESULTS_NUM_THREADS threads (default: cores / "
+                             "threads = %(default)s here); every part whose inputs are ready queues its commands "
+                             "for these slots, first asked first run")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     settings = Settings(**(QUICK if args.quick else FULL).key())
@@ -737,12 +773,14 @@ def main(argv: list[str] | None = None) -> int:
         if wanted:
             todo.append(name)
 
+    slots = CommandSlots(args.jobs)
+
     def run_part(name: str) -> None:
         root = run_root / name
         if args.force and root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True, exist_ok=True)
-        ctx = Ctx(settings=settings, mode=mode, root=root, force=args.force, tag=name)
+        ctx = Ctx(settings=settings, mode=mode, root=root, force=args.force, tag=name, slots=slots)
         part_started, part_load = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), os.getloadavg()
         print(f"[results] {name} ... ({datetime.datetime.utcnow():%H:%M:%S})", flush=True)
         try:
@@ -760,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[results] {name}: {ctx.cpu_s / 60:.1f} CPU min, {ctx.wall_s / 60:.1f} wall min "
               f"({datetime.datetime.utcnow():%H:%M:%S})", flush=True)
 
-    run_scheduled(todo, run_part, failures, args.jobs)
+    run_scheduled(todo, run_part, failures)
     write_results(parts, mode, settings, started, load, Path(args.output), failures)
     print(f"[results] wrote {args.output}", flush=True)
     return 1 if failures else 0

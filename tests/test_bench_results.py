@@ -100,35 +100,86 @@ def test_set_overrides_budgets_and_rejects_unknown_keys(tmp_path, monkeypatch, c
     assert "sft_stepz" in capsys.readouterr().err
 
 
-def test_scheduler_respects_dependencies_runs_two_at_once_and_skips_after_a_failure():
+def test_scheduler_respects_dependencies_runs_two_commands_at_once_and_skips_after_a_failure():
     import threading
     import time
 
-    lock, active, peak, order = threading.Lock(), [0], [0], []
+    slots = results.CommandSlots(2)
+    lock, in_slot, peak_cmds, in_part, peak_parts, order = threading.Lock(), [0], [0], [0], [0], []
     failures = {}
+
+    def command():
+        with slots.slot():
+            with lock:
+                in_slot[0] += 1
+                peak_cmds[0] = max(peak_cmds[0], in_slot[0])
+            time.sleep(0.03)
+            with lock:
+                in_slot[0] -= 1
 
     def run_part(name):
         with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
+            in_part[0] += 1
+            peak_parts[0] = max(peak_parts[0], in_part[0])
             order.append(("start", name))
-        time.sleep(0.05)
+        for _ in range(3):  # a part is several commands
+            command()
         with lock:
-            active[0] -= 1
+            in_part[0] -= 1
             order.append(("end", name))
         if name == "trm":
             failures[name] = "exit 1"
 
-    todo = ["data", "popularity", "trm", "sft", "grpo", "recpo", "deeprec"]
-    results.run_scheduled(todo, run_part, failures, jobs=2)
+    todo = ["data", "popularity", "trm", "sft", "grpo", "gspo", "recpo", "deeprec"]
+    results.run_scheduled(todo, run_part, failures)
     started = [n for e, n in order if e == "start"]
     ended = [n for e, n in order if e == "end"]
-    assert peak[0] == 2  # two parts at once
+    assert peak_cmds[0] == 2  # never more commands than slots
+    assert peak_parts[0] >= 3  # but every ready part is in flight, its commands queued for the slots
     for name in started:  # every part starts after the parts it reads from ended
         for dep in results.DEPENDS_ON.get(name, []):
             assert order.index(("end", dep)) < order.index(("start", name)), (dep, name)
     assert "deeprec" not in started and "trm" in failures["deeprec"]  # it needs the failed TRM
     assert set(ended) == set(todo) - {"deeprec"}
+
+
+def test_command_slots_are_granted_first_asked_first_served():
+    """A part that frees a slot and asks again at once queues behind the parts already waiting (a plain Semaphore
+    lets it take the slot straight back)."""
+    import threading
+    import time
+
+    slots = results.CommandSlots(1)
+    granted, lock = [], threading.Lock()
+    holding, release_a = threading.Event(), threading.Event()
+
+    def part_a():
+        with slots.slot():
+            granted.append("a1")
+            holding.set()
+            release_a.wait(5)
+        with slots.slot():  # asks again straight after releasing
+            granted.append("a2")
+
+    def waiter(name):
+        with slots.slot():
+            with lock:
+                granted.append(name)
+
+    a = threading.Thread(target=part_a)
+    a.start()
+    holding.wait(5)
+    others = []
+    for name in ("b", "c"):
+        others.append(threading.Thread(target=waiter, args=(name,)))
+        others[-1].start()
+        deadline = time.time() + 5
+        while len(slots._queue) < len(others) and time.time() < deadline:  # b is queued before c asks
+            time.sleep(0.005)
+    release_a.set()
+    for t in (a, *others):
+        t.join(5)
+    assert granted == ["a1", "b", "c", "a2"]
 
 
 def test_ctx_run_counts_each_commands_own_cpu_time(tmp_path):

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import REPO, StepClock, machine
+from bench.common import REPO, StepClock, cores_and_load, machine
 
 GAMES_DATA = REPO / "processed_datasets" / "amazon18-games"
 STEPS, BATCH, G, N_CALLS, TURN_WORDS, TEXT_DIM = 4, 8, 4, 3, 40, 384
@@ -254,9 +254,9 @@ def section(r: dict, heading: str) -> str:
     from bench.bench_scoring import cpu_model
 
     lines = [heading, "",
-             f"`python -m bench.run_all --only deeprec` ({r.get('run_at', '-')}, {cpu_model()}, 2 cores shared with "
-             f"other agents' jobs; {r['machine']}). CPU seconds of the process are the numbers to read (wall "
-             "seconds, in brackets, include waiting for a core). Method: `bench/bench_deeprec.py`.", ""]
+             f"`python -m bench.run_all --only deeprec` ({r.get('run_at', '-')}, {cpu_model()}, {cores_and_load(r)}; "
+             f"{r['machine']}). CPU seconds of the process are the numbers to read (wall "
+             "seconds, in brackets, include any wait for a core). Method: `bench/bench_deeprec.py`.", ""]
     t = r.get("retrieval") or {}
     if t:
         one = t["retrieve"].get("1_threads", {})

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import REPO, RESULTS_DIR, SHARED_DATA, StepClock, machine
+from bench.common import REPO, RESULTS_DIR, SHARED_DATA, StepClock, cores_and_load, machine
 
 N_TRAJ, DIM, N_HISTORY, TAU, CUTOFF = 48, 576, 20, 0.02, 1000
 GAMES_ITEMS = SHARED_DATA / "amazon18_games_llmrank" / "Games.item"
@@ -275,9 +275,9 @@ def section(r: dict, heading: str) -> str:
     from bench.bench_scoring import cpu_model
 
     lines = [heading, "",
-             f"`python -m bench.run_all --only recpo` ({r.get('run_at', '-')}, {cpu_model()}, 2 cores shared with "
-             f"other agents' jobs; {r['machine']}). CPU seconds of the process are the numbers to "
-             "read (wall seconds, in brackets, include waiting for a core). Method: `bench/bench_recpo.py`.", ""]
+             f"`python -m bench.run_all --only recpo` ({r.get('run_at', '-')}, {cpu_model()}, {cores_and_load(r)}; "
+             f"{r['machine']}). CPU seconds of the process are the numbers to "
+             "read (wall seconds, in brackets, include any wait for a core). Method: `bench/bench_recpo.py`.", ""]
     w = r.get("rewards")
     if w:
         lines += ["| reward computation | naive per-trajectory numpy loop | batch (`rewards.embedding_rewards`) "

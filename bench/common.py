@@ -1,6 +1,7 @@
 """Shared benchmark helpers: timing by repeated runs (median), a per-step clock for trainers, the machine line."""
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -67,3 +68,10 @@ class StepClock(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         self.add("step", time.process_time() - self._c, time.perf_counter() - self._w)
         self.steps.append(self.current)
+
+
+def cores_and_load(result: dict) -> str:
+    """'2 cores, load average 0.1 -> 1.0' (run_all's 1-min load before / after the benchmark), for a section's
+    header line; an older result without load_avg gives the cores only."""
+    load = result.get("load_avg")
+    return f"{os.cpu_count()} cores" + (f", load average {load[0]:.1f} -> {load[1]:.1f}" if load else "")

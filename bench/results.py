@@ -619,6 +619,7 @@ def _windows_text(windows: list[tuple[str, str, list[str]]]) -> str:
 
 def write_results(parts: dict[str, dict], mode: str, settings: Settings, started: str, load: tuple, out: Path,
                   failures: dict[str, str]) -> None:
+    parts = {name: parts[name] for name in sorted(parts, key=lambda n: PARTS.index(n) if n in PARTS else len(PARTS))}
     rows = [r for name, p in parts.items() if name != "redial" for r in p.get("rows", [])]  # ReDial: own table
     cpu_by_method: dict[str, float] = {}
     for name, p in parts.items():
@@ -653,8 +654,8 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         "",
         f"Machine: {machine_line()}. Started {started}; load average (1/5/15 min) {load[0]:.1f}/{load[1]:.1f}/"
         f"{load[2]:.1f} at the start and {end_load[0]:.1f}/{end_load[1]:.1f}/{end_load[2]:.1f} at the end "
-        "(other jobs shared the cores: read the CPU minutes, which are this run's own user+system time; the wall "
-        f"minutes grow with the load). Total: {sum(p.get('cpu_s', 0) for p in parts.values()) / 60:.1f} CPU min; "
+        "(read the CPU minutes, which are this run's own user+system time; the wall minutes grow with any other "
+        f"load on the cores). Total: {sum(p.get('cpu_s', 0) for p in parts.values()) / 60:.1f} CPU min; "
         + _windows_text(windows) + "the parts' wall minutes add up to "
         f"{sum(p.get('wall_s', 0) for p in parts.values()) / 60:.1f}.",
         "",

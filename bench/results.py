@@ -101,8 +101,8 @@ PARTS = ["data", "popularity", "trm", "sft", *RL_METHODS, "recpo", "deeprec", "r
 # what a part reads from another part's outputs: it starts only after those finished (or were cached)
 DEPENDS_ON = {"popularity": ["data"], "trm": ["data"], "sft": ["data"], **{m: ["sft"] for m in RL_METHODS},
               "recpo": ["sft"], "deeprec": ["sft", "trm"], "redial": ["data"]}
-# the order parts start in when several are ready, so their first commands queue in it: SFT first (it gates six
-# parts; ReDial needs only the data and fills the other core while SFT runs), then the longest parts
+# the order parts start in when several are ready (their first commands queue about in it: threads race): SFT first
+# (it gates six parts; ReDial needs only the data and fills the other core while SFT runs), then the longest
 START_ORDER = ["data", "sft", "trm", "popularity", "redial", "deeprec", "rank_grpo_exp_inf", "grpo", "rank_grpo_log",
                "gspo", "recpo"]
 

@@ -52,7 +52,7 @@ def _section_scoring(r: dict) -> str:
         f"numbering, bullets, bold, preambles, CRLF): {r['non_blank_lines']:,} non-blank lines, "
         f"{r['distinct_lines']:,} distinct. Text -> parse -> match -> statuses -> Recall/NDCG/HR@5,10,15,20 + "
         f"ratios, per-sample rows and means. CPU seconds of the one process (best of cold runs, caches cleared); "
-        f"wall seconds in brackets.",
+        "wall seconds in brackets.",
         "",
         "| protocol | per-sample loop (`judge` + `ranking_metrics`) | batch (`score_texts`) | speedup | identical | target |",
         "|---|---|---|---|---|---|",

@@ -107,6 +107,11 @@ START_ORDER = ["data", "sft", "trm", "popularity", "redial", "deeprec", "rank_gr
                "gspo", "recpo"]
 
 
+def in_order(names, order: list[str]) -> list[str]:
+    """`names` sorted as they come in `order`; names not in it last, in their own order."""
+    return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+
+
 def overrides_of(part: str, mode: str) -> list[str]:
     """The RL_OVERRIDES a part runs with in a mode ("full", "quick", or either with --set suffixes); part of its
     cache key: a part run with other overrides is rerun."""
@@ -452,7 +457,7 @@ def run_scheduled(todo: list[str], run_part, failures: dict[str, str]) -> None:
     failed is not started."""
     import concurrent.futures as cf
 
-    pending = sorted(todo, key=lambda n: START_ORDER.index(n) if n in START_ORDER else len(START_ORDER))
+    pending = in_order(todo, START_ORDER)
     finished: set[str] = set()
     running: dict[cf.Future, str] = {}
     with cf.ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
@@ -619,7 +624,7 @@ def _windows_text(windows: list[tuple[str, str, list[str]]]) -> str:
 
 def write_results(parts: dict[str, dict], mode: str, settings: Settings, started: str, load: tuple, out: Path,
                   failures: dict[str, str]) -> None:
-    parts = {name: parts[name] for name in sorted(parts, key=lambda n: PARTS.index(n) if n in PARTS else len(PARTS))}
+    parts = {name: parts[name] for name in in_order(parts, PARTS)}
     rows = [r for name, p in parts.items() if name != "redial" for r in p.get("rows", [])]  # ReDial: own table
     cpu_by_method: dict[str, float] = {}
     for name, p in parts.items():

@@ -244,10 +244,11 @@ def split_from_name(name: str) -> str | None:
 
 
 def read_text_utf8(path: str | os.PathLike) -> str:
-    """Read a whole file as UTF-8; a decoding error becomes a DataError naming the file and the line."""
-    raw = Path(path).read_bytes()
+    """Read a whole file as UTF-8 (a leading byte-order mark, as Excel writes, is dropped); a decoding error becomes
+    a DataError naming the file and the line."""
+    raw = require_file(path).read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise DataError(path, line=line, reason=f"not valid UTF-8 (byte {raw[err.start]:#04x} at offset "
@@ -255,15 +256,81 @@ def read_text_utf8(path: str | os.PathLike) -> str:
 
 
 def iter_lines_utf8(path: str | os.PathLike):
-    """Yield ``(line_number, text)`` (1-based) decoding each line as UTF-8, with DataErrors naming the line."""
-    with open(path, "rb") as fh:
+    """Yield ``(line_number, text)`` (1-based) decoding each line as UTF-8 (a byte-order mark opening line 1 is
+    dropped), with DataErrors naming the line."""
+    with open(require_file(path), "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             try:
-                yield number, raw.decode("utf-8")
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 raise DataError(path, line=number, reason=f"not valid UTF-8 (byte {raw[err.start]:#04x} at "
                                                           f"column {err.start + 1}); re-encode the file as UTF-8"
                                 ) from None
+
+
+def require_file(path: str | os.PathLike, what: str = "a file", option: str | None = None) -> Path:
+    """``path`` as a Path when it is a file; else a DataError naming it (a directory where a file is expected used
+    to surface as a raw IsADirectoryError). ``option`` names the command-line option the path came from."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    prefix = f"{option} " if option else ""
+    if path.is_dir():
+        raise DataError(path, reason=f"{prefix}is a directory, expected {what}")
+    raise DataError(path, reason=f"{prefix}not found" if option else f"not found (expected {what})")
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Refuse an output folder that cannot be created: the path is a file, or lies under one, or under a folder
+    this user cannot write. Builders call it before reading any input, so a long build never fails at the end."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise DataError(path, reason="--output_dir is a file, not a folder")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor != path and not ancestor.is_dir():
+        raise DataError(path, reason=f"--output_dir is under {ancestor}, which is a file")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise DataError(path, reason=f"--output_dir: cannot write in {ancestor} (permission denied)")
+    return path
+
+
+def json_loads_unique(text: str, path: str | os.PathLike):
+    """``json.loads`` that refuses an object with a repeated key (plain JSON silently keeps the last one)."""
+    def unique(pairs):
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise DataError(path, reason=f"duplicate key {key!r} (JSON keeps only the last one; remove the other)")
+            out[key] = value
+        return out
+    return json.loads(text, object_pairs_hook=unique)
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum`` (argparse names the option in its error)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def check_split_fractions_option(parser, fractions: Sequence[float], option: str = "--split_fractions") -> tuple:
+    """``fractions`` as a tuple, or ``parser.error`` naming ``option`` unless they are three numbers >= 0 summing
+    to 1 with a positive train share (what every builder requires)."""
+    if min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-9 or fractions[0] <= 0 or \
+            not all(math.isfinite(f) for f in fractions):
+        parser.error(f"argument {option}: three numbers >= 0 summing to 1 with TRAIN > 0, got "
+                     + " ".join(f"{f:g}" for f in fractions))
+    return tuple(fractions)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -430,7 +497,10 @@ def save_processed(output_dir: str | os.PathLike, splits: Mapping[str, Sequence[
     give ``users`` per split), ``catalog_items`` and ``output_dir``. Empty splits are not written (noted in
     ``summary["stats"]``). Every record is validated first, so a failed build leaves nothing half-written.
     """
-    output_dir = Path(output_dir)
+    output_dir = check_output_dir(output_dir)
+    if not any(splits.values()):
+        raise DataError(output_dir, reason=f"no sample in any split ({', '.join(splits) or 'none given'}); nothing "
+                                           "written")
     catalog_ids = validate_catalog_items(catalog_items, source=f"{output_dir / 'catalog.json'} (catalog to write)")
     seen_ids: set[str] = set()
     for name, records in splits.items():
@@ -510,6 +580,9 @@ def load_source_catalog(raw_dir: str | os.PathLike, catalog_path, default_name: 
 
     raw = Path(raw_dir)
     path = Path(catalog_path) if catalog_path is not None else (raw if raw.is_dir() else raw.parent) / default_name
+    if path.is_dir():
+        raise DataError(path, reason=f"{'--catalog_path ' if catalog_path is not None else ''}is a directory, "
+                                     "expected a catalog file")
     try:
         return path, load_catalog(path)
     except CatalogError as err:

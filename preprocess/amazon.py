@@ -49,10 +49,13 @@ Formats (``--format``):
   ``valid.csv``; with several CSV files per split, the one whose name contains ``--category``), columns
   ``user_id, history_item_title, item_title, history_item_id, item_id`` (history columns are Python list literals,
   read with ``ast.literal_eval``) and, when present, ``history_rating, rating, history_timestamp, timestamp``
-  (seconds or milliseconds). Item metadata: ``--item_index`` (default: the one ``*.json`` file in ``--raw_dir``),
-  either ``{"<id>": {"title": ..., "description": ...}}`` or a list of ``{"id"|"item_id", "title",
-  "description"}``; without one the catalog is built from the CSV titles. Splits are used as given; the summary
-  counts validation/test targets earlier than the last train target (the files' own leakage, if any).
+  (seconds or milliseconds; ratings in [0, 5]; no history time after the target's). Item metadata: ``--item_index``
+  (default: the one ``*.json`` file in ``--raw_dir``, else ``--raw_dir/index/<Category>.item.json``, where the
+  BIGRec / D3 layout keeps it), either ``{"<id>": {"title": ..., "description": ...}}`` or a list of ``{"id"|"item_id",
+  "title", "description"}``; without one the catalog is built from the CSV titles alone, with a warning and the
+  count in ``summary.json``. Splits are used as given: split files that are the same file, have the same content or
+  share a sample (user, history, item, timestamp) are refused, and the summary counts validation/test targets
+  earlier than the last train target (the files' own leakage, if any).
 
 Records (every format): ``history`` = catalog ids, oldest first, at most ``--max_history``; ``target``; ``groundtruth``
 = [target]; ``seen`` = history (history items are never recommended, as R²ec masks them); ``timestamp``; the
@@ -93,9 +96,15 @@ from preprocess.common import (
     SPLITS,
     DataError,
     SkipCounter,
+    check_output_dir,
+    check_split_fractions_option,
     format_completion,
+    int_at_least,
     is_finite_number,
     item_line,
+    json_loads_unique,
+    read_text_utf8,
+    require_file,
     save_processed,
     split_from_name,
 )
@@ -144,9 +153,18 @@ def _as_int(value: Any, field: str, path, line: int) -> int:
     return int(number)
 
 
+def _rating(value: Any, field: str, path, line: int) -> float:
+    rating = _as_number(value, field, path, line)
+    if not 0 <= rating <= 5:  # Amazon ratings are 1-5 stars; RecPO prompts show them "out of 5"
+        raise DataError(path, line=line, field=field, reason=f"a rating must be in [0, 5], got {rating}")
+    return rating
+
+
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz" else \
-        open(path, encoding="utf-8", newline="")
+    """A text file (plain or .gz) as UTF-8; a leading byte-order mark (Excel's CSV export) is dropped."""
+    require_file(path, "a CSV file" if ".csv" in path.suffixes else "a file")
+    return gzip.open(path, "rt", encoding="utf-8-sig", newline="") if path.suffix == ".gz" else \
+        open(path, encoding="utf-8-sig", newline="")
 
 
 def iter_jsonl(path: Path, desc: str | None = None, progress: bool = False) -> Iterator[tuple[int, dict]]:
@@ -158,7 +176,7 @@ def iter_jsonl(path: Path, desc: str | None = None, progress: bool = False) -> I
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw.decode("utf-8"))
+                obj = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))  # a BOM may open line 1
             except UnicodeDecodeError as err:
                 raise DataError(path, line=number, reason=f"not valid UTF-8 (column {err.start + 1})") from None
             except json.JSONDecodeError as err:
@@ -169,11 +187,14 @@ def iter_jsonl(path: Path, desc: str | None = None, progress: bool = False) -> I
 
 
 def iter_csv(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict]]:
-    """``(line number, row)`` of a CSV file with a header (plain or .gz); missing columns or cells are DataErrors."""
+    """``(line number, row)`` of a CSV file with a header (plain or .gz); missing columns or cells, an empty file and
+    a file with only a header are DataErrors."""
     try:
         with _open_text(path) as fh:
             reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
+            header, rows = reader.fieldnames, 0
+            if header is None:
+                raise DataError(path, reason="the file is empty (expected a CSV header line)")
             for name in required:
                 if name not in header:
                     raise DataError(path, line=1, field=name, reason=f"missing column in header {header}")
@@ -181,7 +202,10 @@ def iter_csv(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict]]:
                 for name in required:
                     if row.get(name) is None or row[name].strip() == "":
                         raise DataError(path, line=reader.line_num, field=name, reason="missing value")
+                rows += 1
                 yield reader.line_num, row
+            if not rows:
+                raise DataError(path, line=1, reason="no data rows (only a header)")
     except UnicodeDecodeError as err:
         raise DataError(path, reason=f"not valid UTF-8 ({err.reason})") from None
     except csv.Error as err:
@@ -189,7 +213,7 @@ def iter_csv(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict]]:
 
 
 def _find_one(raw: Path, stems: Sequence[str], suffixes: Sequence[str]) -> Path | None:
-    found = [raw / f"{s}{x}" for s in stems for x in suffixes if (raw / f"{s}{x}").is_file()]
+    found = [require_file(raw / f"{s}{x}") for s in stems for x in suffixes if (raw / f"{s}{x}").exists()]
     if len(found) > 1:
         raise DataError(raw, reason=f"several candidate files {[p.name for p in found]}; keep one")
     return found[0] if found else None
@@ -305,6 +329,7 @@ def train_popularity(records: Mapping[str, list[dict]], catalog_items: list[dict
 def _check_options(output_dir, max_history: int, min_history: int, split_fractions) -> None:
     if output_dir is None:
         raise ValueError("output_dir is required")
+    check_output_dir(output_dir)
     if max_history < 1 or min_history < 1:
         raise ValueError("max_history >= 1 and min_history >= 1 are required")
     if min(split_fractions) < 0 or abs(sum(split_fractions) - 1) > 1e-9 or split_fractions[0] <= 0:
@@ -576,11 +601,11 @@ def build_2023(raw_dir, output_dir, *, category: str, name: str | None = None, c
 
 def _atomic_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
     """Rows of a RecBole atomic file as ``{column: text}`` (header ``name:type``, tab-separated)."""
-    with open(path, "rb") as fh:
+    with open(require_file(path, "a RecBole atomic file"), "rb") as fh:
         header = None
         for number, raw in enumerate(fh, start=1):
             try:
-                text = raw.decode("utf-8").rstrip("\r\n")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as err:
                 raise DataError(path, line=number, reason=f"not valid UTF-8 (column {err.start + 1})") from None
             if header is None:
@@ -720,6 +745,7 @@ def build_atomic(raw_dir, output_dir, *, category: str = "Games", name: str | No
 # --------------------------------------------------------------------------------------------------------------
 
 CSV_COLUMNS = ("user_id", "history_item_title", "item_title", "history_item_id", "item_id")
+CSV_NO_INDEX = "catalog items named only in the CSV files (no item index)"
 MS_THRESHOLD = 10**11  # a unix time above this (year 5138 in seconds) is in milliseconds
 
 
@@ -731,7 +757,7 @@ def find_csv_files(raw: Path, category: str) -> dict[str, Path]:
     for path in sorted([*raw.glob("*.csv"), *raw.glob("*/*.csv")]):
         split = split_from_name(path.stem) or split_from_name(path.parent.name if path.parent != raw else "")
         if split is not None:
-            found[split].append(path)
+            found[split].append(require_file(path, "a CSV file"))
     out = {}
     for split, paths in found.items():
         if len(paths) > 1:
@@ -743,6 +769,14 @@ def find_csv_files(raw: Path, category: str) -> dict[str, Path]:
     if "train" not in out or "test" not in out:
         raise DataError(raw, reason=f"expected train / valid / test CSV files (names or folders say the split); "
                                     f"found {sorted(out)}")
+    named = [s for s in SPLITS if s in out]
+    for k, later in enumerate(named):  # a copied or linked file would put every sample in two splits
+        for earlier in named[:k]:
+            a, b = out[earlier], out[later]
+            if a.samefile(b):
+                raise DataError(b, reason=f"is the same file as the {earlier} file {a}")
+            if a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes():
+                raise DataError(b, reason=f"has the same content as the {earlier} file {a}")
     return out
 
 
@@ -772,12 +806,11 @@ def _seconds(value: float) -> int:
     return int(value // 1000) if value > MS_THRESHOLD else int(value)
 
 
-def read_item_index(path: Path) -> dict[int, dict]:
-    """``{id: {"title", "description"}}`` from ``{"<id>": {...}}`` / ``{"<id>": "title"}`` or a list of items."""
+def read_item_index(path: Path, option: str | None = None) -> dict[int, dict]:
+    """``{id: {"title", "description"}}`` from ``{"<id>": {...}}`` / ``{"<id>": "title"}`` or a list of items; a
+    repeated key is refused (JSON would keep the last entry silently)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise DataError(path, reason=f"not valid UTF-8 ({err.reason})") from None
+        data = json_loads_unique(read_text_utf8(require_file(path, "a JSON file", option)), path)
     except json.JSONDecodeError as err:
         raise DataError(path, line=err.lineno, reason=f"malformed JSON ({err.msg}, column {err.colno})") from None
     if isinstance(data, dict):
@@ -837,7 +870,7 @@ def read_csv_split(path: Path, split: str, titles: dict[int, tuple[str, str]]) -
         target = _list_ids([row["item_id"].strip()], path, line, "item_id")[0]
         ratings = times = None
         if "history_rating" in optional:
-            ratings = [_as_number(r, "history_rating", path, line)
+            ratings = [_rating(r, "history_rating", path, line)
                        for r in _literal_list(row["history_rating"], path, line, "history_rating")]
         if "history_timestamp" in optional:
             times = [_seconds(_as_number(t, "history_timestamp", path, line))
@@ -852,8 +885,13 @@ def read_csv_split(path: Path, split: str, titles: dict[int, tuple[str, str]]) -
             if known[0] != title:
                 raise DataError(path, line=line, field=field,
                                 reason=f"id {iid} is titled {title!r} here but {known[0]!r} in {known[1]}")
-        rating = _as_number(row["rating"], "rating", path, line) if "rating" in optional else None
+        rating = _rating(row["rating"], "rating", path, line) if "rating" in optional else None
         ts = _seconds(_as_number(row["timestamp"], "timestamp", path, line)) if "timestamp" in optional else None
+        later = next((k for k, t in enumerate(times or []) if ts is not None and t > ts), None)
+        if later is not None:
+            raise DataError(path, line=line, field="history_timestamp",
+                            reason=f"history item {later + 1} (time {times[later]}) is later than the target (time "
+                                   f"{ts}); a time delta cannot be negative")
         history = [Interaction(i, None if ratings is None else ratings[k], None if times is None else times[k])
                    for k, i in enumerate(ids)]
         out.append(CsvSample(split, line, row["user_id"].strip(), history, Interaction(target, rating, ts)))
@@ -884,11 +922,18 @@ def build_csv(raw_dir, output_dir, *, category: str, name: str | None = None, ca
     category_text = category_text or category_name(category)
     skips = SkipCounter()
     files = find_csv_files(raw, category)
-    index_path = Path(item_index) if item_index else _find_item_index(raw)
-    index = read_item_index(index_path) if index_path is not None else None
+    index_path = Path(item_index) if item_index else _find_item_index(raw, category)
+    index = read_item_index(index_path, "--item_index" if item_index else None) if index_path is not None else None
     titles: dict[int, tuple[str, str]] = {}
     samples = [s for split in SPLITS if split in files for s in read_csv_split(files[split], split, titles)]
+    _check_splits_disjoint(samples, files)
     catalog_items = csv_catalog(titles, index, index_path)
+    warnings = []
+    if index is None:
+        warnings.append(f"no item index found ({raw}/*.json or {raw}/index/{category}.item.json); the catalog holds "
+                        f"only the {len(titles)} items the CSV files name (items never interacted with are missing; "
+                        "pass --item_index)")
+        print(f"warning: {warnings[-1]}", file=sys.stderr, flush=True)
     by_id = {it["id"]: it for it in catalog_items}
     keep = keep_users_sample(list({s.user for s in samples}), max_users, seed, skips)
 
@@ -916,15 +961,36 @@ def build_csv(raw_dir, output_dir, *, category: str, name: str | None = None, ca
         {"rows": len(samples), "items named in the CSV files": len(titles),
          "item index entries": len(index) if index is not None else None},
         {s: len(users[s]) for s in SPLITS},
-        {"histories cut to max_history": cut,
+        {**({CSV_NO_INDEX: len(titles)} if index is None else {}), "histories cut to max_history": cut,
          "validation targets earlier than the last train target (the files' own split)": earlier["validation"],
          "test targets earlier than the last train target (the files' own split)": earlier["test"]},
-        skips, inputs={s: str(p) for s, p in files.items()})
+        skips, inputs={s: str(p) for s, p in files.items()}, **({"warnings": warnings} if warnings else {}))
     return save_processed(output_dir, records, catalog_items, summary, quiet=quiet, progress=progress)
 
 
-def _find_item_index(raw: Path) -> Path | None:
-    found = sorted(raw.glob("*.json"))
+def _check_splits_disjoint(samples: Sequence[CsvSample], files: Mapping[str, Path]) -> None:
+    """Refuse a sample (user, history, item, timestamp) found in two split files: test rows also in train leak."""
+    first: dict[tuple, CsvSample] = {}
+    shared: Counter = Counter()
+    example: dict[tuple[str, str], tuple[CsvSample, CsvSample]] = {}
+    for s in samples:
+        key = (s.user, tuple(h.item for h in s.history), s.target.item, s.target.timestamp)
+        other = first.setdefault(key, s)
+        if other.split != s.split:
+            shared[other.split, s.split] += 1
+            example.setdefault((other.split, s.split), (other, s))
+    if shared:
+        (earlier, later), n = next(iter(shared.items()))
+        a, b = example[earlier, later]
+        raise DataError(files[later], line=b.line, reason=f"the same sample (user, history, item, timestamp) as "
+                        f"{files[earlier]} line {a.line}; {n} rows of the {later} file are also in the {earlier} "
+                        "file (the splits must not overlap)")
+
+
+def _find_item_index(raw: Path, category: str) -> Path | None:
+    """The one ``*.json`` in ``raw``, or ``index/<Category>.item.json`` where the BIGRec / D3 layout keeps it."""
+    d3 = raw / "index" / f"{category}.item.json"
+    found = [*sorted(raw.glob("*.json")), *([d3] if d3.exists() else [])]
     if len(found) > 1:
         raise DataError(raw, reason=f"several JSON files {[p.name for p in found]}; pick the item index with "
                                     "--item_index")
@@ -965,26 +1031,28 @@ def main(argv=None) -> dict:
     p.add_argument("--name", default=None, help="data set name used in sample ids")
     p.add_argument("--category_text", default=None, help="category wording in the prompts (default from --category, "
                                                          "e.g. 'video games')")
-    p.add_argument("--max_history", type=int, default=20, help="history items per sample [20]")
-    p.add_argument("--max_users", type=int, default=None, help="keep a seeded random sample of N users")
+    p.add_argument("--max_history", type=int_at_least(1), default=20, help="history items per sample [20]")
+    p.add_argument("--max_users", type=int_at_least(1), default=None, help="keep a seeded random sample of N users")
     p.add_argument("--seed", type=int, default=0, help="seed of the --max_users sample [0]")
     g = p.add_argument_group("--format 2023")
     g.add_argument("--window_start", type=_year_month, default=(2022, 10), help="YYYY-MM [2022-10]")
     g.add_argument("--window_end", type=_year_month, default=(2023, 10), help="YYYY-MM, exclusive [2023-10]")
-    g.add_argument("--min_items", type=int, default=10_000,
+    g.add_argument("--min_items", type=int_at_least(0), default=10_000,
                    help="move the window start back 3 months at a time while fewer items [10000]")
-    g.add_argument("--max_title_words", type=int, default=20, help="longest title kept, in words [20]")
+    g.add_argument("--max_title_words", type=int_at_least(1), default=20, help="longest title kept, in words [20]")
     g.add_argument("--keep_items_without_price", action="store_true",
                    help="keep items whose price is not a number (R²ec's preprocess drops them)")
-    g.add_argument("--source_kcore", type=int, default=None,
+    g.add_argument("--source_kcore", type=int_at_least(0), default=None,
                    help="k-core of the whole review file before the window [5 for JSON Lines, 0 for the 5-core CSV]")
-    g.add_argument("--window_kcore", type=int, default=0, help="k-core inside the window (R²ec's K) [0]")
+    g.add_argument("--window_kcore", type=int_at_least(0), default=0, help="k-core inside the window (R²ec's K) [0]")
     g.add_argument("--split_fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
                    metavar=("TRAIN", "VALID", "TEST"), help="temporal quantiles of target times [0.8 0.1 0.1]")
     g = p.add_argument_group("--format csv")
-    g.add_argument("--item_index", default=None, help="item index JSON (default: the one *.json in --raw_dir)")
+    g.add_argument("--item_index", default=None, help="item index JSON (default: the one *.json in --raw_dir, else "
+                                                      "--raw_dir/index/<Category>.item.json as BIGRec / D3 keep it)")
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
+    args.split_fractions = check_split_fractions_option(p, args.split_fractions)
     common = {"category": args.category, "name": args.name, "category_text": args.category_text,
               "max_history": args.max_history, "max_users": args.max_users, "seed": args.seed,
               "progress": not args.no_progress}

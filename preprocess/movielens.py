@@ -35,8 +35,9 @@ Prompt: Rank-GRPO's instruction + ``USER: I have watched these movies, oldest fi
 movies should I watch next?``. Completion: 20 lines ``Title (Year)``: the user's next items in the split window,
 in order, padded with the most popular train items the user has not seen.
 
-``--max_samples_per_split N`` keeps a seeded uniform random sample (``--seed``) of N samples per split, in their
-original order (for fast CPU demos).
+``--max_samples_per_split N`` (N >= 1; 0 or less is refused) keeps a seeded uniform random sample (``--seed``) of N
+samples per split, in their original order (for fast CPU demos). Ratings must lie in [0, 5] (MovieLens gives 0.5-5
+stars); a rating outside it is a broken file, refused with its file and line.
 """
 from __future__ import annotations
 
@@ -58,10 +59,14 @@ from preprocess.common import (
     DataError,
     SkipCounter,
     build_prompt,
+    check_output_dir,
+    check_split_fractions_option,
     format_completion,
+    int_at_least,
     item_line,
     iter_lines_utf8,
     pad_with_popular,
+    require_file,
     save_processed,
 )
 from rewards.catalog import Catalog, display_title, split_title_year, validate_year
@@ -133,6 +138,14 @@ def _float(value: str, path, line: int, field: str) -> float:
     return number
 
 
+def _rating(value: str, path, line: int, field: str) -> float:
+    """A MovieLens rating: 0.5-5 stars (ml-latest), 1-5 (ML-100k / ML-1M); outside [0, 5] is a broken file."""
+    rating = _float(value, path, line, field)
+    if not 0 <= rating <= 5:
+        raise DataError(path, line=line, field=field, reason=f"a rating must be in [0, 5], got {rating}")
+    return rating
+
+
 def _item(raw_title: str, title: str, year, genres: list[str]) -> dict:
     year, _ = validate_year(year)
     return {"title": display_title(title) if title.strip() else raw_title.strip(), "year": year,
@@ -149,7 +162,7 @@ def _split_fields(line: str, sep: str, n: int, path, number: int, names: list[st
 
 
 def _read_atomic(path: Path, required: list[str]) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
-    lines = iter_lines_utf8(path)
+    lines = iter_lines_utf8(require_file(path, "a RecBole atomic file"))
     try:
         _, header = next(lines)
     except StopIteration:
@@ -197,14 +210,14 @@ def read_recbole(folder: Path):
     ratings = []
     for number, parts in rows:
         ratings.append((parts[cols["user_id"]].strip(), _int(parts[cols["item_id"]], inter[0], number, "item_id"),
-                        _float(parts[cols["rating"]], inter[0], number, "rating") if "rating" in cols else 1.0,
+                        _rating(parts[cols["rating"]], inter[0], number, "rating") if "rating" in cols else 1.0,
                         _timestamp(parts[cols["timestamp"]], inter[0], number, "timestamp")))
     name = inter[0].stem
     return items, ratings, name
 
 
 def _latin1_lines(path: Path):
-    with open(path, "rb") as fh:
+    with open(require_file(path, "a MovieLens file"), "rb") as fh:
         for number, raw in enumerate(fh, start=1):
             yield number, raw.decode("latin-1")
 
@@ -237,7 +250,7 @@ def read_ml100k(folder: Path):
         if not line.strip():
             continue
         u, i, r, t = _split_fields(line, "\t", 4, path, number, names)[:4]
-        ratings.append((u.strip(), _int(i, path, number, "item id"), _float(r, path, number, "rating"),
+        ratings.append((u.strip(), _int(i, path, number, "item id"), _rating(r, path, number, "rating"),
                         _timestamp(t, path, number, "timestamp")))
     return items, ratings, "ml-100k"
 
@@ -261,13 +274,13 @@ def read_ml1m(folder: Path):
         if not line.strip():
             continue
         u, i, r, t = _split_fields(line, "::", 4, path, number, ["UserID", "MovieID", "Rating", "Timestamp"])[:4]
-        ratings.append((u.strip(), _int(i, path, number, "MovieID"), _float(r, path, number, "Rating"),
+        ratings.append((u.strip(), _int(i, path, number, "MovieID"), _rating(r, path, number, "Rating"),
                         _timestamp(t, path, number, "Timestamp")))
     return items, ratings, "ml-1m"
 
 
 def _csv_rows(path: Path, required: list[str]):
-    text = "".join(line for _, line in iter_lines_utf8(path))
+    text = "".join(line for _, line in iter_lines_utf8(require_file(path, "a MovieLens file")))
     reader = csv.DictReader(io.StringIO(text, newline=""))
     for name in required:
         if name not in (reader.fieldnames or []):
@@ -294,7 +307,7 @@ def read_ml_latest(folder: Path):
     path = folder / "ratings.csv"
     for number, row in _csv_rows(path, ["userId", "movieId", "rating", "timestamp"]):
         ratings.append((row["userId"].strip(), _int(row["movieId"], path, number, "movieId"),
-                        _float(row["rating"], path, number, "rating"),
+                        _rating(row["rating"], path, number, "rating"),
                         _timestamp(row["timestamp"], path, number, "timestamp")))
     return items, ratings, folder.name if folder.name.startswith("ml-") else "ml-latest"
 
@@ -348,10 +361,13 @@ def conversation_text(titles: list[str]) -> str:
 
 
 def _check_options(output_dir, min_history: int, max_history: int, num_groundtruth: int, n_items: int,
-                   split_fractions) -> None:
+                   split_fractions, max_samples_per_split: int | None = None) -> None:
     """Refuse options that cannot build anything (before reading any file)."""
     if output_dir is None:
         raise ValueError("output_dir is required")
+    if max_samples_per_split is not None and max_samples_per_split < 1:  # 0 used to write a data set with no split
+        raise ValueError(f"max_samples_per_split must be None or >= 1, got {max_samples_per_split}")
+    check_output_dir(output_dir)
     if min_history < 0 or max_history < 1 or num_groundtruth < 1 or n_items < 1:
         raise ValueError("min_history >= 0, max_history >= 1, num_groundtruth >= 1 and n_items >= 1 are required")
     f_train, f_val, f_test = split_fractions
@@ -511,7 +527,8 @@ def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history
           max_samples_per_split: int | None = None, seed: int = 0, progress: bool = True,
           quiet: bool = False) -> dict:
     """Build the processed data set in ``output_dir``; returns the summary (also written to summary.json)."""
-    _check_options(output_dir, min_history, max_history, num_groundtruth, n_items, split_fractions)
+    _check_options(output_dir, min_history, max_history, num_groundtruth, n_items, split_fractions,
+                   max_samples_per_split)
     items, ratings, default_name, layout, folder = read_movielens(raw_dir)
     name = name or default_name
     skips = SkipCounter()
@@ -563,17 +580,21 @@ def main(argv=None) -> dict:
                         "or RecBole *.inter+*.item); default: ML-100k inside the recbole wheel")
     p.add_argument("--output_dir", required=True, help="where to write train/ validation/ test/ catalog.json")
     p.add_argument("--name", default=None, help="data set name used in sample ids (default from the layout)")
-    p.add_argument("--min_history", type=int, default=5, help="first target position (items before it) [5]")
-    p.add_argument("--max_history", type=int, default=20, help="history items shown in the prompt [20]")
-    p.add_argument("--num_groundtruth", type=int, default=10, help="next items in the split window used as GT [10]")
-    p.add_argument("--n_items", type=int, default=20, help="lines per completion / items asked for [20]")
+    p.add_argument("--min_history", type=int_at_least(0), default=5,
+                   help="first target position (items before it) [5]")
+    p.add_argument("--max_history", type=int_at_least(1), default=20, help="history items shown in the prompt [20]")
+    p.add_argument("--num_groundtruth", type=int_at_least(1), default=10,
+                   help="next items in the split window used as GT [10]")
+    p.add_argument("--n_items", type=int_at_least(1), default=20, help="lines per completion / items asked for [20]")
     p.add_argument("--split_fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
                    metavar=("TRAIN", "VALID", "TEST"), help="temporal quantiles of target times [0.8 0.1 0.1]")
-    p.add_argument("--max_samples_per_split", type=int, default=None,
-                   help="keep a seeded random sample of at most N samples per split (original order kept)")
+    p.add_argument("--max_samples_per_split", type=int_at_least(1), default=None,
+                   help="keep a seeded random sample of at most N >= 1 samples per split (original order kept) "
+                        "[all samples]")
     p.add_argument("--seed", type=int, default=0, help="seed of the --max_samples_per_split sample [0]")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
+    args.split_fractions = check_split_fractions_option(p, args.split_fractions)
     try:
         return build(args.raw_dir, args.output_dir, name=args.name, min_history=args.min_history,
                      max_history=args.max_history, num_groundtruth=args.num_groundtruth, n_items=args.n_items,

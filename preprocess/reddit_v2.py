@@ -50,8 +50,11 @@ from preprocess.common import (
     DataError,
     SkipCounter,
     assign_split,
+    check_output_dir,
+    check_split_fractions_option,
     format_completion,
     groundtruth_completion_ids,
+    int_at_least,
     item_line,
     iter_lines_utf8,
     load_source_catalog,
@@ -349,6 +352,7 @@ def build(raw_dir, output_dir, *, catalog_path=None, name: str = "reddit_v2", sp
           completion: str = "source", n_items: int = 20, split_fractions=(0.8, 0.1, 0.1), progress: bool = True,
           quiet: bool = False) -> dict:
     """Build the processed data set in ``output_dir``; returns the summary (also written to summary.json)."""
+    check_output_dir(output_dir)  # before reading anything
     raw = Path(raw_dir)
     if split not in ("auto", "name", "hash"):
         raise ValueError(f"split must be auto, name or hash, got {split!r}")
@@ -402,9 +406,10 @@ def main(argv=None) -> dict:
                    metavar=("TRAIN", "VALID", "TEST"), help="fractions of the hash split [0.8 0.1 0.1]")
     p.add_argument("--completion", choices=("source", "groundtruth"), default="source",
                    help="keep the release's SFT completion, or write groundtruth + popular padding [source]")
-    p.add_argument("--n_items", type=int, default=20, help="lines of a generated completion [20]")
+    p.add_argument("--n_items", type=int_at_least(1), default=20, help="lines of a generated completion [20]")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
+    args.split_fractions = check_split_fractions_option(p, args.split_fractions)
     try:
         return build(args.raw_dir, args.output_dir, catalog_path=args.catalog_path, name=args.name, split=args.split,
                      completion=args.completion, n_items=args.n_items, split_fractions=tuple(args.split_fractions),

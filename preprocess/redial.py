@@ -50,9 +50,12 @@ from preprocess.common import (
     DataError,
     SkipCounter,
     assign_split,
+    check_output_dir,
+    check_split_fractions_option,
     build_prompt,
     format_completion,
     groundtruth_completion_ids,
+    int_at_least,
     item_line,
     iter_lines_utf8,
     load_source_catalog,
@@ -265,6 +268,7 @@ def build(raw_dir, output_dir, *, catalog_path=None, name: str = "redial", n_ite
           valid_fraction: float = 0.1, split_fractions=(0.8, 0.1, 0.1), progress: bool = True,
           quiet: bool = False) -> dict:
     """Build the processed data set in ``output_dir``; returns the summary (also written to summary.json)."""
+    check_output_dir(output_dir)  # before reading anything
     raw = Path(raw_dir)
     files = discover_files(raw)
     catalog_path, catalog = load_source_catalog(raw, catalog_path, "movies_with_mentions.csv")
@@ -315,13 +319,16 @@ def main(argv=None) -> dict:
     p.add_argument("--output_dir", required=True, help="where to write train/ validation/ test/ catalog.json")
     p.add_argument("--catalog_path", default=None, help="catalog CSV [<raw_dir>/movies_with_mentions.csv]")
     p.add_argument("--name", default="redial", help="data set name used in sample ids [redial]")
-    p.add_argument("--n_items", type=int, default=20, help="lines per completion / items asked for [20]")
+    p.add_argument("--n_items", type=int_at_least(1), default=20, help="lines per completion / items asked for [20]")
     p.add_argument("--valid_fraction", type=float, default=0.1,
                    help="share of train conversations moved to validation when no validation file is given [0.1]")
     p.add_argument("--split_fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
                    metavar=("TRAIN", "VALID", "TEST"), help="hash split when only one file is given [0.8 0.1 0.1]")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     args = p.parse_args(argv)
+    args.split_fractions = check_split_fractions_option(p, args.split_fractions)
+    if not 0 <= args.valid_fraction < 1:
+        p.error(f"argument --valid_fraction: must be in [0, 1), got {args.valid_fraction:g}")
     try:
         return build(args.raw_dir, args.output_dir, catalog_path=args.catalog_path, name=args.name,
                      n_items=args.n_items, valid_fraction=args.valid_fraction,

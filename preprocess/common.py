@@ -495,7 +495,8 @@ def save_processed(output_dir: str | os.PathLike, splits: Mapping[str, Sequence[
 
     ``summary`` is the builder's summary; this function adds ``splits[<name>]["samples"/"items"]`` (a builder may
     give ``users`` per split), ``catalog_items`` and ``output_dir``. Empty splits are not written (noted in
-    ``summary["stats"]``). Every record is validated first, so a failed build leaves nothing half-written.
+    ``summary["stats"]``); a data set with no sample at all, or an ``output_dir`` that is (or lies under) a file, is
+refused. Every record is validated first, so a failed build leaves nothing half-written.
     """
     output_dir = check_output_dir(output_dir)
     if not any(splits.values()):

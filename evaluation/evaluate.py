@@ -10,8 +10,10 @@ that earns a reward during training is the same title that counts as a hit here.
 Outputs of one evaluation (`write_outputs`):
 
 * `metrics.json`: the mean metrics (`recall@K`, `ndcg@K`, `hr@K` for K in ks, `catalog_hit_ratio`,
-  `valid_item_ratio`, `num_parsed`), `num_samples`, `protocol`, `split` and the provenance (model path or
-  predictions file or baseline, dataset path, catalog, generation settings, missing predictions).
+  `valid_item_ratio`, `num_parsed`) over the rows that can be scored, `num_samples` (those rows), the rows left
+  out (`num_unscorable` = `num_empty_groundtruth` + `num_groundtruth_in_seen`, `summarize_scores`), `protocol`,
+  `split` and the provenance (model path or predictions file or baseline, dataset path, catalog, generation
+  settings, missing predictions).
 * `predictions.jsonl`: one JSON object per sample, in split order: `index` (row in the full split, also for a
   --max_samples subset), `sample_id`, `completion` (text; absent for id-only recommenders), then that sample's
   scores, `statuses` and `item_ids` (ranked catalog ids, null = not in the catalog). The file is valid input for

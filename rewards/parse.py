@@ -116,10 +116,16 @@ _BULLET_FIRST = frozenset("-*+\u2013\u2014\u2022\u00b7\u2023\u25aa\u25cf\u25e6\u
 def clean_line(line: str, strip_numbering: bool = True) -> str:
     """Strip list numbering (unless ``strip_numbering=False``), bullets, markdown and surrounding quotes from one
     (stripped) line."""
+    return _clean(line, strip_numbering)[0]
+
+
+def _clean(line: str, strip_numbering: bool = True) -> tuple[str, bool]:
+    """``clean_line`` and whether it stripped list numbering."""
     if "*" in line or "_" in line or "`" in line:  # (a cheap test: most lines hold no markdown at all)
         line = _INLINE_MARKDOWN.sub("", line)
     s = line.strip()
     numbered = not strip_numbering
+    stripped_numbering = False
     for _ in range(8):
         # Each pattern is tried only where its first character is (same result, far fewer regex calls).
         if not s or s[0].isalpha():  # no bullet, heading or numbering starts with a letter: nothing to strip
@@ -132,12 +138,12 @@ def clean_line(line: str, strip_numbering: bool = True) -> str:
         if not numbered and (s[:1] == "#" or s[:1].isdigit()):
             t = _NUMBERING.sub("", s, count=1)
             if t != s:
-                numbered = True
+                numbered = stripped_numbering = True
                 s = t
         s = s.strip()
         if s == before:
             break
-    return s
+    return s, stripped_numbering
 
 
 def is_prose(line: str) -> bool:
@@ -206,14 +212,13 @@ def _title_year(content: str, prose: bool = True) -> tuple[str, int | None, bool
 
 def read_line(stripped: str) -> LineReading | None:
     """The :class:`LineReading` of one stripped line (years optional, prose flagged), or None: no title at all."""
-    content = clean_line(stripped)
+    content, stripped_numbering = _clean(stripped)
     got = _title_year(content)
     if got is None:
         return None
     numbered = None
-    kept_content = clean_line(stripped, strip_numbering=False)
-    if kept_content != content:
-        kept = _title_year(kept_content, prose=False)
+    if stripped_numbering:
+        kept = _title_year(clean_line(stripped, strip_numbering=False), prose=False)
         if kept is not None and kept[:2] != got[:2]:
             numbered = kept[:2]
     return LineReading(got[0], got[1], got[2], numbered)

@@ -141,6 +141,18 @@ def test_training_rewards_use_the_same_rules():
     assert judge_batch([text], PRODUCTS, [[2, 5]], require_year=False).status == [["miss", "hit", "hit"]]
 
 
+def test_deeprec_outcome_reward_reaches_a_duplicate_title_target():
+    from test_deeprec import valid_text
+    from trainers.deeprec import DeepRecJudge
+
+    cat = Catalog([{"id": i, "title": f"Game Number {i}", "year": None} for i in range(10)]
+                  + [{"id": 10, "title": "Game Number 3", "year": None}])  # 10 is a twin of 3
+    answer = [f"Game Number {i}" for i in range(10)]  # the target's title at 0-based rank 3
+    scores = DeepRecJudge(cat, False, None, lambda texts: None).score([{"text": valid_text(1, answer)}] * 2, [10, 3],
+                                                                      need_similarity=False)
+    assert [sc.rewards["outcome"] for sc in scores] == [pytest.approx(1 + 0.2 * (10 - 3))] * 2  # R_out = 1 + 0.2 (10 - i)
+
+
 def test_fixture_oracle_and_popularity_by_text_equal_by_ids(tmp_path, capsys):
     """The hand-written BIGRec/D3-layout fixture: before the fix the oracle scored 5/11 = 0.4545 and popularity
     by text 0.2107 vs 0.4137 by ids (NDCG@20)."""

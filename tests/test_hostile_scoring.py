@@ -150,7 +150,8 @@ def test_deeprec_outcome_reward_reaches_a_duplicate_title_target():
     answer = [f"Game Number {i}" for i in range(10)]  # the target's title at 0-based rank 3
     scores = DeepRecJudge(cat, False, None, lambda texts: None).score([{"text": valid_text(1, answer)}] * 2, [10, 3],
                                                                       need_similarity=False)
-    assert [sc.rewards["outcome"] for sc in scores] == [pytest.approx(1 + 0.2 * (10 - 3))] * 2  # R_out = 1 + 0.2 (10 - i)
+    # R_out = 1 + 0.2 (10 - i), i = 3 for the target 10 (named by its twin's title) as for 3
+    assert [sc.rewards["outcome"] for sc in scores] == [pytest.approx(1 + 0.2 * (10 - 3))] * 2
 
 
 def test_fixture_oracle_and_popularity_by_text_equal_by_ids(tmp_path, capsys):

@@ -308,6 +308,11 @@ class Catalog:
         if not self._items:
             raise CatalogError(f"{self.source}: empty catalog (no items)")
         self._has_string_ids = any(isinstance(iid, str) for iid in self._by_id)
+        # "<number> <word>" opening every full title that starts with a number ("10 solid" of "#10 Solid Rubber
+        # Stopper"): a numbered line is looked up as a whole only when its number and first word open one
+        self._number_heads = {" ".join(k.split(" ", 2)[:2]) for k, c in self._index.items()
+                              if k[:1].isdigit() and any(prio == 0 for _, prio in c)}
+        self._lead_numbers = {head.split(" ", 1)[0] for head in self._number_heads}
         self._keys: list[str] | None = None  # lazily built for the fuzzy fallback
 
     # ---- container protocol ------------------------------------------------------------------
@@ -452,6 +457,14 @@ class Catalog:
             return None
         cands = self._candidates(str(title), exact)
         return self._undated(cands, str(title)) if cands else None
+
+    def may_be_numbered_title(self, number: str, title: str) -> bool:
+        """False when no full title starts with ``number`` followed by ``title``'s first word: then the line
+        ``<number>. <title>`` is surely no catalog title as a whole (a fast pre-check; True means "look it up")."""
+        if number not in self._lead_numbers:
+            return False
+        first = _normalize_cached(title).split(" ", 1)[0]
+        return f"{number} {first}" in self._number_heads
 
     # ---- entries the matcher cannot tell apart ------------------------------------------------
     def _canonical_map(self) -> dict:

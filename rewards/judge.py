@@ -27,6 +27,7 @@ One status rule: :func:`judge_ids` (ids of one list) is what :func:`judge_items`
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -34,7 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .catalog import Catalog
-from .parse import LineReading, ParsedItem, iter_lines, read_line, split_lines
+from .parse import LineReading, ParsedItem, iter_lines, numbered_reading, read_line, split_lines
 
 __all__ = [
     "DUPLICATE",
@@ -186,6 +187,7 @@ def judge_items(
 
 
 _NOT_AN_ITEM = object()  # line_catalog_id's answer for a line that is no item at all
+_DIGITS = re.compile(r"\d+")
 
 
 def line_catalog_id(stripped: str, catalog: Catalog, require_year: bool = True):
@@ -203,13 +205,26 @@ def _catalog_id(title: str, year: int | None, catalog: Catalog, require_year: bo
     return _NOT_AN_ITEM if iid is None else iid
 
 
-def _reading_id(reading: LineReading, catalog: Catalog, require_year: bool):
-    """``(title, year, id)`` of a line's reading by the module docstring's rules (id ``_NOT_AN_ITEM``: no item)."""
-    if reading.numbered is not None:
-        title, year = reading.numbered
-        iid = _catalog_id(title, year, catalog, require_year, exact=True)
-        if iid is not None and iid is not _NOT_AN_ITEM:
-            return title, year, iid
+def _reading_id(reading: LineReading, catalog: Catalog, require_year: bool, memo: dict | None = None):
+    """``(title, year, id)`` of a line's reading by the module docstring's rules (id ``_NOT_AN_ITEM``: no item).
+    ``memo``: answers by what they depend on, shared by every line with the same title under other numbering."""
+    if reading.number is not None and catalog.may_be_numbered_title(_DIGITS.search(reading.number).group(),
+                                                                    reading.title):
+        numbered = numbered_reading(reading)
+        if numbered is not None:
+            iid = _catalog_id(*numbered, catalog, require_year, exact=True)
+            if iid is not None and iid is not _NOT_AN_ITEM:
+                return *numbered, iid
+    key = (reading.title, reading.year, reading.prose)
+    got = memo.get(key) if memo is not None else None
+    if got is None:
+        got = _unnumbered_id(reading, catalog, require_year)
+        if memo is not None:
+            memo[key] = got
+    return got
+
+
+def _unnumbered_id(reading: LineReading, catalog: Catalog, require_year: bool):
     iid = _catalog_id(reading.title, reading.year, catalog, require_year, exact=reading.prose)
     if iid is None and reading.year is not None:  # a yearless entry whose title ends in "(2015)" (Amazon has some)
         whole = f"{reading.title} ({reading.year})"
@@ -260,7 +275,7 @@ def match_texts(
     """Catalog ids of the items of each text, in list order (None = an item that matched nothing).
 
     Exactly ``[judge(t, ...).ids for t in texts]``, but each distinct line is parsed once and each distinct
-    ``(title, year)`` matched once (``memo``: line -> answer and (title, year) -> answer; pass the same dict to
+    ``(title, year)`` matched once (``memo``: line -> answer and (title, year, prose) -> answer; pass the same dict to
     several calls with the SAME catalog and require_year to share it)."""
     memo = {} if memo is None else memo
     skip = _NOT_AN_ITEM
@@ -276,10 +291,8 @@ def match_texts(
                 reading = read_line(stripped) if stripped else None
                 if reading is None:
                     iid = skip
-                else:  # the same reading under other markdown/bullets is matched once ("- X (1999)", "X (1999)")
-                    iid = memo.get(reading, memo)
-                    if iid is memo:
-                        iid = memo[reading] = _reading_id(reading, catalog, require_year)[2]
+                else:  # the same title under other numbering/markdown is matched once ("3. X (1999)", "- X (1999)")
+                    iid = _reading_id(reading, catalog, require_year, memo)[2]
                 memo[line] = iid
             if iid is not skip:
                 ids.append(iid)

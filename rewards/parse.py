@@ -43,8 +43,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
-__all__ = ["LineReading", "ParsedItem", "iter_lines", "parse_items", "parse_line", "read_line", "split_lines",
-           "clean_line", "is_prose"]
+__all__ = ["LineReading", "ParsedItem", "iter_lines", "numbered_reading", "parse_items", "parse_line", "read_line",
+           "split_lines", "clean_line", "is_prose"]
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,13 @@ def clean_line(line: str, strip_numbering: bool = True) -> str:
     return _clean(line, strip_numbering)[0]
 
 
-def _clean(line: str, strip_numbering: bool = True) -> tuple[str, bool]:
-    """``clean_line`` and whether it stripped list numbering."""
+def _clean(line: str, strip_numbering: bool = True) -> tuple[str, str | None]:
+    """``clean_line`` and the list numbering it stripped (``"#10 "``, ``"3. "``), or None."""
     if "*" in line or "_" in line or "`" in line:  # (a cheap test: most lines hold no markdown at all)
         line = _INLINE_MARKDOWN.sub("", line)
     s = line.strip()
     numbered = not strip_numbering
-    stripped_numbering = False
+    number = None
     for _ in range(8):
         # Each pattern is tried only where its first character is (same result, far fewer regex calls).
         if not s or s[0].isalpha():  # no bullet, heading or numbering starts with a letter: nothing to strip
@@ -136,14 +136,15 @@ def _clean(line: str, strip_numbering: bool = True) -> tuple[str, bool]:
         if s[:1] == "#":
             s = _HEADING.sub("", s, count=1)
         if not numbered and (s[:1] == "#" or s[:1].isdigit()):
-            t = _NUMBERING.sub("", s, count=1)
-            if t != s:
-                numbered = stripped_numbering = True
-                s = t
+            m = _NUMBERING.match(s)
+            if m and m.end():
+                numbered = True
+                number = m.group()
+                s = s[m.end():]
         s = s.strip()
         if s == before:
             break
-    return s, stripped_numbering
+    return s, number
 
 
 def is_prose(line: str) -> bool:
@@ -179,13 +180,14 @@ def _clean_title(title: str) -> str:
 
 class LineReading(NamedTuple):
     """What one line says, before any catalog is asked: ``(title, year)``; ``prose``: a line without a year that
-    reads as a sentence (only an exact catalog title makes it an item); ``numbered``: ``(title, year)`` of the line
-    with its list numbering kept, when numbering was stripped (else None)."""
+    reads as a sentence (only an exact catalog title makes it an item); ``number``: the list numbering stripped
+    from it (``"#10 "``, ``"3. "``; None: none was); ``line``: the stripped line (for :func:`numbered_reading`)."""
 
     title: str
     year: int | None
     prose: bool
-    numbered: tuple[str, int | None] | None
+    number: str | None
+    line: str
 
 
 def _title_year(content: str, prose: bool = True) -> tuple[str, int | None, bool] | None:
@@ -212,16 +214,20 @@ def _title_year(content: str, prose: bool = True) -> tuple[str, int | None, bool
 
 def read_line(stripped: str) -> LineReading | None:
     """The :class:`LineReading` of one stripped line (years optional, prose flagged), or None: no title at all."""
-    content, stripped_numbering = _clean(stripped)
+    content, number = _clean(stripped)
     got = _title_year(content)
     if got is None:
         return None
-    numbered = None
-    if stripped_numbering:
-        kept = _title_year(clean_line(stripped, strip_numbering=False), prose=False)
-        if kept is not None and kept[:2] != got[:2]:
-            numbered = kept[:2]
-    return LineReading(got[0], got[1], got[2], numbered)
+    return LineReading(got[0], got[1], got[2], number, stripped)
+
+
+def numbered_reading(reading: LineReading) -> tuple[str, int | None] | None:
+    """``(title, year)`` of the line with its list numbering kept (``#10 Solid Rubber Stopper``), or None when no
+    numbering was stripped or the line reads the same with it."""
+    if reading.number is None:
+        return None
+    kept = _title_year(clean_line(reading.line, strip_numbering=False), prose=False)
+    return kept[:2] if kept is not None and kept[:2] != (reading.title, reading.year) else None
 
 
 def parse_line(stripped: str, require_year: bool = True) -> tuple[str, int | None] | None:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import AMAZON_DIR, REPO, require
+from conftest import AMAZON_DIR, REDDIT_DIR, REPO, require
 from rewards.catalog import Catalog, CatalogError, load_catalog, normalize_title
 from rewards.judge import judge, judge_batch, match_texts
 from rewards.metrics import score_texts
@@ -89,6 +89,17 @@ def test_a_prose_line_needs_an_exact_full_title_no_fuzzy_no_alternative_name():
 def test_list_number_stripping_keeps_a_number_that_is_part_of_the_title(line, expected):
     assert judge(line, PRODUCTS, [], require_year=False).ids == [expected]
     assert match_texts([line], PRODUCTS, require_year=False) == [[expected]]
+
+
+def test_real_titles_that_start_with_a_number_survive_list_numbering():
+    """Rank-GRPO's Reddit catalog: every title "<N> <rest>" ("12 Angry Men", "2 Fast 2 Furious") written as the
+    numbered line "<N>. <rest> (Year)" names that title (the numbered form is a catalog title itself)."""
+    cat = load_catalog(require(REDDIT_DIR / "gt_catalog.pkl"))
+    titles = [it for it in cat if it["year"] is not None and it["title"].split(" ", 1)[0].isdigit()
+              and len(it["title"].split(" ", 1)) == 2]
+    assert len(titles) == 33
+    lines = [f"{it['title'].replace(' ', '. ', 1)} ({it['year']})" for it in titles]
+    assert [ids[0] for ids in match_texts(lines, cat)] == [cat.match(it["title"], it["year"]) for it in titles]
 
 
 def test_a_yearless_title_ending_in_a_year_is_its_item():

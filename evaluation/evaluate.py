@@ -10,8 +10,10 @@ that earns a reward during training is the same title that counts as a hit here.
 Outputs of one evaluation (`write_outputs`):
 
 * `metrics.json`: the mean metrics (`recall@K`, `ndcg@K`, `hr@K` for K in ks, `catalog_hit_ratio`,
-  `valid_item_ratio`, `num_parsed`), `num_samples`, `protocol`, `split` and the provenance (model path or
-  predictions file or baseline, dataset path, catalog, generation settings, missing predictions).
+  `valid_item_ratio`, `num_parsed`) over the rows that can be scored, `num_samples` (those rows), the rows left
+  out (`num_unscorable` = `num_empty_groundtruth` + `num_groundtruth_in_seen`, `summarize_scores`), `protocol`,
+  `split` and the provenance (model path or predictions file or baseline, dataset path, catalog, generation
+  settings, missing predictions).
 * `predictions.jsonl`: one JSON object per sample, in split order: `index` (row in the full split, also for a
   --max_samples subset), `sample_id`, `completion` (text; absent for id-only recommenders), then that sample's
   scores, `statuses` and `item_ids` (ranked catalog ids, null = not in the catalog). The file is valid input for
@@ -180,32 +182,59 @@ def check_evaluation_options(ks: Sequence[int], n_items: int, max_samples: int |
 UNSCORABLE_KEY = "unscorable"
 
 
-def summarize_scores(per_sample: list[dict], groundtruths: Sequence, ks: Sequence[int], mean_all) -> dict:
+#: Why a row cannot be scored (``per_sample[i]["unscorable"]``), and the metrics.json count of each reason.
+EMPTY_GROUNDTRUTH = "empty groundtruth"
+GROUNDTRUTH_SEEN = "every groundtruth item is in seen"
+UNSCORABLE_COUNTS = {EMPTY_GROUNDTRUTH: "num_empty_groundtruth", GROUNDTRUTH_SEEN: "num_groundtruth_in_seen"}
+
+
+def unscorable_reason(groundtruth, seen) -> str | None:
+    """Why a row's metrics cannot be computed, or None: an empty ground truth (0/0), or a ground truth whose every
+    item is in ``seen`` (seen items are never counted as hits, so no list can reach it: the next item of a repeat
+    purchase, when ``seen`` is the history). ``groundtruth`` and ``seen`` as the scorer sees them (canonical ids)."""
+    if not groundtruth:
+        return EMPTY_GROUNDTRUTH
+    if seen and set(groundtruth) <= set(seen):
+        return GROUNDTRUTH_SEEN
+    return None
+
+
+def summarize_scores(per_sample: list[dict], groundtruths: Sequence, ks: Sequence[int], mean_all,
+                     seens: Sequence | None = None) -> dict:
     """The mean metrics of an evaluation, over the rows that CAN be scored.
 
-    A row with an empty ground truth has no Recall/NDCG/HR (0/0): averaging it in as zeros silently lowered every
-    mean, so such rows are left out of the means, marked ``per_sample[i]["unscorable"]``, counted in
-    ``num_unscorable`` (their sample ids, at most 100, in ``unscorable_sample_ids``) and warned about on stderr.
-    ``mean_all()`` gives the means over every row (the fast batch path, used when every row can be scored)."""
+    A row with an empty ground truth has no Recall/NDCG/HR (0/0), and one whose every ground-truth item is in its
+    ``seen`` scores 0 whatever is recommended: averaging them in as zeros silently lowered every mean (and kept the
+    oracle below 1), so such rows are left out of the means, marked ``per_sample[i]["unscorable"]`` (the reason),
+    counted in ``num_unscorable`` and per reason in ``num_empty_groundtruth`` / ``num_groundtruth_in_seen`` (their
+    sample ids, at most 100, in ``unscorable_sample_ids``) and warned about on stderr. ``mean_all()`` gives the means
+    over every row (the fast batch path, used when every row can be scored). ``groundtruths`` / ``seens``: canonical
+    ids (``rewards.judge.canonical_targets``)."""
     from rewards.metrics import mean_metrics
 
-    unscorable = [i for i, gt in enumerate(groundtruths) if not gt]
+    seens = seens if seens is not None else [()] * len(groundtruths)
+    reasons = [unscorable_reason(gt, seen) for gt, seen in zip(groundtruths, seens, strict=True)]
+    unscorable = [i for i, why in enumerate(reasons) if why is not None]
     if not unscorable:
         metrics = dict(mean_all()) if per_sample else {k: 0.0 for k in metric_keys(ks)}
     else:
         skip = set(unscorable)
         for i in unscorable:
-            per_sample[i][UNSCORABLE_KEY] = "empty groundtruth"
+            per_sample[i][UNSCORABLE_KEY] = reasons[i]
         kept = [{k: v for k, v in row.items() if k not in ("index", "sample_id")}
                 for i, row in enumerate(per_sample) if i not in skip]
         metrics = mean_metrics(kept) if kept else {k: 0.0 for k in metric_keys(ks)}
         import sys
 
-        print(f"[evaluation] WARNING: {len(unscorable)} of {len(per_sample)} rows have an empty ground truth and "
-              f"cannot be scored; they are left out of the means (num_unscorable in metrics.json)",
-              file=sys.stderr, flush=True)
+        for why, key in UNSCORABLE_COUNTS.items():
+            n = reasons.count(why)
+            if n:
+                print(f"[evaluation] WARNING: {n} of {len(per_sample)} rows cannot be scored ({why}); they are left "
+                      f"out of the means ({key} in metrics.json)", file=sys.stderr, flush=True)
     metrics["num_samples"] = len(per_sample) - len(unscorable)
     metrics["num_unscorable"] = len(unscorable)
+    for why, key in UNSCORABLE_COUNTS.items():
+        metrics[key] = reasons.count(why)
     if unscorable:
         metrics["unscorable_sample_ids"] = [per_sample[i].get("sample_id") for i in unscorable[:100]]
     return metrics
@@ -243,6 +272,9 @@ def score_completions(
     if require_year is None:
         require_year = default_require_year(catalog)
 
+    from rewards.judge import canonical_targets
+
+    groundtruths, seens = canonical_targets(catalog, groundtruths, seens)  # (score_texts maps them the same way)
     scores = score_texts([text or "" for text in completions], catalog, groundtruths, seens, ks=ks,
                          protocol=protocol, n_items=n_items, require_year=require_year)
     per_sample: list[dict] = []
@@ -254,7 +286,7 @@ def score_completions(
         per_sample.append(row)
 
     # An empty split: every metric named, valued NaN-free zero, so tables and CSVs keep their columns.
-    metrics: dict[str, Any] = summarize_scores(per_sample, groundtruths, ks, scores.mean)
+    metrics: dict[str, Any] = summarize_scores(per_sample, groundtruths, ks, scores.mean, seens)
     metrics["protocol"] = protocol
     metrics["n_items"] = n_items
     metrics["ks"] = list(ks)
@@ -340,17 +372,20 @@ class PredictionRecord:
     line: int
 
 
-def _item_ids(value, where: str, catalog) -> list[int | None]:
+def _item_ids(value, where: str, catalog) -> list[int | str | None]:
     if not isinstance(value, list):
         raise PredictionsError(f"{where}: field 'item_ids' must be a list of catalog ids (or null), "
                                f"got {type(value).__name__}")
+    # string ids only where the catalog has them (a title -> id map such as Reddit-Movie's entity2id.json)
+    id_types = (int, str) if getattr(catalog, "has_string_ids", False) else int
     for position, iid in enumerate(value):
         if iid is None:
             continue
-        if isinstance(iid, bool) or not isinstance(iid, int):
-            raise PredictionsError(f"{where}: item_ids[{position}] must be an int or null, got {iid!r}")
+        if isinstance(iid, bool) or not isinstance(iid, id_types):
+            kind = "an int or a string id" if id_types != int else "an int"
+            raise PredictionsError(f"{where}: item_ids[{position}] must be {kind} or null, got {iid!r}")
         if catalog is not None and iid not in catalog:
-            raise PredictionsError(f"{where}: item_ids[{position}] = {iid} is not an id of the catalog "
+            raise PredictionsError(f"{where}: item_ids[{position}] = {iid!r} is not an id of the catalog "
                                    f"({len(catalog)} items); were these predictions made with another catalog?")
     return list(value)
 
@@ -531,8 +566,14 @@ def format_metrics(metrics: dict, ks: Sequence[int] | None = None, title: str | 
     for k in ks:
         lines.append(f"{k:>4} {f(f'recall@{k}'):>8} {f(f'ndcg@{k}'):>8} {f(f'hr@{k}'):>8}")
     lines.append(f"catalog_hit_ratio {f('catalog_hit_ratio')}   valid_item_ratio {f('valid_item_ratio')}")
-    if metrics.get("num_unscorable"):
-        lines.append(f"WARNING: {metrics['num_unscorable']} rows have an empty ground truth (left out of the means)")
+    if metrics.get("num_empty_groundtruth"):
+        lines.append(f"WARNING: {metrics['num_empty_groundtruth']} rows have an empty ground truth (left out of the "
+                     "means)")
+    if metrics.get("num_groundtruth_in_seen"):
+        lines.append(f"WARNING: {metrics['num_groundtruth_in_seen']} rows have every ground-truth item in seen, "
+                     "unreachable (left out of the means)")
+    if metrics.get("num_unscorable") and not any(metrics.get(k) for k in UNSCORABLE_COUNTS.values()):
+        lines.append(f"WARNING: {metrics['num_unscorable']} rows cannot be scored (left out of the means)")
     if metrics.get("num_missing_predictions"):
         lines.append(f"WARNING: {metrics['num_missing_predictions']} rows had no prediction (scored as empty)")
     return "\n".join(lines)

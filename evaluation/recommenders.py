@@ -65,11 +65,9 @@ class Recommender(Protocol):
 
 # --------------------------------------------------------------------------------------------------- text
 def text_item_ids(text: str, catalog, require_year: bool) -> list[int | None]:
-    """THE text -> ranked ids step: every parsed `Title (Year)` line (every item line when years are not
-    required), matched against the catalog (`rewards.judge.judge` does the same parse + match)."""
-    from rewards.parse import parse_items
-
-    return [catalog.match(item.title, item.year) for item in parse_items(text or "", require_year=require_year)]
+    """THE text -> ranked ids step: the catalog id of every item line (`rewards.judge.match_texts`, the rule
+    `rewards.judge.judge` and every training reward apply)."""
+    return texts_item_ids([text or ""], catalog, require_year)[0]
 
 
 def texts_item_ids(texts: Sequence[str], catalog, require_year: bool) -> list[list[int | None]]:
@@ -238,7 +236,8 @@ def _check_ids(rec: Recommendation, index: int, catalog) -> None:
     if not isinstance(rec, Recommendation):
         raise TypeError(f"row {index}: a recommender must return Recommendation objects, got {type(rec).__name__}")
     for position, iid in enumerate(rec.item_ids):
-        if iid is not None and (isinstance(iid, bool) or not isinstance(iid, int) or iid not in catalog):
+        if iid is not None and (isinstance(iid, bool) or not isinstance(iid, (int, str)) or iid not in catalog):
+            # (a string is an id only in a catalog that has string ids: `iid not in catalog` refuses it elsewhere)
             raise ValueError(f"row {index}: item_ids[{position}] = {iid!r} is not a catalog id (or None)")
 
 
@@ -261,12 +260,16 @@ def score_recommendations(dataset, catalog, recommendations: Sequence[Recommenda
     for index, rec in enumerate(recommendations):
         _check_ids(rec, index, catalog)
     ks = check_evaluation_options(ks, n_items)
-    rows, statuses = _score_ids([r.item_ids for r in recommendations], groundtruths, seens, ks, protocol,
-                                    n_items)
+    from rewards.judge import canonical_targets
+
+    # entries the matcher cannot tell apart are one item (rewards.catalog.Catalog.canonical_id), for ids as for text
+    groundtruths, seens = canonical_targets(catalog, groundtruths, seens)
+    id_lists = [[None if i is None else catalog.canonical_id(i) for i in r.item_ids] for r in recommendations]
+    rows, statuses = _score_ids(id_lists, groundtruths, seens, ks, protocol, n_items)
     per_sample = []
     for index, (m, st, rec, sid) in enumerate(zip(rows, statuses, recommendations, sample_ids)):
         per_sample.append({"index": index, "sample_id": sid, **m, "statuses": st, "item_ids": list(rec.item_ids)})
-    metrics: dict[str, Any] = summarize_scores(per_sample, groundtruths, ks, lambda: mean_metrics(rows))
+    metrics: dict[str, Any] = summarize_scores(per_sample, groundtruths, ks, lambda: mean_metrics(rows), seens)
     metrics.update(protocol=protocol, n_items=n_items, ks=list(ks))
     return metrics, per_sample
 

@@ -5,7 +5,11 @@ rewards, evaluation and preprocessing alike (METHODS.md §2: one matching functi
 
 Matching rules (docs/ARCHITECTURE.md):
 
-* titles are compared after :func:`normalize_title` (an O(1) dict lookup);
+* titles are compared after :func:`normalize_title` (an O(1) dict lookup); every name an entry carries is indexed
+  (:func:`title_names`: the full title, then as alternative names the main name and each trailing parenthetical,
+  ``a.k.a.`` dropped: ``Twelve Monkeys (a.k.a. 12 Monkeys)`` answers to ``Twelve Monkeys`` and ``12 Monkeys``);
+* titles are stored in Unicode NFC, so an NFD spelling (``Ame\u0301lie``) is the same entry and spelling as its
+  NFC twin;
 * among the catalog entries with that title: the exact year first, then the nearest year within
   ``year_tolerance`` (ties -> the earlier year, then the entry whose title is written exactly as the query's,
   up to case and spacing: ``Adaptation. (2002)`` and ``Adaptation (2002)`` are two entries, each reachable);
@@ -13,7 +17,15 @@ Matching rules (docs/ARCHITECTURE.md):
 * a query without a year matches the title's undated entry when it has one (ReDial's yearless movies:
   ``The Mummy`` is the undated entry even though ``The Mummy (1999)`` exists too), otherwise only a title
   that has exactly one catalog entry; among several undated entries the exact spelling, then catalog order;
-* an optional rapidfuzz fallback over the normalised keys when ``fuzzy_threshold`` is set.
+* an optional rapidfuzz fallback over the normalised keys when ``fuzzy_threshold`` is set;
+* ``exact=True`` (a line that reads as prose: only a full catalog title makes it an item) uses full titles only, no
+  alternative names and no fuzzy fallback.
+
+Entries the matcher cannot tell apart (same key and year, same spelling: a product listed twice) are one item to it:
+:meth:`Catalog.canonical_id` is the id it returns for an entry's own title, and scoring maps ground truth, seen and
+listed ids through it (the rule the MovieLens builder applies when it merges such entries).
+
+Ids are ints; a ``{"Title (Year)": "<id>"}`` map (Reddit-Movie's ``entity2id.json``) keeps its string ids.
 """
 from __future__ import annotations
 
@@ -152,19 +164,38 @@ def display_title(raw: str) -> str:
 
 
 _PAREN_SUFFIX = re.compile(r"^(?P<main>.*\S)\s*\((?P<alt>[^()]*)\)\s*$")
+_AKA = re.compile(r"^(?:a\.?\s?k\.?\s?a\.?|also\s+known\s+as)\s*[:,]?\s+", re.I)
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def title_names(title: str) -> tuple[str, list[str]]:
+    """``(full title, alternative names)`` of a catalog title: trailing parentheticals are peeled off one by one;
+    each one's text (``a.k.a.`` / ``aka`` / ``also known as`` dropped) and each name left in front of one is an
+    alternative name. ``Léon: The Professional (a.k.a. The Professional) (Léon)`` -> alternatives ``Léon: The
+    Professional (a.k.a. The Professional)``, ``Léon``, ``Léon: The Professional``, ``The Professional``. A
+    parenthetical of digits only ends the peeling (it is part of the title, not a name)."""
+    alternatives: list[str] = []
+    rest = title
+    while True:
+        m = _PAREN_SUFFIX.match(rest)
+        if not m:
+            break
+        alt = m.group("alt").strip()
+        if not alt or alt.isdigit():
+            break
+        rest = m.group("main")
+        alternatives += [rest, _AKA.sub("", alt).strip()]
+    return title, alternatives
 
 
 def _title_keys(title: str) -> list[tuple[str, int]]:
-    """Index keys of a catalog title with a priority: the full title (0), plus, for ``Main (Alternate)``,
-    ``Main`` and ``Alternate`` (1) (ML's ``Shanghai Triad (Yao a yao yao dao waipo qiao)``,
-    ``Seven (Se7en)``). On equal years a full-title entry beats an alternate-title one."""
-    keys = [(normalize_title(title), 0)]
-    m = _PAREN_SUFFIX.match(title)
-    if m:
-        alt = m.group("alt").strip()
-        if alt and not alt.isdigit():
-            keys.append((normalize_title(m.group("main")), 1))
-            keys.append((normalize_title(alt), 1))
+    """Index keys of a catalog title with a priority: the full title (0), each alternative name of
+    :func:`title_names` (1). On equal years a full-title entry beats an alternate-title one."""
+    full, alternatives = title_names(title)
+    keys = [(normalize_title(full), 0)] + [(normalize_title(a), 1) for a in alternatives]
     out: list[tuple[str, int]] = []
     seen: set[str] = set()
     for k, prio in keys:
@@ -215,7 +246,9 @@ def validate_year(value: Any) -> tuple[int | None, str | None]:
 class Catalog:
     """An item catalog with the one title matcher.
 
-    ``items``: dicts ``{"id": int, "title": str, "year": int | None, ...}`` (extra keys kept).
+    ``items``: dicts ``{"id": int, "title": str, "year": int | None, ...}`` (extra keys kept; a digit-string id
+    becomes an int). ``string_ids=True`` keeps string ids as written (a title -> id map's ids, e.g. ``"Q42"`` or
+    ``"00123"``) and accepts int ids beside them. Titles are stored whitespace-collapsed, in NFC.
     Invalid years (outside 1870..2100 or unparsable) become ``None`` and are counted in ``report``.
     """
 
@@ -226,6 +259,7 @@ class Catalog:
         fuzzy_threshold: float | None = None,
         source: str = "<memory>",
         report: dict | None = None,
+        string_ids: bool = False,
     ) -> None:
         self.source = str(source)
         if year_tolerance is None or year_tolerance < 0:
@@ -236,9 +270,10 @@ class Catalog:
         self.fuzzy_threshold = None if fuzzy_threshold is None else float(fuzzy_threshold)
         self._report: Counter = Counter(report or {})
         self._items: list[dict] = []
-        self._by_id: dict[int, dict] = {}
+        self._by_id: dict[int | str, dict] = {}
         self._index: dict[str, list[tuple[int, int]]] = {}  # key -> [(id, priority)] in catalog order
-        self._spelling: dict[int, str] = {}  # id -> casefolded title, the tie-break between equal keys
+        self._spelling: dict[int | str, str] = {}  # id -> casefolded title, the tie-break between equal keys
+        self._canonical: dict | None = None  # id -> the id the matcher returns for its own title (lazily built)
 
         for row, raw in enumerate(items):
             if not isinstance(raw, dict):
@@ -246,21 +281,24 @@ class Catalog:
             item = dict(raw)
             iid = item.get("id")
             if isinstance(iid, bool) or not isinstance(iid, int):
-                if isinstance(iid, str) and re.fullmatch(r"\s*[+-]?\d+\s*", iid):
+                if string_ids and isinstance(iid, str) and iid.strip():
+                    pass  # kept as written: predictions name this item by exactly this string
+                elif isinstance(iid, str) and re.fullmatch(r"\s*[+-]?\d+\s*", iid):
                     iid = int(iid)
                 else:
-                    raise CatalogError(f"{self.source}: row {row}: field 'id' must be an int, got {iid!r}")
+                    raise CatalogError(f"{self.source}: row {row}: field 'id' must be an int"
+                                       f"{' or a non-empty string' if string_ids else ''}, got {iid!r}")
             item["id"] = iid
             title = item.get("title")
             if not isinstance(title, str) or not title.strip():
                 raise CatalogError(f"{self.source}: row {row} (id {iid}): field 'title' is missing or empty")
-            item["title"] = _SPACES.sub(" ", title).strip()
+            item["title"] = _nfc(_SPACES.sub(" ", title).strip())
             year, problem = validate_year(item.get("year"))
             if problem:
                 self._report[problem] += 1
             item["year"] = year
             if iid in self._by_id:
-                raise CatalogError(f"{self.source}: row {row}: duplicate id {iid}")
+                raise CatalogError(f"{self.source}: row {row}: duplicate id {iid!r}")
             self._by_id[iid] = item
             self._spelling[iid] = item["title"].casefold()
             self._items.append(item)
@@ -269,6 +307,12 @@ class Catalog:
 
         if not self._items:
             raise CatalogError(f"{self.source}: empty catalog (no items)")
+        self._has_string_ids = any(isinstance(iid, str) for iid in self._by_id)
+        # "<number> <word>" opening every full title that starts with a number ("10 solid" of "#10 Solid Rubber
+        # Stopper"): a numbered line is looked up as a whole only when its number and first word open one
+        self._number_heads = {" ".join(k.split(" ", 2)[:2]) for k, c in self._index.items()
+                              if k[:1].isdigit() and any(prio == 0 for _, prio in c)}
+        self._lead_numbers = {head.split(" ", 1)[0] for head in self._number_heads}
         self._keys: list[str] | None = None  # lazily built for the fuzzy fallback
 
     # ---- container protocol ------------------------------------------------------------------
@@ -297,6 +341,11 @@ class Catalog:
     @property
     def items(self) -> list[dict]:
         return list(self._items)
+
+    @property
+    def has_string_ids(self) -> bool:
+        """True when some id is a string (a title -> id map's ids, kept as written)."""
+        return self._has_string_ids
 
     @property
     def has_years(self) -> bool:
@@ -330,21 +379,23 @@ class Catalog:
         hit = process.extractOne(key, self._keys, scorer=fuzz.ratio, score_cutoff=self.fuzzy_threshold)
         return None if hit is None else hit[0]
 
-    def _candidates(self, title: str) -> list[tuple[int, int]]:
+    def _candidates(self, title: str, exact: bool = False) -> list[tuple[int, int]]:
         key = normalize_title(title)
         if not key:
             return []
         cands = self._index.get(key)
+        if exact:  # full titles only, no fuzzy fallback
+            return [c for c in cands if c[1] == 0] if cands else []
         if cands is None and self.fuzzy_threshold is not None:
             fk = self._fuzzy_key(key)
             cands = self._index.get(fk) if fk is not None else None
         return cands or []
 
-    def match(self, title: str, year: int | str | None = None) -> int | None:
+    def match(self, title: str, year: int | str | None = None, exact: bool = False) -> int | None:
         """The catalog id of ``(title, year)``, or ``None`` (rules in the module docstring).
 
         ``year`` may be an int, a digit string or ``None``; with ``year=None`` a trailing ``(YYYY)`` in
-        ``title`` is used as the year.
+        ``title`` is used as the year. ``exact=True``: full catalog titles only (no alternative names, no fuzzy).
         """
         if title is None:
             return None
@@ -356,7 +407,7 @@ class Catalog:
             if problem:
                 return None
             year = y
-        cands = self._candidates(title)
+        cands = self._candidates(title, exact)
         if not cands:
             return None
         if year is None:
@@ -366,7 +417,7 @@ class Catalog:
             # only a title with a single entry (full titles first, alternate titles if there are none)
             primary = [iid for iid, prio in cands if prio == 0] or [iid for iid, _ in cands]
             return primary[0] if len(primary) == 1 else None
-        spelled = _SPACES.sub(" ", title).strip().casefold() if len(cands) > 1 else None
+        spelled = _nfc(_SPACES.sub(" ", title).strip()).casefold() if len(cands) > 1 else None
         best: int | None = None
         best_key: tuple[int, int, int, bool] | None = None
         undated: int | None = None
@@ -395,17 +446,61 @@ class Catalog:
         if not undated:
             return None
         if len(undated) > 1:
-            spelled = _SPACES.sub(" ", str(title)).strip().casefold()
+            spelled = _nfc(_SPACES.sub(" ", str(title)).strip()).casefold()
             undated.sort(key=lambda pi: (pi[0], self._spelling[pi[1]] != spelled))  # stable: catalog order
         return undated[0][1]
 
-    def match_undated(self, title: str) -> int | None:
+    def match_undated(self, title: str, exact: bool = False) -> int | None:
         """The catalog id of a line written WITHOUT a year when years are required: the title's undated
         entry (as :meth:`match` picks it), or None when the title has none (a dated title must carry its year)."""
         if title is None:
             return None
-        cands = self._candidates(str(title))
+        cands = self._candidates(str(title), exact)
         return self._undated(cands, str(title)) if cands else None
+
+    def may_be_numbered_title(self, number: str, title: str) -> bool:
+        """False when no full title starts with ``number`` followed by ``title``'s first word: then the line
+        ``<number>. <title>`` is surely no catalog title as a whole (a fast pre-check; True means "look it up")."""
+        if number not in self._lead_numbers:
+            return False
+        first = _normalize_cached(title).split(" ", 1)[0]
+        return f"{number} {first}" in self._number_heads
+
+    # ---- entries the matcher cannot tell apart ------------------------------------------------
+    def _canonical_map(self) -> dict:
+        if self._canonical is None:
+            canonical = {}
+            for it in self._items:
+                iid, title, year = it["id"], it["title"], it["year"]
+                cid = self.match(title, year) if year is not None else self._undated(self._candidates(title), title)
+                if cid is not None and cid != iid:
+                    canonical[iid] = cid
+            self._canonical = canonical
+        return self._canonical
+
+    def canonical_id(self, item_id):
+        """The id the matcher returns for this entry's own title and year: ``item_id`` itself unless an earlier
+        entry has the same key, year and spelling (then no line can name ``item_id``, so scoring counts the two as
+        one item). An id the catalog does not hold is returned unchanged."""
+        return self._canonical_map().get(item_id, item_id)
+
+    @property
+    def merged_ids(self) -> dict:
+        """``{id: canonical id}`` of every entry the matcher cannot tell apart from an earlier one."""
+        return dict(self._canonical_map())
+
+    def canonical_groundtruth(self, ids: Iterable) -> list:
+        """Ground-truth ids mapped to :meth:`canonical_id`, in order; an item that the mapping named twice (both
+        entries of a duplicate pair in one ground truth) is kept once, so the ideal list stays reachable (other
+        repeats are kept: the ground truth is a multiset)."""
+        mapped = [(iid, self.canonical_id(iid)) for iid in ids or ()]
+        merged = {cid for iid, cid in mapped if cid != iid}
+        out: list = []
+        for _, cid in mapped:
+            if cid in merged and cid in out:
+                continue
+            out.append(cid)
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -452,6 +547,30 @@ def _items_from_rows(rows: list, path: Path) -> list[dict]:
             items.append({"id": i, "title": row[0], "year": row[1]})
         else:
             raise CatalogError(f"{path}: row {i}: expected a dict or a [title, year] pair, got {row!r:.80}")
+    return items
+
+
+def _items_from_title_map(mapping: dict, path: Path) -> list[dict]:
+    """A ``{"Title (Year)": id}`` map (Reddit-Movie's ``entity2id.json``): ids are strings (kept as written) or ints;
+    a key without a trailing ``(YYYY)`` is a yearless title."""
+    if not mapping:
+        raise CatalogError(f"{path}: empty JSON object (expected a title -> id map or a list of items)")
+    items: list[dict] = []
+    owner: dict = {}
+    for key, iid in mapping.items():
+        if isinstance(iid, bool) or not isinstance(iid, (str, int)) or (isinstance(iid, str) and not iid.strip()):
+            raise CatalogError(f"{path}: key {key!r:.80}: the id must be a non-empty string or an int, got {iid!r:.80}"
+                               " (a title -> id map is expected)")
+        if not key.strip():
+            raise CatalogError(f"{path}: an empty title maps to id {iid!r}")
+        if iid in owner:
+            raise CatalogError(f"{path}: key {key!r:.80}: id {iid!r} is also the id of {owner[iid]!r:.80}")
+        owner[iid] = key
+        title, year = split_title_year(key)
+        items.append({"id": iid, "title": title, "year": year})
+    if all(re.fullmatch(r"\s*\d+\s*", k) for k in mapping) and not all(isinstance(v, int) for v in mapping.values()):
+        raise CatalogError(f"{path}: every key is a number: this looks like an id -> title map; a title -> id map "
+                           '({"Title (Year)": "<id>"}) or a list of items is expected')
     return items
 
 
@@ -539,7 +658,8 @@ def _load_atomic_item(text: str, path: Path) -> list[dict]:
 def load_catalog(path: str | Path, **kw: Any) -> Catalog:
     """Load a catalog by file suffix.
 
-    * ``.json``: our list of item dicts, or a list of ``[title, year]`` pairs (ids = list index);
+    * ``.json``: our list of item dicts, or a list of ``[title, year]`` pairs (ids = list index), or a
+      ``{"Title (Year)": "<id>"}`` map (Reddit-Movie's ``entity2id.json``; string ids kept as written);
     * ``.csv``: columns ``id,title[,year,...]`` or ReDial's ``movieId,movieName,nbMentions``
       (``movieName`` = ``"Title  (Year)"``; ``popularity`` = ``nbMentions``);
     * ``.pkl``/``.pickle``: Rank-GRPO's ``gt_catalog.pkl`` (a list of ``(title, year)`` tuples, ids = list
@@ -562,6 +682,8 @@ def load_catalog(path: str | Path, **kw: Any) -> Catalog:
             raise CatalogError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
         if isinstance(rows, dict) and isinstance(rows.get("items"), list):
             rows = rows["items"]
+        if isinstance(rows, dict):
+            return Catalog(_items_from_title_map(rows, path), source=str(path), report=report, string_ids=True, **kw)
         items = _items_from_rows(rows, path)
     elif suffix == ".csv":
         items = _load_csv(_decode(data, path), path, report)

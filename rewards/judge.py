@@ -7,16 +7,27 @@ same completion) -> ``hit`` (id still in the ground-truth multiset; consumes one
 
 ``rel_k = 1`` iff status is ``hit``. ALL parsed items are judged; callers cut to N.
 
-Which lines are items: ``rewards.parse.parse_line`` on each line; with ``require_year`` a line without a year
-is an item only when it names a catalog entry that has no year (``Catalog.match_undated``; parse.py's
-docstring says why). :func:`line_catalog_id` is that one rule, used by :func:`judge` (one completion, with
-spans) and by :func:`match_texts` (a batch: each distinct line parsed and matched once).
+Which lines are items (:func:`line_catalog_id`, the one rule, used by :func:`judge` (one completion, with spans)
+and by :func:`match_texts` (a batch: each distinct line read and matched once)), from ``rewards.parse.read_line``:
+
+1. a line whose numbered form (``#10 Solid Rubber Stopper``) is exactly a catalog title is that item; so is a
+   ``Title (YYYY)`` line that names no dated entry but is exactly an undated one's title (``NVIDIA SHIELD
+   Controller (2015)``, an Amazon product title);
+2. a line that reads as prose (more than 15 words, a 6+ word sentence, "Here are ...") is an item only when it is
+   exactly a catalog title (full titles, no fuzzy fallback): a long product title is an item, a preamble is not;
+3. otherwise with ``require_year`` a line without a year is an item only when it names a catalog entry that has no
+   year (``Catalog.match_undated``; parse.py's docstring says why); every other line is an item, matched by
+   ``Catalog.match`` (None: out of catalog).
+
+Ids the matcher cannot tell apart (``Catalog.canonical_id``) are one item: :func:`judge` and :func:`judge_batch`
+map the ground truth (``Catalog.canonical_groundtruth``) and ``seen`` through it (matched ids already are).
 
 One status rule: :func:`judge_ids` (ids of one list) is what :func:`judge_items` and :func:`judge_id_lists`
 (a batch of lists, e.g. ranked catalog ids from a recommender that writes no text) both apply.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -24,7 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .catalog import Catalog
-from .parse import ParsedItem, parse_items, parse_line, split_lines
+from .parse import LineReading, ParsedItem, iter_lines, numbered_reading, read_line, split_lines
 
 __all__ = [
     "DUPLICATE",
@@ -40,6 +51,7 @@ __all__ = [
     "judge_id_lists",
     "judge_ids",
     "judge_items",
+    "canonical_targets",
     "line_catalog_id",
     "match_texts",
 ]
@@ -175,21 +187,57 @@ def judge_items(
 
 
 _NOT_AN_ITEM = object()  # line_catalog_id's answer for a line that is no item at all
+_DIGITS = re.compile(r"\d+")
 
 
 def line_catalog_id(stripped: str, catalog: Catalog, require_year: bool = True):
     """The catalog id of one stripped line (None: an item that matched nothing), or ``_NOT_AN_ITEM``."""
-    parsed = parse_line(stripped, require_year=False)
-    return _NOT_AN_ITEM if parsed is None else _catalog_id(parsed[0], parsed[1], catalog, require_year)
+    reading = read_line(stripped) if stripped else None
+    return _NOT_AN_ITEM if reading is None else _reading_id(reading, catalog, require_year)[2]
 
 
-def _catalog_id(title: str, year: int | None, catalog: Catalog, require_year: bool):
-    """The matching step of a parsed line: with ``require_year`` a line without a year is an item only when it
+def _catalog_id(title: str, year: int | None, catalog: Catalog, require_year: bool, exact: bool = False):
+    """The matching step of a reading: with ``require_year`` a line without a year is an item only when it
     names an undated catalog entry (else ``_NOT_AN_ITEM``); every other item gets ``catalog.match``."""
     if year is not None or not require_year:
-        return catalog.match(title, year)
-    iid = catalog.match_undated(title)
+        return catalog.match(title, year, exact=exact)
+    iid = catalog.match_undated(title, exact=exact)
     return _NOT_AN_ITEM if iid is None else iid
+
+
+def _reading_id(reading: LineReading, catalog: Catalog, require_year: bool, memo: dict | None = None):
+    """``(title, year, id)`` of a line's reading by the module docstring's rules (id ``_NOT_AN_ITEM``: no item).
+    ``memo``: answers by what they depend on, shared by every line with the same title under other numbering."""
+    if reading.number is not None and catalog.may_be_numbered_title(_DIGITS.search(reading.number).group(),
+                                                                    reading.title):
+        numbered = numbered_reading(reading)
+        if numbered is not None:
+            iid = _catalog_id(*numbered, catalog, require_year, exact=True)
+            if iid is not None and iid is not _NOT_AN_ITEM:
+                return *numbered, iid
+    key = (reading.title, reading.year, reading.prose)
+    got = memo.get(key) if memo is not None else None
+    if got is None:
+        got = _unnumbered_id(reading, catalog, require_year)
+        if memo is not None:
+            memo[key] = got
+    return got
+
+
+def _unnumbered_id(reading: LineReading, catalog: Catalog, require_year: bool):
+    iid = _catalog_id(reading.title, reading.year, catalog, require_year, exact=reading.prose)
+    if iid is None and reading.year is not None:  # a yearless entry whose title ends in "(2015)" (Amazon has some)
+        whole = f"{reading.title} ({reading.year})"
+        undated = catalog.match_undated(whole, exact=True)
+        if undated is not None:
+            return whole, None, undated
+    if reading.prose and iid is None:
+        iid = _NOT_AN_ITEM
+    return reading.title, reading.year, iid
+
+
+def _canonical_seen(catalog: Catalog, seen: Iterable) -> set:
+    return {catalog.canonical_id(i) for i in (seen or ())}
 
 
 def judge(
@@ -200,17 +248,24 @@ def judge(
     n_items: int = 20,
     require_year: bool = True,
 ) -> Judgement:
-    """Parse ``text``, match every item against ``catalog`` and judge it against the ground-truth
-    multiset ``groundtruth`` (catalog ids) and the ids in ``seen``."""
+    """Read every line of ``text``, match the items against ``catalog`` and judge them against the ground-truth
+    multiset ``groundtruth`` (catalog ids) and the ids in ``seen`` (both mapped to ``Catalog.canonical_id``)."""
+    if not isinstance(text, str):
+        raise TypeError(f"judge expects a str completion, got {type(text).__name__}")
     items: list[ParsedItem] = []
     ids: list[int | None] = []
-    # every candidate line (years optional), kept when the matching step makes it an item: line_catalog_id's rule
-    for it in parse_items(text, require_year=False):
-        iid = _catalog_id(it.title, it.year, catalog, require_year)
+    for idx, start, end, stripped in iter_lines(text):
+        if not stripped:
+            continue
+        reading = read_line(stripped)
+        if reading is None:
+            continue
+        title, year, iid = _reading_id(reading, catalog, require_year)
         if iid is not _NOT_AN_ITEM:
-            items.append(it)
+            items.append(ParsedItem(title, year, start, end, idx))
             ids.append(iid)
-    return judge_items(items, ids, groundtruth, seen, n_items=n_items)
+    return judge_items(items, ids, catalog.canonical_groundtruth(groundtruth), _canonical_seen(catalog, seen),
+                       n_items=n_items)
 
 
 # ------------------------------------------------------------------------------------------------ batches
@@ -220,7 +275,7 @@ def match_texts(
     """Catalog ids of the items of each text, in list order (None = an item that matched nothing).
 
     Exactly ``[judge(t, ...).ids for t in texts]``, but each distinct line is parsed once and each distinct
-    ``(title, year)`` matched once (``memo``: line -> answer and (title, year) -> answer; pass the same dict to
+    ``(title, year)`` matched once (``memo``: line -> answer and (title, year, prose) -> answer; pass the same dict to
     several calls with the SAME catalog and require_year to share it)."""
     memo = {} if memo is None else memo
     skip = _NOT_AN_ITEM
@@ -233,13 +288,11 @@ def match_texts(
             iid = memo.get(line, memo)  # the memo itself marks "not seen yet" (ids and None are answers)
             if iid is memo:
                 stripped = line.strip()
-                parsed = parse_line(stripped, require_year=False) if stripped else None
-                if parsed is None:
+                reading = read_line(stripped) if stripped else None
+                if reading is None:
                     iid = skip
                 else:  # the same title under other numbering/markdown is matched once ("3. X (1999)", "- X (1999)")
-                    iid = memo.get(parsed, memo)
-                    if iid is memo:
-                        iid = memo[parsed] = _catalog_id(parsed[0], parsed[1], catalog, require_year)
+                    iid = _reading_id(reading, catalog, require_year, memo)[2]
                 memo[line] = iid
             if iid is not skip:
                 ids.append(iid)
@@ -300,5 +353,14 @@ def judge_batch(
     n_items: int = 20,
     require_year: bool = True,
 ) -> BatchJudgement:
-    """``judge`` on every text, columnar: :func:`match_texts` then :func:`judge_id_lists` (the id-list path)."""
+    """``judge`` on every text, columnar: :func:`match_texts` then :func:`judge_id_lists` (the id-list path), with
+    the ground truths and seen ids mapped to ``Catalog.canonical_id`` as :func:`judge` maps them."""
+    groundtruths, seens = canonical_targets(catalog, groundtruths, seens)
     return judge_id_lists(match_texts(texts, catalog, require_year), groundtruths, seens, n_items=n_items)
+
+
+def canonical_targets(catalog: Catalog, groundtruths: Sequence[Iterable], seens: Sequence[Iterable] | None):
+    """``(ground truths, seens)`` mapped to ``Catalog.canonical_id`` (``Catalog.canonical_groundtruth`` for each
+    ground truth), the mapping every scorer of text or ids against ``catalog`` applies."""
+    gts = [catalog.canonical_groundtruth(gt) for gt in groundtruths]
+    return gts, (None if seens is None else [_canonical_seen(catalog, s) for s in seens])

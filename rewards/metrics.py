@@ -41,6 +41,7 @@ from .judge import (
     SEEN,
     BatchJudgement,
     Judgement,
+    canonical_targets,
     judge_id_lists,
     match_texts,
 )
@@ -343,7 +344,9 @@ def score_texts(
     n_items: int = 20,
     require_year: bool = True,
 ) -> BatchScores:
-    """Score completions: ``rewards.judge.match_texts`` (text -> id lists) then :func:`score_id_lists`."""
+    """Score completions: ``rewards.judge.match_texts`` (text -> id lists) then :func:`score_id_lists`, with the
+    ground truths and seen ids mapped to ``Catalog.canonical_id`` (``rewards.judge.canonical_targets``)."""
     check_scoring_options(ks, n_items)
+    groundtruths, seens = canonical_targets(catalog, groundtruths, seens)
     id_lists = match_texts(texts, catalog, require_year=require_year)
     return score_id_lists(id_lists, groundtruths, seens, ks=ks, protocol=protocol, n_items=n_items)

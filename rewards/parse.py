@@ -30,14 +30,21 @@ index. Token-to-item assignment (Rank-GRPO) uses exactly these spans.
 
 Every line is parsed on its own (:func:`parse_line`), so batch scoring (``rewards.judge.match_texts``)
 parses each distinct line once.
+
+The prose rules and the numbering strip are guesses about text, so a catalog overrules them: :func:`read_line`
+gives a line's reading WITH its prose flag and, when numbering was stripped, the reading with it kept; the judge
+(``rewards.judge``) counts a prose line that is exactly a catalog title as that item (a 20-word product title is
+not a sentence to the user), and prefers the numbered form when it is a catalog title itself (``#10 Solid Rubber
+Stopper``, ``#1 Cheerleader Camp (2010)``). ``parse_line`` / ``parse_items`` are the catalog-free rule.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
-__all__ = ["ParsedItem", "iter_lines", "parse_items", "parse_line", "split_lines", "clean_line", "is_prose"]
+__all__ = ["LineReading", "ParsedItem", "iter_lines", "numbered_reading", "parse_items", "parse_line", "read_line",
+           "split_lines", "clean_line", "is_prose"]
 
 
 @dataclass(frozen=True)
@@ -106,12 +113,19 @@ def iter_lines(text: str) -> Iterator[tuple[int, int, int, str]]:
 _BULLET_FIRST = frozenset("-*+\u2013\u2014\u2022\u00b7\u2023\u25aa\u25cf\u25e6\u2043\u2219>")  # what _BULLET can start with
 
 
-def clean_line(line: str) -> str:
-    """Strip list numbering, bullets, markdown and surrounding quotes from one (stripped) line."""
+def clean_line(line: str, strip_numbering: bool = True) -> str:
+    """Strip list numbering (unless ``strip_numbering=False``), bullets, markdown and surrounding quotes from one
+    (stripped) line."""
+    return _clean(line, strip_numbering)[0]
+
+
+def _clean(line: str, strip_numbering: bool = True) -> tuple[str, str | None]:
+    """``clean_line`` and the list numbering it stripped (``"#10 "``, ``"3. "``), or None."""
     if "*" in line or "_" in line or "`" in line:  # (a cheap test: most lines hold no markdown at all)
         line = _INLINE_MARKDOWN.sub("", line)
     s = line.strip()
-    numbered = False
+    numbered = not strip_numbering
+    number = None
     for _ in range(8):
         # Each pattern is tried only where its first character is (same result, far fewer regex calls).
         if not s or s[0].isalpha():  # no bullet, heading or numbering starts with a letter: nothing to strip
@@ -122,14 +136,15 @@ def clean_line(line: str) -> str:
         if s[:1] == "#":
             s = _HEADING.sub("", s, count=1)
         if not numbered and (s[:1] == "#" or s[:1].isdigit()):
-            t = _NUMBERING.sub("", s, count=1)
-            if t != s:
+            m = _NUMBERING.match(s)
+            if m and m.end():
                 numbered = True
-                s = t
+                number = m.group()
+                s = s[m.end():]
         s = s.strip()
         if s == before:
             break
-    return s
+    return s, number
 
 
 def is_prose(line: str) -> bool:
@@ -163,12 +178,21 @@ def _clean_title(title: str) -> str:
     return t
 
 
-def parse_line(stripped: str, require_year: bool = True) -> tuple[str, int | None] | None:
-    """``(title, year)`` of one stripped line, or None when the line is not an item (module docstring).
+class LineReading(NamedTuple):
+    """What one line says, before any catalog is asked: ``(title, year)``; ``prose``: a line without a year that
+    reads as a sentence (only an exact catalog title makes it an item); ``number``: the list numbering stripped
+    from it (``"#10 "``, ``"3. "``; None: none was); ``line``: the stripped line (for :func:`numbered_reading`)."""
 
-    The one per-line rule: :func:`parse_items` applies it to every line, batch scoring to every distinct line.
-    """
-    content = clean_line(stripped)
+    title: str
+    year: int | None
+    prose: bool
+    number: str | None
+    line: str
+
+
+def _title_year(content: str, prose: bool = True) -> tuple[str, int | None, bool] | None:
+    """``(title, year, is_prose)`` of a cleaned line, or None when it holds no title at all (``prose=False``: the
+    prose test is skipped, ``is_prose`` False)."""
     if not content:
         return None
     # A "Title (YYYY)" line is an item whatever its first words. _ITEM's suffix holds exactly one "(", so it can
@@ -180,14 +204,41 @@ def parse_line(stripped: str, require_year: bool = True) -> tuple[str, int | Non
         if title:
             title = _clean_title(title)
             if title and _HAS_WORD.search(title):
-                return title, int(m.group("year"))
+                return title, int(m.group("year")), False
             return None
-    if require_year or is_prose(content):
-        return None
     title = _clean_title(content.rstrip(",;:"))
     if title and _HAS_WORD.search(title):
-        return title, None
+        return title, None, prose and is_prose(content)
     return None
+
+
+def read_line(stripped: str) -> LineReading | None:
+    """The :class:`LineReading` of one stripped line (years optional, prose flagged), or None: no title at all."""
+    content, number = _clean(stripped)
+    got = _title_year(content)
+    if got is None:
+        return None
+    return LineReading(got[0], got[1], got[2], number, stripped)
+
+
+def numbered_reading(reading: LineReading) -> tuple[str, int | None] | None:
+    """``(title, year)`` of the line with its list numbering kept (``#10 Solid Rubber Stopper``), or None when no
+    numbering was stripped or the line reads the same with it."""
+    if reading.number is None:
+        return None
+    kept = _title_year(clean_line(reading.line, strip_numbering=False), prose=False)
+    return kept[:2] if kept is not None and kept[:2] != (reading.title, reading.year) else None
+
+
+def parse_line(stripped: str, require_year: bool = True) -> tuple[str, int | None] | None:
+    """``(title, year)`` of one stripped line, or None when the line is not an item (module docstring).
+
+    The catalog-free per-line rule (:func:`parse_items` applies it to every line); scoring uses :func:`read_line`.
+    """
+    got = _title_year(clean_line(stripped), prose=not require_year)
+    if got is None or got[2] or (require_year and got[1] is None):
+        return None
+    return got[0], got[1]
 
 
 def split_lines(text: str) -> list[str]:

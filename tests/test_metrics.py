@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REDDIT_DIR, REDIAL_DIR, REPO, require
-from rewards.catalog import Catalog, display_title, load_catalog
+from rewards.catalog import Catalog, display_title, load_catalog, normalize_title
 from rewards.judge import Judgement, judge, judge_items
 from rewards.metrics import hit_at_k, mean_metrics, ndcg_at_k, ranking_metrics, recall_at_k
 from rewards.parse import ParsedItem
@@ -264,7 +264,36 @@ def test_mean_metrics():
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_sample(j: Judgement, ids_gt, seen):
+def ref_merged(cat) -> dict:
+    """{id: first id of the catalog with the same normalised title, year and NFC/casefold spelling}: entries no line
+    can tell apart, scored as the first (Catalog.canonical_id's rule, from its definition)."""
+    import unicodedata
+
+    first, out = {}, {}
+    for it in cat:
+        key = (normalize_title(it["title"]), it["year"], unicodedata.normalize("NFC", it["title"]).casefold())
+        if key in first:
+            out[it["id"]] = first[key]
+        else:
+            first[key] = it["id"]
+    return out
+
+
+def ref_groundtruth(merged, gt):
+    """gt mapped through ``merged``; a copy that only the mapping created is dropped."""
+    out = []
+    for g in gt:
+        c = merged.get(g, g)
+        if c in out and any(merged.get(x, x) == c and x != c for x in gt):
+            continue
+        out.append(c)
+    return out
+
+
+def _check_sample(j: Judgement, ids_gt, seen, cat=None):
+    merged = ref_merged(cat) if cat is not None else {}
+    ids_gt = ref_groundtruth(merged, list(ids_gt))
+    seen = {merged.get(i, i) for i in seen}
     assert j.status == ref_statuses(j.ids, list(ids_gt), set(seen))
     out = {}
     for protocol in ("strict", "packed"):
@@ -298,7 +327,7 @@ def test_reddit_completions_vs_reference(reddit):
         gt, seen = _reddit_gt_seen(cat, s)
         j = judge(s["completion"][0]["content"], cat, gt, seen)
         n_hits += j.n_hits
-        res = _check_sample(j, gt, seen)
+        res = _check_sample(j, gt, seen, cat)
         for p in rows:
             rows[p].append(res[p])
         # nothing dropped in these catalog-built SFT targets -> the protocols agree
@@ -334,7 +363,7 @@ def test_reddit_perturbed_completions_packed_differs_from_strict(reddit):
                 lines.insert(pos, "Here are a few more:")
         text = "\r\n".join(lines)
         j = judge(text, cat, gt, extra_seen)
-        res = _check_sample(j, gt, extra_seen)
+        res = _check_sample(j, gt, extra_seen, cat)
         hit_ranks = [k for k, st in enumerate(j.status[:20]) if st == "hit"]
         dropped_before_a_hit = bool(hit_ranks) and any(
             st in ("seen", "out_of_catalog") for st in j.status[: hit_ranks[-1]]
@@ -378,7 +407,7 @@ def test_redial_conversations_vs_reference():
         seen -= set(gt)  # a movie the recommender suggests is ground truth even if the seeker named it
         text = "\n".join(names[m] for m in order)
         j = judge(text, cat, gt, seen, require_year=False)
-        _check_sample(j, gt, seen)
+        _check_sample(j, gt, seen, cat)
         for m, it, iid in zip(order, j.items, j.ids):
             if it.year is not None:
                 n_dated += 1
@@ -410,7 +439,7 @@ def test_ml100k_synthetic_lists_vs_reference():
         if rng.random() < 0.5:
             lines.insert(rng.randint(0, len(lines)), lines[rng.randrange(len(lines))])
         j = judge("Recommendations:\n" + "\n".join(lines), cat, gt, seen)
-        _check_sample(j, gt, seen)
+        _check_sample(j, gt, seen, cat)
         for m in (ranking_metrics(j, len(gt), protocol=p) for p in ("strict", "packed")):
             assert 0.0 <= m["ndcg@20"] <= 1.0 and 0.0 <= m["recall@20"] <= 1.0
 

@@ -197,11 +197,12 @@ class DeepRecJudge:
             sim = 0.0
             if traj.valid and need_similarity and self.item_embeddings is not None:
                 sim = similarity_reward(*self.item_embeddings.cosines(predicted, target), valid=True)
+            named = self.catalog.canonical_id(target)  # the id a line naming the target matches (duplicate titles)
             rewards = {"format": format_reward(traj), "invocation": invocation_reward(traj.n_calls),
-                       "diversity": div.get(i, 0.0), "outcome": outcome_reward(predicted, target, traj.valid),
+                       "diversity": div.get(i, 0.0), "outcome": outcome_reward(predicted, named, traj.valid),
                        "similarity": sim}
             out.append(DeepRecScore(rewards, traj, predicted,
-                                    target_position(predicted, target) if traj.valid else None))
+                                    target_position(predicted, named) if traj.valid else None))
         return out
 
     def __call__(self, completion_ids, episodes, targets, log_metric=None, need_similarity=True):

@@ -25,6 +25,7 @@ model's own last hidden state. Spec: METHODS.md §3.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from trainers.core_algos import clipped_surrogate, get_loss_agg, get_ratio, grou
 
 logger = logging.getLogger(__name__)
 ITEM_TABLE_FILE = "recpo_item_table.safetensors"
+PROJECTION_MODULE = "recpo_projection"  # the projection's attribute name on the policy (a submodule of it)
 
 REC_LOSSES = ("infonce", "released")
 SOFTMAX_OVER = ("catalog", "batch")
@@ -152,7 +154,9 @@ class RecPOTrainer(RecRLTrainer):
             # a submodule of the policy: TRL's optimizer, device placement and DeepSpeed wrapping include it
             d = self.model.config.get_text_config().hidden_size
             self.projection = make_projection(d, args.projection_dim).to(self.accelerator.device)
-            self.model.recpo_projection = self.projection
+            setattr(self.model, PROJECTION_MODULE, self.projection)
+            if self.use_vllm:
+                self._keep_projection_out_of_vllm()
 
     # ------------------------------------------------------------------------------------------ data
     @staticmethod
@@ -197,17 +201,48 @@ class RecPOTrainer(RecRLTrainer):
                       os.path.join(checkpoint_dir, ITEM_TABLE_FILE),
                       metadata={"table_step": str(self.table_step), "item_ids": json.dumps(self.item_ids)})
 
+    def _keep_projection_out_of_vllm(self) -> None:
+        """TRL's weight sync (``VLLMGeneration.sync_weights``, colocate and server) pushes every name of
+        ``_iter_named_params``; the projection is no weight of the architecture vLLM serves (its ``load_weights``
+        fails on the unknown name), so this process's engine gets that iterator without it. The filter drops only
+        what TRL yields, after TRL's own per-parameter gather: every process still joins the same collectives."""
+        generation = self.vllm_generation
+        trl_params = generation._iter_named_params
+
+        def policy_params():
+            for name, param in trl_params():
+                if PROJECTION_MODULE not in name.split("."):
+                    yield name, param
+
+        generation._iter_named_params = policy_params
+
+    @contextlib.contextmanager
+    def _whole_projection(self, modify: bool = False):
+        """The projection's weight, whole, inside the block: DeepSpeed ZeRO-3 partitions it across processes (each
+        holds an empty slice), so it is gathered there -- a collective every process must enter -- and, with
+        ``modify``, process 0's changes are partitioned back on exit. A no-op under every other setting."""
+        weight = self.projection.weight
+        if not self._dist.is_zero3:
+            yield weight
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=0 if modify else None):
+            yield weight
+
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """The optional learned projection of user / item vectors (identity when none is configured)."""
         return h if self.projection is None else self.projection(h.to(self.projection.weight.dtype))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
-        if self.projection is not None and self.args.should_save:  # also beside a LoRA adapter, which omits it
+        if self.projection is not None:  # also beside a LoRA adapter, which omits it
             from safetensors.torch import save_file
 
-            save_file({"weight": self.projection.weight.detach().cpu().contiguous()},
-                      os.path.join(output_dir or self.args.output_dir, PROJECTION_FILE))
+            with self._whole_projection() as weight:  # every process: a collective under ZeRO-3
+                if self.args.should_save:
+                    save_file({"weight": weight.detach().cpu().contiguous()},
+                              os.path.join(output_dir or self.args.output_dir, PROJECTION_FILE))
 
     def load_run_state(self, checkpoint_dir: str) -> None:
         super().load_run_state(checkpoint_dir)
@@ -215,8 +250,9 @@ class RecPOTrainer(RecRLTrainer):
         if self.projection is not None and os.path.isfile(projection):
             from safetensors.torch import load_file
 
-            with torch.no_grad():
-                self.projection.weight.copy_(load_file(projection)["weight"])
+            saved = load_file(projection)["weight"]
+            with torch.no_grad(), self._whole_projection(modify=True) as weight:
+                weight.copy_(saved.to(weight.device, weight.dtype))
         path = os.path.join(checkpoint_dir, ITEM_TABLE_FILE)
         if not os.path.isfile(path):
             logger.warning("%s has no %s: the item table is rebuilt from the resumed model", checkpoint_dir,
@@ -235,21 +271,26 @@ class RecPOTrainer(RecRLTrainer):
     # ------------------------------------------------------------------------------------------ rollout
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         """TRL's generation, then each completion cut right after its first ``<answer>`` (or the marker appended:
-        forced tokens, no policy gradient). Without reasoning the completion is the marker alone."""
+        forced tokens, no policy gradient). Without reasoning the completion is the marker alone.
+
+        The sampler never produced the appended tokens, so they have no sampling log-prob: NaN, which TRL's vLLM
+        importance-sampling correction reads as "no correction" (its log-ratio becomes 0). A 0.0 there claimed the
+        sampler gave them probability 1: the sequence-level ratio exp(sum of log-ratios) of every forced path fell
+        to ~1e-17 and TRL's ``sequence_mask`` mode zeroed its whole policy gradient."""
         if self.args.reasoning:
             completion_ids, logprobs = self._sample(prompt_ids, images, multimodal_fields, num_generations,
                                                     has_tool_images)
-        else:
-            completion_ids, logprobs = [[] for _ in prompt_ids], None
+        else:  # TRL's vLLM correction subtracts sampling log-probs, so it needs them (all NaN) even here
+            completion_ids, logprobs = [[] for _ in prompt_ids], [[] for _ in prompt_ids] if self.use_vllm else None
         out_ids, out_lp, forced = [], [] if logprobs is not None else None, []
         for b, ids in enumerate(completion_ids):
             new, n_forced = end_with_marker(ids, self.decode_completion, ANSWER_MARKER, self._marker_ids,
                                             self._eos_ids)
             out_ids.append(new)
             forced.append(n_forced)
-            if out_lp is not None:  # sampler log-probs of the kept tokens; forced ones are masked out of the loss
+            if out_lp is not None:  # sampler log-probs of the kept tokens, NaN for the appended ones (see above)
                 lp = list(logprobs[b])[:len(new) - n_forced]
-                out_lp.append(lp + [0.0] * (len(new) - len(lp)))
+                out_lp.append(lp + [float("nan")] * (len(new) - len(lp)))
         self._forced = forced
         self._prompt_rows = [list(p) for p in prompt_ids]
         return out_ids, out_lp

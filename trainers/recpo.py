@@ -384,6 +384,8 @@ class RecPOTrainer(RecRLTrainer):
         if "importance_sampling_ratio" in inputs:  # vLLM sampler/trainer mismatch correction (TRL computes it)
             surrogate = surrogate * inputs["importance_sampling_ratio"]
         policy_loss = -get_loss_agg(args.policy_loss_aggregation)(surrogate, weights)
+        if args.policy_loss_aggregation == "token":  # over every process's policy tokens, as one process would
+            policy_loss = self.global_token_mean(policy_loss, weights.sum())
 
         rec_loss = self._rec_loss(h_user, h_items, uniq, pos, inputs["rec_weight"])
         loss = policy_loss + args.rec_loss_weight * rec_loss

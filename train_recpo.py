@@ -64,8 +64,10 @@ def run(script_args: ScriptArguments, config: RecPOConfig):
     if config.output_dir in (None, "trainer_output"):
         config.output_dir = os.path.join("results", "recpo", f"{name}_lr{config.learning_rate}_b{config.reward_beta}")
     if config.run_name in (None, config.output_dir, "trainer_output"):
-        config.run_name = compose_run_name(name, "recpo", config.learning_rate, config.beta,
-                                           reward_beta=config.reward_beta)
+        config.run_name = compose_run_name(  # deviations from the paper's in-batch InfoNCE are named
+            name, "recpo", config.learning_rate, config.beta, reward_beta=config.reward_beta,
+            uniform_neg=config.num_uniform_negatives if config.rec_negatives == "in_batch+uniform" else None,
+            logq=config.logq_correction)
     configure_wandb(config.output_dir, script_args.wandb_project)
     logger.info("model %s -> output %s", model_path, config.output_dir)
 

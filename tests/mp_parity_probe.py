@@ -11,7 +11,8 @@ It changes nothing of rewards, advantages or the loss; it only RECORDS, per proc
 * ``advantages``: this process's ``output["advantages"]`` (rows of its own batch only);
 * ``canned_index``: which canned completion (script) each local row got;
 
-and, at the end, the trainer's ``log_history``. Written to ``<record_dir>/rank<process_index>.json``. The optimizer
+and, at the end, the trainer's ``log_history``. ``--rank_grpo_aggregation`` / ``--recpo_aggregation`` /
+``--deeprec_aggregation`` pick each method's loss-aggregation option (default: its config's default). Written to ``<record_dir>/rank<process_index>.json``. The optimizer
 is plain SGD (``optim sgd``) so that the first update is -lr x the gradient (Adam's first step is ~sign(g) and would
 hide a wrong gradient), and ``save_steps 1`` writes ``checkpoint-1`` = the weights after the first update.
 
@@ -108,7 +109,8 @@ def build_rank_grpo(a, tok, dsd, catalog, common):
             self._step_record["canned_index"] = which
             return [list(canned[w]) for w in which], None
 
-    cfg = RankGRPOConfig(n_items=5, beta=0.01, max_completion_length=64, **common)
+    cfg = RankGRPOConfig(n_items=5, beta=0.01, max_completion_length=64, **aggregation(a, "rank_normalization"),
+                         **common)
     return Canned(model=a.model, args=cfg, train_dataset=dsd["train"], processing_class=tok, catalog=catalog)
 
 
@@ -123,7 +125,8 @@ def build_recpo(a, tok, dsd, catalog, common):
             self._step_record["canned_index"] = which
             return [list(canned[w]) for w in which], None
 
-    cfg = RecPOConfig(category="movies", max_completion_length=16, refresh_steps=1, item_batch_size=8, **common)
+    cfg = RecPOConfig(category="movies", max_completion_length=16, refresh_steps=1, item_batch_size=8,
+                      **aggregation(a, "policy_loss_aggregation"), **common)
     return Canned(model=a.model, args=cfg, train_dataset=dsd["train"], processing_class=tok, catalog=catalog)
 
 
@@ -160,12 +163,20 @@ def build_deeprec(a, tok, dsd, catalog, common):
 
     retriever = TRMRetriever.load(a.trm, encoder=StableEncoder())
     cfg = DeepRecConfig(stage="rec", max_trajectory_tokens=2048, retrieve_k=5, difficulty_selection=False,
-                        max_completion_length=64, category="movies", **common)
+                        max_completion_length=64, category="movies", **aggregation(a, "loss_aggregation"), **common)
     return Canned(model=a.model, args=cfg, train_dataset=dsd["train"], processing_class=tok, catalog=catalog,
                   retriever=retriever)
 
 
 BUILDERS = {"rank_grpo": build_rank_grpo, "recpo": build_recpo, "deeprec": build_deeprec}
+# each method's loss-aggregation option and the probe flag that sets it (absent: the config's default)
+AGGREGATION_FLAGS = {"rank_normalization": "rank_grpo_aggregation", "policy_loss_aggregation": "recpo_aggregation",
+                     "loss_aggregation": "deeprec_aggregation"}
+
+
+def aggregation(a, field: str) -> dict:
+    value = getattr(a, AGGREGATION_FLAGS[field])
+    return {} if value is None else {field: value}
 
 
 def main():
@@ -180,6 +191,8 @@ def main():
     p.add_argument("--num_generations", type=int, default=4)
     p.add_argument("--max_steps", type=int, default=2)
     p.add_argument("--learning_rate", type=float, default=0.5)
+    for field, flag in AGGREGATION_FLAGS.items():
+        p.add_argument(f"--{flag}", default=None, help=f"the method's {field} (default: its config's default)")
     a = p.parse_args()
     methods = a.methods.split(",")
     if not set(methods) <= set(BUILDERS):

@@ -176,6 +176,71 @@ def test_recommendation_loss_and_gradient_equal_a_hand_written_version(kind):
     assert g_hu[1].abs().max().item() == 0.0 and g_hu[3].abs().max().item() == 0.0
 
 
+# ------------------------------------------------------------------------------------------- negatives
+def _slow_rec_loss(hu, hc, pos, w, tau, kind, offset):
+    """(1/B) sum_i w_i l_i by hand: p_i over the columns whose offset is finite, logits cos / tau - offset."""
+    B, C = hu.size(0), hc.size(0)
+    total = 0.0
+    for i in range(B):
+        if w[i] == 0:
+            continue
+        s = {c: torch.dot(hu[i], hc[c]) / (hu[i].norm() * hc[c].norm()) / tau - offset[c] for c in range(C)
+             if math.isfinite(offset[c])}
+        log_p = s[int(pos[i])] - torch.logsumexp(torch.stack(list(s.values())), dim=0)
+        total = total + w[i] * (-log_p if kind == "infonce" else -torch.exp(log_p))
+    return total / B
+
+
+@pytest.mark.parametrize("kind", ["infonce", "released"])
+def test_recommendation_loss_with_logit_offsets_matches_a_slow_reference(kind):
+    gen = torch.Generator().manual_seed(3)
+    B, C, d, tau = 5, 9, 6, 0.05
+    hu = torch.randn(B, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    hc = torch.randn(C, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    pos = torch.tensor([0, 2, 2, 4, 1])
+    w = torch.tensor([0.7, 0.0, 1.2, 0.4, 0.9], dtype=torch.float64)
+    offset = torch.randn(C, generator=gen, dtype=torch.float64)
+    offset[[6, 8]] = math.inf  # columns left out (a negative repeating a target)
+    got = recommendation_loss(hu, hc, pos, w, tau, kind, logit_offset=offset)
+    g_hu, g_hc = torch.autograd.grad(got, [hu, hc])
+    hu2, hc2 = hu.detach().clone().requires_grad_(), hc.detach().clone().requires_grad_()
+    want = _slow_rec_loss(hu2, hc2, pos, w, tau, kind, offset.tolist())
+    r_hu, r_hc = torch.autograd.grad(want, [hu2, hc2])
+    assert got.item() == pytest.approx(want.item(), abs=1e-10)
+    torch.testing.assert_close(g_hu, r_hu, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(g_hc, r_hc, atol=1e-10, rtol=1e-8)
+    assert g_hc[[6, 8]].abs().max().item() == 0.0  # a left-out column gets no gradient
+    # no offset = the plain loss; a constant offset changes nothing (softmax shift)
+    plain = recommendation_loss(hu, hc, pos, w, tau, kind)
+    assert recommendation_loss(hu, hc, pos, w, tau, kind, logit_offset=torch.full((C,), 2.5)).item() == \
+        pytest.approx(plain.item(), abs=1e-12)
+
+
+def test_target_shares_logq_offsets_and_uniform_negatives_match_slow_references():
+    from trainers.recpo import logq_offsets, target_shares, uniform_negatives
+
+    index_of = {100 + i: i for i in range(6)}
+    targets = [100, 100, 103, 105, 100, 103]
+    p = target_shares(targets, index_of)
+    counts = [1 + sum(t == 100 + i for t in targets) for i in range(6)]  # add-one smoothing, by hand
+    assert p.tolist() == pytest.approx([c / sum(counts) for c in counts], abs=1e-15)
+    ids = torch.tensor([0, 3, 1, 5])
+    got = logq_offsets(ids, p, n_rows=8, n_uniform=4)
+    assert got.tolist() == pytest.approx([math.log(8 * p[i].item() + 4 / 6) for i in ids.tolist()], abs=1e-6)
+
+    V, K, draws = 20, 5, 4000
+    seen = torch.zeros(V)
+    for k in range(draws):
+        neg = uniform_negatives(V, K, torch.Generator().manual_seed(k))
+        assert neg.numel() == K and len(set(neg.tolist())) == K and 0 <= neg.min() and neg.max() < V
+        seen[neg] += 1
+    # each item is drawn with probability K / V = 0.25 per draw: counts 1000 +- 3 sd (sd = sqrt(4000 .25 .75) = 27)
+    assert (seen - draws * K / V).abs().max().item() < 3 * 27.4 + 10
+    assert torch.equal(uniform_negatives(V, K, torch.Generator().manual_seed(7)),
+                       uniform_negatives(V, K, torch.Generator().manual_seed(7)))  # one seed, one draw
+    assert sorted(uniform_negatives(V, 50, torch.Generator().manual_seed(0)).tolist()) == list(range(V))
+
+
 # ------------------------------------------------------------------------------------------- trainer
 TITLES = [f"Game {c}" for c in "ABCDEFGHIJKLMNOPQRST"]
 
@@ -274,7 +339,8 @@ def test_batch_rewards_advantages_and_joint_forward_against_separate_passes(tiny
     torch.testing.assert_close(out["rec_weight"].double(), recommendation_weights(want_adv, 2), atol=1e-4, rtol=1e-3)
 
     # the loss forward: one pass over user rows + target item rows
-    logps, ent, h_user, h_items, uniq, pos = trainer._joint_forward(model, out)
+    logps, ent, h_user, h_items, h_neg, uniq, pos = trainer._joint_forward(model, out)
+    assert h_neg is None  # in-batch negatives only (the default)
     T = out["completion_ids"].size(1)
     ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
     mask = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
@@ -417,3 +483,119 @@ def test_learned_projection_is_trained_saved_and_used_by_evaluation(tiny_recpo, 
                                            max_new_tokens=2, progress=False)
     assert rec.projection is not None and torch.equal(rec.projection.cpu(), learned)
     assert (out / PROJECTION_FILE).is_file()
+
+
+@pytest.mark.dist
+@pytest.mark.multiprocess
+def test_projection_is_saved_whole_and_resumes_under_zero3(tiny_recpo, tmp_path):
+    """train_recpo.py --projection_dim on 2 gloo processes under DeepSpeed ZeRO-3, where every process holds an
+    EMPTY slice of W: the saved recpo_projection.safetensors (checkpoint and final) is the whole trained W -- equal
+    to DeepSpeed's own consolidated copy in model.safetensors, moved from its initialisation -- and a resume from
+    the checkpoint loads it back and trains on. (Before the gather, the file held a (0,) tensor.) ~50 s."""
+    import json
+
+    import yaml
+    from safetensors.torch import load_file
+    from test_multiprocess import REPO, _launch, _skip_unless_launchable
+
+    from trainers.recpo import make_projection
+
+    _skip_unless_launchable("cpu_2proc_zero2.yaml")  # gloo and deepspeed
+    # ZeRO-3 leaves parameters under stage3_param_persistence_threshold (1e5 elements) whole on every process; this
+    # W has 512, a real one (d x d) far more: threshold 0 partitions it as at scale
+    ds_config = tmp_path / "zero3.json"
+    ds_config.write_text(json.dumps({
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                              "stage3_gather_16bit_weights_on_model_save": True},
+        "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto"}))
+    launch = yaml.safe_load((REPO / "configs" / "accelerate" / "cpu_2proc_zero2.yaml").read_text())
+    launch.pop("mixed_precision")  # accelerate refuses it beside a deepspeed_config_file
+    launch["deepspeed_config"] = {"deepspeed_config_file": str(ds_config), "zero3_init_flag": True,
+                                  "deepspeed_multinode_launcher": "standard"}
+    zero3 = tmp_path / "cpu_2proc_zero3.yaml"
+    zero3.write_text(yaml.safe_dump(launch))
+    _, data, model = tiny_recpo
+    out = tmp_path / "out"
+    common = [str(REPO / "train_recpo.py"), "--dataset_path", str(data), "--model_name", str(model),
+              "--output_dir", str(out), "--num_generations", "2", "--per_device_train_batch_size", "2",
+              "--max_completion_length", "6", "--learning_rate", "5e-2", "--logging_steps", "1",
+              "--lr_scheduler_type", "constant",  # a decayed lr would be restored as 0 by the resume
+              "--save_strategy", "steps", "--save_steps", "1", "--report_to", "none",
+              "--activation_checkpointing", "false", "--dataloader_num_workers", "0", "--seed", "0",
+              "--projection_dim", "16", "--category", "video games"]
+
+    def saved(folder):
+        w = load_file(str(folder / "recpo_projection.safetensors"))["weight"]
+        assert w.shape == (16, 32), (folder, w.shape)
+        torch.testing.assert_close(w, load_file(str(folder / "model.safetensors"))["recpo_projection.weight"],
+                                   atol=0, rtol=0)
+        return w
+
+    _launch(common + ["--max_steps", "1"], tmp_path, str(zero3))
+    first = saved(out / "checkpoint-1")
+    assert (first - make_projection(32, 16).weight).abs().max() > 1e-3  # trained
+    torch.testing.assert_close(saved(out), first, atol=0, rtol=0)
+    _launch(common + ["--max_steps", "2", "--resume_from_checkpoint", "last"], tmp_path, str(zero3))
+    assert (out / "checkpoint-2").is_dir()
+    assert (saved(out) - first).abs().max() > 1e-4  # resumed from checkpoint-1 and updated again
+
+
+def test_uniform_negatives_and_logq_in_the_trainer_match_a_slow_reference(tiny_recpo, tmp_path):
+    """rec_negatives=in_batch+uniform with logq_correction: the trainer's recommendation loss (joint forward, draw,
+    repeat masking, offsets) equals one written by hand from plain forwards: candidates = the distinct targets + the
+    drawn items that are no target, logits cos / tau - log(N p_c + K / V)."""
+    from modeling.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_recpo[2])
+    canned = [tok("Racing fans like speed. <answer> Game X", add_special_tokens=False)["input_ids"],
+              tok("I am not sure", add_special_tokens=False)["input_ids"]]
+    K = 10
+    trainer, tok = _trainer(tiny_recpo, tmp_path, canned=canned, rec_negatives="in_batch+uniform",
+                            num_uniform_negatives=K, logq_correction=True, tau=0.05)
+    model = trainer.model
+    model.train()
+    inputs = [trainer.train_dataset[i] for i in (0, 0, 1, 1)]
+    out = trainer._generate_and_score_completions(inputs)
+    out["rec_weight"] = torch.tensor([0.8, 0.0, 0.0, 1.1])  # two rows train the head (whatever the advantages)
+    V, ids = len(trainer.item_ids), trainer.item_ids
+    train_targets = trainer.train_dataset["target"]
+    p = [(1 + sum(t == ids[v] for t in train_targets)) / (V + len(train_targets)) for v in range(V)]
+
+    negatives = trainer._draw_negatives()
+    assert negatives.numel() == K and trainer._negative_draws == 1
+    _, _, h_user, h_items, h_neg, uniq, pos = trainer._joint_forward(model, out, negatives)
+    got = trainer._rec_loss(h_user, h_items, uniq, pos, out["rec_weight"], h_neg, negatives)
+
+    targets = sorted({trainer.index_of[x["target"]] for x in inputs})
+    extra = [n for n in negatives.tolist() if n not in targets]
+    assert len(extra) < K, "pick a draw where a negative repeats a target"  # so the masking is used
+    cols = targets + extra
+    prompts = [row[m.bool()].tolist() for row, m in zip(out["prompt_ids"], out["prompt_mask"])]
+    comp = [row[m.bool()].tolist() for row, m in zip(out["completion_ids"], out["completion_mask"])]
+    total = 0.0
+    for b, x in enumerate(inputs):  # by hand
+        w = out["rec_weight"][b].item()
+        if w == 0:
+            continue
+        h = _plain_last_hidden(model, prompts[b] + comp[b])
+        logits = []
+        for c in cols:
+            v = _plain_last_hidden(model, trainer._item_rows[c])
+            logits.append((torch.dot(h, v) / (h.norm() * v.norm())).item() / 0.05 - math.log(4 * p[c] + K / V))
+        t = cols.index(trainer.index_of[x["target"]])
+        m = max(logits)
+        total += w * -(logits[t] - m - math.log(sum(math.exp(z - m) for z in logits)))
+    assert got.item() == pytest.approx(total / 4, rel=1e-4)
+    # the next micro-step draws anew, deterministically from the seed
+    assert not torch.equal(trainer._draw_negatives(), negatives)
+
+
+def test_negative_options_are_checked():
+    from trainers.recpo import RecPOConfig
+
+    common = dict(output_dir="unused", use_cpu=True, bf16=False, report_to="none")
+    with pytest.raises(ValueError, match="rec_negatives"):
+        RecPOConfig(rec_negatives="uniform", **common)
+    with pytest.raises(ValueError, match="num_uniform_negatives"):
+        RecPOConfig(rec_negatives="in_batch+uniform", num_uniform_negatives=0, **common)

@@ -9,6 +9,8 @@
 * takes its reward functions from the ``build_reward_funcs`` hook, which go through TRL's own reward path;
 * decodes completion token ids to their exact text with a byte table (``trainers.token_map``);
 * ``process_slice`` / ``local_rows``: this process's rows of a tensor gathered over processes (TRL's order);
+* ``global_token_mean``: a token-mean loss corrected for unequal token counts across processes (every trainer's
+  ``token`` aggregation goes through it);
 * ``log_metrics``: named scalar metrics for the current mode;
 * kill-safe checkpoints (``trainers.checkpointing.KillSafeCheckpointMixin``) that also record the run's identity
   (``RESUME_IDENTITY_FIELDS``: a resume with another algorithm / stage / TRM is an error, not a silent mix), and
@@ -151,6 +153,19 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         logps, entropies, _ = self._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True)
         return logps, entropies, mask
+
+    def global_token_mean(self, local_mean: torch.Tensor, n_local_tokens: torch.Tensor) -> torch.Tensor:
+        """A token mean over this process's micro-batch (``n_local_tokens`` tokens) -> its share of the token mean
+        over EVERY process's tokens, which is what one process over the global batch computes. Data parallelism
+        (DDP, DeepSpeed) averages gradients over the W processes, so this process's mean is scaled by
+        W * n_local / n_global; without it a process with fewer tokens weighs more. One process: unchanged. A
+        collective (every process calls it at the same point); the scale carries no gradient."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return local_mean
+        n_local = n_local_tokens.detach().to(local_mean.dtype).reshape(())
+        n_global = self.accelerator.reduce(n_local.clone(), reduction="sum").clamp(min=1.0)
+        return local_mean * (n_local * world / n_global)
 
     @staticmethod
     def old_logps(inputs, per_token_logps: torch.Tensor) -> torch.Tensor:

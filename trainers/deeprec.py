@@ -454,18 +454,13 @@ class DeepRecTrainer(RecRLTrainer):
             per_token_logps, old, inputs["advantages"], mask, self.epsilon_low, self.epsilon_high,
             self.args.loss_aggregation, self.beta, inputs.get("ref_per_token_logps"),
             inputs.get("importance_sampling_ratio"))
-        if self.args.loss_aggregation == "token" and self.accelerator.num_processes > 1:
-            # Token mean over the policy tokens of EVERY process's micro-batch (what one process over the global
-            # batch computes), not of this process's alone: data parallelism averages the gradients over W
-            # processes, so this process's token mean is scaled by W * n_local / n_global. Without it, processes
-            # with fewer tokens weighed more: the first update of a 2-process run differed from the 1-process one
-            # by ~8% of the largest weight change (tests/test_multiprocess.py). The KL term (a per-row mean, then a
-            # mean over rows) needs no scaling.
-            n_local = mask.sum().to(loss.dtype)
-            n_global = self.accelerator.reduce(n_local.detach().clone(), reduction="sum").clamp(min=1.0)
-            scale = n_local * self.accelerator.num_processes / n_global
+        if self.args.loss_aggregation == "token":
+            # Token mean over the policy tokens of EVERY process's micro-batch (base.global_token_mean). Without
+            # it, processes with fewer tokens weighed more: the first update of a 2-process run differed from the
+            # 1-process one by ~8% of the largest weight change (tests/test_multiprocess.py). The KL term (a
+            # per-row mean, then a mean over rows) needs no scaling.
             policy_term = loss - self.beta * kl if kl is not None else loss
-            loss = policy_term * scale + (loss - policy_term)
+            loss = self.global_token_mean(policy_term, mask.sum()) + (loss - policy_term)
         if mode == "train":
             loss = loss / self.current_gradient_accumulation_steps
         with torch.no_grad():

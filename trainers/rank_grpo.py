@@ -286,6 +286,8 @@ class RankGRPOTrainer(ListGRPOTrainer):
                 is_item, _ = item_log_ratio(is_ratio, mask, item_index=inputs["item_index"], n_units=K)
                 surrogate = surrogate * torch.where(counts > 0, is_item, torch.ones_like(is_item))
         loss = rank_policy_loss(surrogate, counts, self.n_items, self.args.rank_normalization)
+        if self.args.rank_normalization == "token":  # over every process's rank tokens, as one process would
+            loss = self.global_token_mean(loss, counts.sum())
 
         if self.beta != 0.0:
             per_token_kl = k3_kl(per_token_logps, inputs["ref_per_token_logps"])

@@ -18,6 +18,10 @@ model's own last hidden state. Spec: METHODS.md §3.
   targets gathered across processes (a duplicate target is not a negative), with the targets re-encoded WITH grad in
   the same forward as the policy log-probs (one pass: user rows and item rows are one batch). ``released`` is the
   released -A p(target) form (anchor bug a: its gradient vanishes for small p at tau 0.02). Optional k3 KL.
+  Deviations from the paper, as options (named in the run name): ``rec_negatives=in_batch+uniform`` adds K uniformly
+  drawn catalog items as negatives (``uniform_negatives``), ``logq_correction`` subtracts log of each candidate's
+  expected count in the draw from its logit (``logq_offsets``: in-batch negatives arrive in proportion to
+  popularity, so the uncorrected loss cannot learn popularity).
 * Optional learned projection (``projection_dim``): W applied to h_T and h_v before the cosine, a submodule of the
   policy (optimised and placed with it), saved as ``recpo_projection.safetensors`` for evaluation.
 * Ablations: ``reasoning=False`` (no rollout: h_T at the prompt's own ``<answer>``; all paths are identical, so the
@@ -25,8 +29,10 @@ model's own last hidden state. Spec: METHODS.md §3.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -48,9 +54,11 @@ from trainers.core_algos import clipped_surrogate, get_loss_agg, get_ratio, grou
 
 logger = logging.getLogger(__name__)
 ITEM_TABLE_FILE = "recpo_item_table.safetensors"
+PROJECTION_MODULE = "recpo_projection"  # the projection's attribute name on the policy (a submodule of it)
 
 REC_LOSSES = ("infonce", "released")
 SOFTMAX_OVER = ("catalog", "batch")
+REC_NEGATIVES = ("in_batch", "in_batch+uniform")
 
 
 @dataclass
@@ -70,6 +78,17 @@ class RecPOConfig(RecRLConfig):
         "help": "infonce: A * -log p(target) over in-batch targets; released: -A * p(target).",
         "choices": list(REC_LOSSES)})
     rec_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the recommendation loss."})
+    rec_negatives: str = field(default="in_batch", metadata={
+        "help": "Candidates of the recommendation loss: in_batch (the paper: the batch's distinct targets) or "
+                "in_batch+uniform (plus num_uniform_negatives catalog items drawn uniformly each micro-step; a "
+                "deviation from the paper).", "choices": list(REC_NEGATIVES)})
+    num_uniform_negatives: int = field(default=64, metadata={
+        "help": "K, the uniform negatives of rec_negatives=in_batch+uniform (drawn without replacement)."})
+    logq_correction: bool = field(default=False, metadata={
+        "help": "Sampled-softmax logQ correction (a deviation from the paper): every candidate's logit minus log "
+                "of its expected count in the candidate draw, N_rows x p_c + K / V (p_c: the item's share of the "
+                "training targets, add-one smoothed), so popular items are not under-scored for arriving as "
+                "in-batch negatives more often."})
     refresh_steps: int = field(default=50, metadata={"help": "Re-encode the whole item table every N steps."})
     item_batch_size: int = field(default=32, metadata={"help": "Batch size when encoding the item table."})
     reasoning: bool = field(default=True, metadata={"help": "False: the no-reasoning ablation (no rollout)."})
@@ -98,6 +117,10 @@ class RecPOConfig(RecRLConfig):
             raise ValueError(f"softmax_over must be one of {SOFTMAX_OVER}, got {self.softmax_over!r}")
         if self.rec_loss not in REC_LOSSES:
             raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {self.rec_loss!r}")
+        if self.rec_negatives not in REC_NEGATIVES:
+            raise ValueError(f"rec_negatives must be one of {REC_NEGATIVES}, got {self.rec_negatives!r}")
+        if self.num_uniform_negatives < 1:
+            raise ValueError(f"num_uniform_negatives must be >= 1, got {self.num_uniform_negatives}")
         if self.mask_truncated_completions:
             raise ValueError("mask_truncated_completions must stay False: every RecPO completion ends at <answer>, "
                              "not at EOS, so TRL would mask them all")
@@ -147,12 +170,20 @@ class RecPOTrainer(RecRLTrainer):
         self.table_step = -1  # global step of the snapshot
         self._forced: list[int] = []  # forced marker tokens per row of the batch being generated
         self._reward_stash: dict = {}
+        self._negative_draws = 0  # micro-steps that drew uniform negatives (the draw's seed; equal on every process)
+        self.target_share = None  # (V,) p_c of the logQ correction
+        if args.logq_correction:
+            if self.train_dataset is None:
+                raise ValueError("logq_correction needs train_dataset: p_c is each item's share of its targets")
+            self.target_share = target_shares(self.train_dataset["target"], self.index_of)
         self.projection = None
         if args.projection_dim is not None:
             # a submodule of the policy: TRL's optimizer, device placement and DeepSpeed wrapping include it
             d = self.model.config.get_text_config().hidden_size
             self.projection = make_projection(d, args.projection_dim).to(self.accelerator.device)
-            self.model.recpo_projection = self.projection
+            setattr(self.model, PROJECTION_MODULE, self.projection)
+            if self.use_vllm:
+                self._keep_projection_out_of_vllm()
 
     # ------------------------------------------------------------------------------------------ data
     @staticmethod
@@ -197,17 +228,48 @@ class RecPOTrainer(RecRLTrainer):
                       os.path.join(checkpoint_dir, ITEM_TABLE_FILE),
                       metadata={"table_step": str(self.table_step), "item_ids": json.dumps(self.item_ids)})
 
+    def _keep_projection_out_of_vllm(self) -> None:
+        """TRL's weight sync (``VLLMGeneration.sync_weights``, colocate and server) pushes every name of
+        ``_iter_named_params``; the projection is no weight of the architecture vLLM serves (its ``load_weights``
+        fails on the unknown name), so this process's engine gets that iterator without it. The filter drops only
+        what TRL yields, after TRL's own per-parameter gather: every process still joins the same collectives."""
+        generation = self.vllm_generation
+        trl_params = generation._iter_named_params
+
+        def policy_params():
+            for name, param in trl_params():
+                if PROJECTION_MODULE not in name.split("."):
+                    yield name, param
+
+        generation._iter_named_params = policy_params
+
+    @contextlib.contextmanager
+    def _whole_projection(self, modify: bool = False):
+        """The projection's weight, whole, inside the block: DeepSpeed ZeRO-3 partitions it across processes (each
+        holds an empty slice), so it is gathered there -- a collective every process must enter -- and, with
+        ``modify``, process 0's changes are partitioned back on exit. A no-op under every other setting."""
+        weight = self.projection.weight
+        if not self._dist.is_zero3:
+            yield weight
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=0 if modify else None):
+            yield weight
+
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """The optional learned projection of user / item vectors (identity when none is configured)."""
         return h if self.projection is None else self.projection(h.to(self.projection.weight.dtype))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
-        if self.projection is not None and self.args.should_save:  # also beside a LoRA adapter, which omits it
+        if self.projection is not None:  # also beside a LoRA adapter, which omits it
             from safetensors.torch import save_file
 
-            save_file({"weight": self.projection.weight.detach().cpu().contiguous()},
-                      os.path.join(output_dir or self.args.output_dir, PROJECTION_FILE))
+            with self._whole_projection() as weight:  # every process: a collective under ZeRO-3
+                if self.args.should_save:
+                    save_file({"weight": weight.detach().cpu().contiguous()},
+                              os.path.join(output_dir or self.args.output_dir, PROJECTION_FILE))
 
     def load_run_state(self, checkpoint_dir: str) -> None:
         super().load_run_state(checkpoint_dir)
@@ -215,8 +277,9 @@ class RecPOTrainer(RecRLTrainer):
         if self.projection is not None and os.path.isfile(projection):
             from safetensors.torch import load_file
 
-            with torch.no_grad():
-                self.projection.weight.copy_(load_file(projection)["weight"])
+            saved = load_file(projection)["weight"]
+            with torch.no_grad(), self._whole_projection(modify=True) as weight:
+                weight.copy_(saved.to(weight.device, weight.dtype))
         path = os.path.join(checkpoint_dir, ITEM_TABLE_FILE)
         if not os.path.isfile(path):
             logger.warning("%s has no %s: the item table is rebuilt from the resumed model", checkpoint_dir,
@@ -235,21 +298,26 @@ class RecPOTrainer(RecRLTrainer):
     # ------------------------------------------------------------------------------------------ rollout
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         """TRL's generation, then each completion cut right after its first ``<answer>`` (or the marker appended:
-        forced tokens, no policy gradient). Without reasoning the completion is the marker alone."""
+        forced tokens, no policy gradient). Without reasoning the completion is the marker alone.
+
+        The sampler never produced the appended tokens, so they have no sampling log-prob: NaN, which TRL's vLLM
+        importance-sampling correction reads as "no correction" (its log-ratio becomes 0). A 0.0 there claimed the
+        sampler gave them probability 1: the sequence-level ratio exp(sum of log-ratios) of every forced path fell
+        to ~1e-17 and TRL's ``sequence_mask`` mode zeroed its whole policy gradient."""
         if self.args.reasoning:
             completion_ids, logprobs = self._sample(prompt_ids, images, multimodal_fields, num_generations,
                                                     has_tool_images)
-        else:
-            completion_ids, logprobs = [[] for _ in prompt_ids], None
+        else:  # TRL's vLLM correction subtracts sampling log-probs, so it needs them (all NaN) even here
+            completion_ids, logprobs = [[] for _ in prompt_ids], [[] for _ in prompt_ids] if self.use_vllm else None
         out_ids, out_lp, forced = [], [] if logprobs is not None else None, []
         for b, ids in enumerate(completion_ids):
             new, n_forced = end_with_marker(ids, self.decode_completion, ANSWER_MARKER, self._marker_ids,
                                             self._eos_ids)
             out_ids.append(new)
             forced.append(n_forced)
-            if out_lp is not None:  # sampler log-probs of the kept tokens; forced ones are masked out of the loss
+            if out_lp is not None:  # sampler log-probs of the kept tokens, NaN for the appended ones (see above)
                 lp = list(logprobs[b])[:len(new) - n_forced]
-                out_lp.append(lp + [0.0] * (len(new) - len(lp)))
+                out_lp.append(lp + [float("nan")] * (len(new) - len(lp)))
         self._forced = forced
         self._prompt_rows = [list(p) for p in prompt_ids]
         return out_ids, out_lp
@@ -332,7 +400,8 @@ class RecPOTrainer(RecRLTrainer):
     # ------------------------------------------------------------------------------------------ loss
     def _compute_loss(self, model, inputs):
         args, mode = self.args, self.mode
-        per_token_logps, entropies, h_user, h_items, uniq, pos = self._joint_forward(model, inputs)
+        negatives = self._draw_negatives()
+        per_token_logps, entropies, h_user, h_items, h_neg, uniq, pos = self._joint_forward(model, inputs, negatives)
 
         # policy loss on the reasoning tokens of all paths (token ratios, clipped surrogate)
         pmask = inputs["policy_mask"] * (inputs["tool_mask"] if "tool_mask" in inputs else 1)
@@ -343,8 +412,10 @@ class RecPOTrainer(RecRLTrainer):
         if "importance_sampling_ratio" in inputs:  # vLLM sampler/trainer mismatch correction (TRL computes it)
             surrogate = surrogate * inputs["importance_sampling_ratio"]
         policy_loss = -get_loss_agg(args.policy_loss_aggregation)(surrogate, weights)
+        if args.policy_loss_aggregation == "token":  # over every process's policy tokens, as one process would
+            policy_loss = self.global_token_mean(policy_loss, weights.sum())
 
-        rec_loss = self._rec_loss(h_user, h_items, uniq, pos, inputs["rec_weight"])
+        rec_loss = self._rec_loss(h_user, h_items, uniq, pos, inputs["rec_weight"], h_neg, negatives)
         loss = policy_loss + args.rec_loss_weight * rec_loss
         if self.beta != 0.0:
             kl = sequence_mean(k3_kl(per_token_logps, inputs["ref_per_token_logps"]), pmask)
@@ -363,19 +434,30 @@ class RecPOTrainer(RecRLTrainer):
             self.log_metrics(dict(zip(metrics, stats.tolist())), mode)
         return loss
 
-    def _joint_forward(self, model, inputs):
-        """ONE forward over the batch's user rows [prompt | completion] and the item rows of its distinct targets
-        (left-padded to one length): the policy log-probs and entropies of the user rows, h_T of each user row and
-        h_v of each target (both with grad), read at each row's last real token. Returns
-        (logps (B, T), entropies (B, T), h_user (B, d), h_items (U, d), distinct target indices (U,), each row's
-        position among them (B,))."""
+    def _draw_negatives(self) -> torch.Tensor | None:
+        """The uniform negatives of this micro-step (``rec_negatives=in_batch+uniform``): K distinct catalog
+        indices, the same on every process (seeded by the run's seed and the draw count), so each process encodes
+        the same items and data parallelism averages their gradients as one process would."""
+        if self.args.rec_negatives != "in_batch+uniform":
+            return None
+        gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self._negative_draws)
+        self._negative_draws += 1
+        return uniform_negatives(len(self.item_ids), self.args.num_uniform_negatives, gen).to(self.accelerator.device)
+
+    def _joint_forward(self, model, inputs, negatives: torch.Tensor | None = None):
+        """ONE forward over the batch's user rows [prompt | completion], the item rows of its distinct targets and
+        of the uniform ``negatives`` (left-padded to one length): the policy log-probs and entropies of the user
+        rows, h_T of each user row and h_v of each target / negative (all with grad), read at each row's last real
+        token. Returns (logps (B, T), entropies (B, T), h_user (B, d), h_items (U, d), h_negatives (K, d) or None,
+        distinct target indices (U,), each row's position among them (B,))."""
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         B, T = completion_ids.shape
         user_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         user_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         uniq, pos = torch.unique(inputs["target_index"], return_inverse=True)
-        item_rows = [self._item_rows[i] for i in uniq.tolist()]
+        n_neg = 0 if negatives is None else negatives.numel()
+        item_rows = [self._item_rows[i] for i in uniq.tolist() + ([] if negatives is None else negatives.tolist())]
         S = max(user_ids.size(1), max(len(r) for r in item_rows))
         ids = torch.full((B + len(item_rows), S), self._tokenizer.pad_token_id, dtype=torch.long,
                          device=user_ids.device)
@@ -387,16 +469,21 @@ class RecPOTrainer(RecRLTrainer):
         with capture_last_hidden_state(model) as captured:
             logps, entropies, _ = self._get_per_token_logps_and_entropies(model, ids, mask, T, compute_entropy=True)
         vectors = gather_positions(torch.cat(captured, dim=0), last_positions(mask))  # (B + U, d)
-        return logps[:B], entropies[:B], vectors[:B], vectors[B:], uniq, pos
+        U = uniq.numel()
+        return (logps[:B], entropies[:B], vectors[:B], vectors[B:B + U], vectors[B + U:] if n_neg else None,
+                uniq, pos)
 
-    def _rec_loss(self, h_user, h_items, uniq, pos, rec_weight) -> torch.Tensor:
+    def _rec_loss(self, h_user, h_items, uniq, pos, rec_weight, h_neg=None, negatives=None) -> torch.Tensor:
         """InfoNCE (or the released -A p) of each selected row's h_T against the batch's distinct targets, gathered
         across processes (a duplicate id is one column). Other processes' target vectors enter WITH grad
         (``_gather_with_grad``): this process's loss sends gradient into the targets the other processes encoded, as
         one process over the global batch would (without it, the first update of a 2-process run differed from the
-        1-process one by ~4x the largest weight change; tests/test_multiprocess.py)."""
+        1-process one by ~4x the largest weight change; tests/test_multiprocess.py). Uniform ``negatives`` (same on
+        every process) join as further columns, but not where they repeat a target column; ``logq_correction``
+        offsets every column by log of its expected count in the draw (``logq_offsets``)."""
         args = self.args
         h_user, h_items = self.project(h_user), self.project(h_items)
+        cand_ids = uniq
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.gather(torch.tensor([uniq.numel()], device=uniq.device))
             width = int(counts.max())
@@ -413,9 +500,21 @@ class RecPOTrainer(RecRLTrainer):
             local_cols = torch.searchsorted(cols, uniq)
             cand = cand.index_put((local_cols,), h_items)  # own targets keep their grad
             pos = local_cols[pos]
+            cand_ids = cols
         else:
             cand = h_items
-        return recommendation_loss(h_user, cand, pos, rec_weight, args.tau, args.rec_loss)
+        offset = torch.zeros(cand_ids.numel(), dtype=cand.dtype, device=cand.device)
+        if negatives is not None:  # a negative that is also a target column is that column, not a second one
+            cand = torch.cat([cand, self.project(h_neg)])
+            repeat = torch.isin(negatives, cand_ids)
+            offset = torch.cat([offset, torch.where(repeat, torch.full_like(repeat, math.inf, dtype=offset.dtype),
+                                                    torch.zeros_like(repeat, dtype=offset.dtype))])
+            cand_ids = torch.cat([cand_ids, negatives])
+        if args.logq_correction:
+            n_rows = h_user.size(0) * self.accelerator.num_processes
+            offset = offset + logq_offsets(cand_ids, self.target_share.to(cand.device), n_rows,
+                                           0 if negatives is None else negatives.numel())
+        return recommendation_loss(h_user, cand, pos, rec_weight, args.tau, args.rec_loss, logit_offset=offset)
 
 
 def make_projection(d: int, out_dim: int) -> torch.nn.Linear:
@@ -441,14 +540,42 @@ def recommendation_weights(advantages: torch.Tensor, num_generations: int, reaso
     return torch.where(best & (grouped > 0), grouped, torch.zeros_like(grouped)).reshape(-1)
 
 
+def target_shares(targets, index_of: dict) -> torch.Tensor:
+    """p_c of the logQ correction: each catalog item's share of the training targets, add-one smoothed (an item
+    never a target still has a finite log). ``targets``: catalog ids -> (V,) float64, sums to 1."""
+    counts = torch.ones(len(index_of), dtype=torch.float64)
+    for t in targets:
+        counts[index_of[t]] += 1
+    return counts / counts.sum()
+
+
+def uniform_negatives(n_items: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """K distinct catalog indices drawn uniformly without replacement (all of them when K >= V). -> (min(K, V),)"""
+    return torch.randperm(n_items, generator=generator)[:k]
+
+
+def logq_offsets(candidate_ids: torch.Tensor, target_share: torch.Tensor, n_rows: int, n_uniform: int) -> torch.Tensor:
+    """log Q(c) of each candidate column: its expected count in this micro-step's candidate draw, N_rows x p_c
+    (in-batch: each of the N_rows targets is c with probability p_c) + K / V (K uniform draws over V items).
+    Subtracted from the logits, it is the sampled-softmax correction (Yi et al., RecSys 2019; mixed negatives:
+    Yang et al., WWW 2020). (C,) ids, (V,) p -> (C,)."""
+    q = n_rows * target_share[candidate_ids] + n_uniform / target_share.numel()
+    return torch.log(q).to(torch.float32)
+
+
 def recommendation_loss(h_user: torch.Tensor, h_candidates: torch.Tensor, positive: torch.Tensor,
-                        weights: torch.Tensor, tau: float, kind: str = "infonce") -> torch.Tensor:
-    """The recommendation loss of a micro-batch: (1/B) sum_i w_i l_i with p_i = softmax_c(cos(h_i, h_c) / tau) at
-    the row's own target c = positive[i]; l_i = -log p_i (``infonce``) or -p_i (``released``: -A p).
-    (B, d), (C, d), (B,), (B,) -> scalar. Rows with w_i = 0 contribute exactly nothing (value and gradient)."""
+                        weights: torch.Tensor, tau: float, kind: str = "infonce",
+                        logit_offset: torch.Tensor | None = None) -> torch.Tensor:
+    """The recommendation loss of a micro-batch: (1/B) sum_i w_i l_i with p_i = softmax_c(cos(h_i, h_c) / tau -
+    offset_c) at the row's own target c = positive[i]; l_i = -log p_i (``infonce``) or -p_i (``released``: -A p).
+    (B, d), (C, d), (B,), (B,), optional (C,) offsets (inf: the column is left out) -> scalar. Rows with w_i = 0
+    contribute exactly nothing (value and gradient)."""
     if kind not in REC_LOSSES:
         raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {kind!r}")
-    log_p = torch.log_softmax(cosine_scores(h_user, h_candidates, tau), dim=1).gather(1, positive[:, None])[:, 0]
+    scores = cosine_scores(h_user, h_candidates, tau)
+    if logit_offset is not None:
+        scores = scores - logit_offset.to(scores.dtype)[None, :]
+    log_p = torch.log_softmax(scores, dim=1).gather(1, positive[:, None])[:, 0]
     per_row = -log_p if kind == "infonce" else -log_p.exp()
     w = weights.to(per_row.dtype)
     per_row = torch.where(w != 0, w * per_row, torch.zeros_like(per_row))  # no 0 * inf, no grad leak

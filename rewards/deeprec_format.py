@@ -68,6 +68,11 @@ def instructions(category: str = "items", max_calls: int = MAX_CALLS, n_answer: 
     )
 
 
+#: The line that opens the history list in both prompt styles (the prompt fitter, ``preprocess.prompting``, finds
+#: the list after it and cuts its oldest lines).
+HISTORY_INTRO = "I have interacted with these {category}, oldest first:"
+
+
 def history_block(history_lines: Sequence[str]) -> str:
     """The user's history as a numbered list (oldest first); each line is a title (+ categories)."""
     return "\n".join(f"{i}. {line}" for i, line in enumerate(history_lines, 1))
@@ -78,7 +83,7 @@ def build_prompt(history_lines: Sequence[str], style: str = "completion", catego
     """The DeepRec prompt. ``completion`` (paper, base model): one string ending ``Assistant:\\n<think>\\n``;
     ``chat`` (warm-started instruct models): one user message, the completion opens ``<think>`` itself."""
     task = instructions(category, max_calls, n_answer, k)
-    user = f"I have interacted with these {category}, oldest first:\n{history_block(history_lines)}"
+    user = f"{HISTORY_INTRO.format(category=category)}\n{history_block(history_lines)}"
     if style == "completion":
         return f"{task}\nUser: {user}\nAssistant:\n{THINK_OPEN}\n"
     if style == "chat":

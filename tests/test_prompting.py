@@ -1,4 +1,5 @@
-"""truncate_prompt: prompt-side (left) truncation of the conversation, instruction and completion untouched."""
+"""truncate_prompt on conversation prompts: the oldest part of the conversation is cut, instruction and completion
+untouched (every builder's layout: tests/test_prompt_fitting.py)."""
 import copy
 
 import pytest

@@ -40,6 +40,9 @@ class SFTScriptArguments(CommonScriptArguments):
         default=None, metadata={"help": "optional catalog.json; only checked against the data set's catalog"})
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "optional cap on chat-templated prompt tokens (history cut, oldest first)"})
+    mask_tool_results: bool = field(default=False, metadata={
+        "help": "DeepRec warm-start data: no loss on the injected TRM item lists (tokenized as the RL rollout "
+                "appends them; trainers.deeprec.warmstart_sft_tokens), only on the text the policy writes"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
     lora_r: int = 16
     lora_alpha: int = 32
@@ -207,6 +210,38 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
     return dataset, stats
 
 
+def tokenize_masking_tool_results(dataset, tokenizer, max_length: int | None, split: str = "train"):
+    """``input_ids`` + ``completion_mask`` (0 on the prompt and on injected TRM lists) of fitted prompt/completion
+    rows (``trainers.deeprec.warmstart_sft_tokens``); TRL trains on such a tokenized set as is. Segment-wise
+    tokenization can be a few tokens longer than the joint one ``fit_to_length`` counted: such a prompt loses a few
+    more history lines. Returns (dataset, stats with the share of completion tokens masked out)."""
+    from preprocess.prompting import fit_prompt, prompt_token_count
+    from trainers.deeprec import warmstart_sft_tokens
+
+    def tokenize(row):
+        prompt = row["prompt"]
+        for _ in range(4):
+            out = warmstart_sft_tokens(tokenizer, prompt, row["completion"])
+            over = 0 if max_length is None else len(out["input_ids"]) - max_length
+            if over <= 0:
+                break
+            prompt = fit_prompt(prompt, tokenizer, prompt_token_count(prompt, tokenizer) - over).prompt
+        else:
+            raise ValueError(f"{split}: a row does not fit max_length={max_length} after segment-wise tokenization")
+        n_prompt = len(tokenizer(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                                 add_special_tokens=False)["input_ids"])
+        completion = out["completion_mask"][n_prompt:]
+        return {**out, "n_completion": len(completion), "n_masked": len(completion) - sum(completion)}
+
+    dataset = dataset.map(tokenize, remove_columns=dataset.column_names, desc=f"Tokenizing {split} (tool results "
+                          "masked)", load_from_cache_file=False)
+    n_completion, n_masked = sum(dataset["n_completion"]), sum(dataset["n_masked"])
+    stats = {"completion_tokens": n_completion, "tool_result_tokens_masked": n_masked,
+             "masked_share": round(n_masked / n_completion, 4) if n_completion else 0.0,
+             "max_tokens": max((len(x) for x in dataset["input_ids"]), default=0)}
+    return dataset.remove_columns(["n_completion", "n_masked"]), stats
+
+
 # ================================================================================================ 3. trainer
 class SFTRunTrainer(KillSafeCheckpointMixin, SFTTrainer):
     """TRL's SFTTrainer with kill-safe checkpoints (trainers.checkpointing), like the RL trainers."""
@@ -245,6 +280,12 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
         if eval_ds is not None:
             eval_ds, eval_stats = fit_to_length(eval_ds, tokenizer, training_args.max_length,
                                                 script_args.max_prompt_length, "validation")
+        if script_args.mask_tool_results:
+            train_ds, train_stats["tool_mask"] = tokenize_masking_tool_results(
+                train_ds, tokenizer, training_args.max_length, "train")
+            if eval_ds is not None:
+                eval_ds, eval_stats["tool_mask"] = tokenize_masking_tool_results(
+                    eval_ds, tokenizer, training_args.max_length, "validation")
     print(f"[sft] train: {train_stats}" + (f" | validation: {eval_stats}" if eval_stats else ""), flush=True)
     training_args.completion_only_loss = True  # the contract's prompt/completion data: loss on completions only
 

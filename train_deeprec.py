@@ -14,7 +14,9 @@ with a top 10. Two RL stages (METHODS.md §4). CleanRL style, one file: argument
 
 Stage ``rec`` starts from a stage-1 run: ``--init_from <stage-1 output_dir>`` (its final model, or its highest
 ``checkpoint-N`` when it has no final model yet) or a model folder. The difficulty-based selection's counts are
-written to ``<output_dir>/data_selection.json``. Evaluate with the seam's ``evaluation.deeprec.DeepRecRecommender``.
+written to ``<output_dir>/data_selection.json``. ``--warmstart_gate report|require --eval_split validation`` checks,
+before RL, that the warm-started model writes valid episodes (greedy >= 90%, sampled >= 30%), prints the shares and
+writes ``<output_dir>/warmstart_gate.json``. Evaluate with the seam's ``evaluation.deeprec.DeepRecRecommender``.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from trl import TrlParser
 
-from trainers.deeprec import DeepRecConfig, DeepRecTrainer, ItemEmbeddings, warmstart_records
+from trainers.deeprec import DeepRecConfig, DeepRecTrainer, ItemEmbeddings, format_gate, warmstart_gate, \
+    warmstart_records
 from trainers.run_logging import compose_run_name, configure_wandb, tee_output
 from trainers.script_args import CommonScriptArguments, start_rl_run, take_subset, train_and_save
 
@@ -46,6 +49,12 @@ class ScriptArguments(CommonScriptArguments):
     embedding_cache_dir: str | None = field(default=None, metadata={
         "help": "Cache of encoded item titles (R_sim), .npy keyed by encoder and texts."})
     eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on during training."})
+    warmstart_gate: str = field(default="off", metadata={
+        "help": "Before RL, run greedy and sampled (the stage's temperature) episodes on --warmstart_gate_rows rows of "
+                "--eval_split and print the share of valid ones (trainers.deeprec.warmstart_gate: greedy >= 0.9 and "
+                "sampled >= 0.3 pass). off; report (print, write warmstart_gate.json, train anyway); require (stop "
+                "with an error when it does not pass).", "choices": ["off", "report", "require"]})
+    warmstart_gate_rows: int = field(default=32, metadata={"help": "Validation rows the warm-start gate runs on."})
     write_warmstart_data: str | None = field(default=None, metadata={
         "help": "Write the format warm-start SFT data set (scripted trajectories, chat prompts) to this folder "
                 "and exit (train it with train_sft.py, then RL with prompt_style chat). Off by default."})
@@ -62,6 +71,10 @@ def parse_args(argv=None) -> tuple[ScriptArguments, DeepRecConfig]:
         raise ValueError("--trm_path is required (a TRM folder written by train_trm.py)")
     if script_args.model_name is None and script_args.init_from is None and not script_args.write_warmstart_data:
         raise ValueError("give --model_name (stage cold) or --init_from (stage rec)")
+    if script_args.warmstart_gate not in ("off", "report", "require"):
+        raise ValueError(f"--warmstart_gate must be off, report or require, got {script_args.warmstart_gate!r}")
+    if script_args.warmstart_gate != "off" and not script_args.eval_split:
+        raise ValueError("--warmstart_gate runs on validation rows: give --eval_split (e.g. validation)")
     return script_args, config
 
 
@@ -152,9 +165,26 @@ def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
         os.makedirs(config.output_dir, exist_ok=True)
         with open(os.path.join(config.output_dir, "data_selection.json"), "w") as f:
             json.dump(trainer.selection_stats or {"difficulty_selection": False, "rows": len(train)}, f, indent=1)
+    if script_args.warmstart_gate != "off":
+        check_warmstart_gate(trainer, eval_ds, catalog, retriever, config, script_args)
     train_and_save(trainer, config, tokenizer, logger)
     logger.info("rollout seconds %s", {k: round(v, 2) for k, v in trainer.rollout_timings.items()})
     return trainer
+
+
+def check_warmstart_gate(trainer, eval_ds, catalog, retriever, config: DeepRecConfig, script_args: ScriptArguments):
+    """The warm-start gate before RL (every process runs the same rows; greedy and seeded sampling agree)."""
+    rows = eval_ds.select(range(min(script_args.warmstart_gate_rows, len(eval_ds))))
+    result = warmstart_gate(trainer.model, trainer.processing_class, rows, catalog, retriever, config)
+    line = format_gate(result)
+    if trainer.accelerator.is_main_process:
+        print(line, flush=True)
+        with open(os.path.join(config.output_dir, "warmstart_gate.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    if script_args.warmstart_gate == "require" and not result["passed"]:
+        raise RuntimeError(f"{line}: train the warm-start longer (configs/tiny/deeprec_ml100k_warmstart_sft.yaml) or "
+                           "run with --warmstart_gate report")
+    return result
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ Data: a processed data set (docs/ARCHITECTURE.md). Only `prompt` and `completion
 prompt-completion data set, for which TRL's SFTTrainer computes the loss on completion tokens only
 (`completion_only_loss`). Each model's own chat template renders the messages.
 
-Length: every example is fitted to `max_length` BEFORE TRL sees it, by cutting the prompt from the start of the
-conversation (`preprocess.prompting.truncate_prompt`); the completion is never cut (the Rank-GRPO anchor bug:
-right-truncation at 1024 could cut the target list). An example whose completion alone does not fit is an error
-naming the sample. TRL's own right-truncation is then a no-op.
+Length: every example is fitted to `max_length` BEFORE TRL sees it, by cutting the prompt's history, oldest first
+(`preprocess.prompting.fit_prompt`: never the instruction or the format example); the completion is never cut (the
+Rank-GRPO anchor bug: right-truncation at 1024 could cut the target list). An example whose completion alone does
+not fit is an error naming the sample; prompts that cannot fit without cutting their instruction are counted and
+the run stops with an error listing the first ones. TRL's own right-truncation is then a no-op.
 """
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ class SFTScriptArguments(CommonScriptArguments):
     catalog_path: str | None = field(
         default=None, metadata={"help": "optional catalog.json; only checked against the data set's catalog"})
     max_prompt_length: int | None = field(
-        default=None, metadata={"help": "optional cap on chat-templated prompt tokens (prompt cut from the start)"})
+        default=None, metadata={"help": "optional cap on chat-templated prompt tokens (history cut, oldest first)"})
+    mask_tool_results: bool = field(default=False, metadata={
+        "help": "DeepRec warm-start data: no loss on the injected TRM item lists (tokenized as the RL rollout "
+                "appends them; trainers.deeprec.warmstart_sft_tokens), only on the text the policy writes"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
     lora_r: int = 16
     lora_alpha: int = 32
@@ -119,13 +123,15 @@ def _common_prefix(a, b) -> int:
 
 def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length: int | None = None,
                   split: str = "train", batch_size: int = 256):
-    """Cut prompts (from the start of the conversation) so that prompt + completion <= max_length tokens and
-    prompt <= max_prompt_length; never cut the completion. Returns (dataset with prompt/completion only, stats).
+    """Cut prompts' history (oldest first, ``preprocess.prompting.fit_prompt``) so that prompt + completion <=
+    max_length tokens and prompt <= max_prompt_length; never cut the completion or the instruction. Returns (dataset
+    with prompt/completion only, stats). Raises ``PromptFitError`` with the count when some prompts cannot fit
+    without cutting their instruction.
 
     Token counts are those of TRL's SFT tokenisation: the chat-templated prompt with the generation prompt, and the
     chat-templated prompt + completion.
     """
-    from preprocess.prompting import truncate_prompt
+    from preprocess.prompting import FitReport, PromptFitError, fit_prompt
 
     has_id = "sample_id" in dataset.column_names
     stats = {"samples": len(dataset), "truncated": 0, "max_tokens": 0}
@@ -138,7 +144,7 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
         p_texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         f_texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
         p_lens, f_lens = count(p_texts), count(f_texts)
-        out_prompts, lengths = [], []
+        out_prompts, lengths, errors, removed, cut = [], [], [], [], []
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             name = batch["sample_id"][i] if has_id else f"#{indices[i]}"
             if not (isinstance(completion, list) and len(completion) == 1 and completion[0]["role"] == "assistant"):
@@ -148,6 +154,9 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
             if fits_total and fits_prompt:
                 out_prompts.append(prompt)
                 lengths.append(f_lens[i])
+                errors.append("")
+                removed.append(0)
+                cut.append(False)
                 continue
             p_ids = tokenizer(p_texts[i], add_special_tokens=False)["input_ids"]
             f_ids = tokenizer(f_texts[i], add_special_tokens=False)["input_ids"]
@@ -160,25 +169,29 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
                         f"max_length={max_length} with any prompt; the completion is never truncated. Raise "
                         "max_length or drop the sample.")
                 budget = min(budget, max_length - n_completion)
-            new_prompt = prompt
+            new_prompt, error, n_full, fit = prompt, "", f_lens[i], None
             for _ in range(4):  # a token merge at the prompt/completion boundary can cost a token: retry tighter
                 try:
-                    new_prompt = truncate_prompt(prompt, tokenizer, budget)
-                except ValueError as err:
-                    raise ValueError(
-                        f"{split} sample {name}: cannot fit the prompt into {budget} tokens next to a "
-                        f"{n_completion}-token completion (max_length={max_length}): {err}") from err
+                    fit = fit_prompt(prompt, tokenizer, budget)
+                except PromptFitError as err:  # counted; the run stops below with every count
+                    error = (f"cannot fit the prompt into {budget} tokens next to a {n_completion}-token completion "
+                             f"(max_length={max_length}): {err}")
+                    break
+                new_prompt = fit.prompt
                 n_full = count([tokenizer.apply_chat_template(new_prompt + completion, tokenize=False)])[0]
                 if max_length is None or n_full <= max_length:
                     break
                 budget -= n_full - max_length
             else:
                 raise ValueError(f"{split} sample {name}: could not fit max_length={max_length}")
-            stats["truncated"] += 1
-            out_prompts.append(new_prompt)
+            out_prompts.append(new_prompt if not error else prompt)
             lengths.append(n_full)
+            errors.append(f"{name}: {error}" if error else "")
+            removed.append(fit.removed if fit is not None and not error and fit.layout != "conversation" else 0)
+            cut.append(not error)
         stats["max_tokens"] = max(stats["max_tokens"], max(lengths, default=0))
-        return {"prompt": out_prompts, "completion": completions, "n_tokens": lengths}
+        return {"prompt": out_prompts, "completion": completions, "n_tokens": lengths, "fit_error": errors,
+                "items_removed": removed, "was_cut": cut}
 
     keep = ["prompt", "completion"]
     dataset = dataset.map(fit_batch, batched=True, batch_size=batch_size, with_indices=True,
@@ -186,8 +199,47 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
                           desc=f"Fitting {split} prompts to max_length", load_from_cache_file=False)
     # stats from the map callback are lost if datasets runs it in a subprocess; recompute from the column
     stats["max_tokens"] = max(dataset["n_tokens"], default=0)
-    dataset = dataset.remove_columns("n_tokens")
+    fit_errors = [e for e in dataset["fit_error"] if e]
+    items_removed = dataset["items_removed"]
+    stats["truncated"] = sum(dataset["was_cut"])
+    stats["history_items_removed"] = int(sum(items_removed))
+    dataset = dataset.remove_columns(["n_tokens", "fit_error", "items_removed", "was_cut"])
+    if fit_errors:
+        report = FitReport(rows=len(dataset), unfit=len(fit_errors), unfit_examples=fit_errors[:5])
+        report.raise_if_unfit(f"{split} split")
     return dataset, stats
+
+
+def tokenize_masking_tool_results(dataset, tokenizer, max_length: int | None, split: str = "train"):
+    """``input_ids`` + ``completion_mask`` (0 on the prompt and on injected TRM lists) of fitted prompt/completion
+    rows (``trainers.deeprec.warmstart_sft_tokens``); TRL trains on such a tokenized set as is. Segment-wise
+    tokenization can be a few tokens longer than the joint one ``fit_to_length`` counted: such a prompt loses a few
+    more history lines. Returns (dataset, stats with the share of completion tokens masked out)."""
+    from preprocess.prompting import fit_prompt, prompt_token_count
+    from trainers.deeprec import warmstart_sft_tokens
+
+    def tokenize(row):
+        prompt = row["prompt"]
+        for _ in range(4):
+            out = warmstart_sft_tokens(tokenizer, prompt, row["completion"])
+            over = 0 if max_length is None else len(out["input_ids"]) - max_length
+            if over <= 0:
+                break
+            prompt = fit_prompt(prompt, tokenizer, prompt_token_count(prompt, tokenizer) - over).prompt
+        else:
+            raise ValueError(f"{split}: a row does not fit max_length={max_length} after segment-wise tokenization")
+        n_prompt = len(tokenizer(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+                                 add_special_tokens=False)["input_ids"])
+        completion = out["completion_mask"][n_prompt:]
+        return {**out, "n_completion": len(completion), "n_masked": len(completion) - sum(completion)}
+
+    dataset = dataset.map(tokenize, remove_columns=dataset.column_names, desc=f"Tokenizing {split} (tool results "
+                          "masked)", load_from_cache_file=False)
+    n_completion, n_masked = sum(dataset["n_completion"]), sum(dataset["n_masked"])
+    stats = {"completion_tokens": n_completion, "tool_result_tokens_masked": n_masked,
+             "masked_share": round(n_masked / n_completion, 4) if n_completion else 0.0,
+             "max_tokens": max((len(x) for x in dataset["input_ids"]), default=0)}
+    return dataset.remove_columns(["n_completion", "n_masked"]), stats
 
 
 # ================================================================================================ 3. trainer
@@ -228,6 +280,12 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
         if eval_ds is not None:
             eval_ds, eval_stats = fit_to_length(eval_ds, tokenizer, training_args.max_length,
                                                 script_args.max_prompt_length, "validation")
+        if script_args.mask_tool_results:
+            train_ds, train_stats["tool_mask"] = tokenize_masking_tool_results(
+                train_ds, tokenizer, training_args.max_length, "train")
+            if eval_ds is not None:
+                eval_ds, eval_stats["tool_mask"] = tokenize_masking_tool_results(
+                    eval_ds, tokenizer, training_args.max_length, "validation")
     print(f"[sft] train: {train_stats}" + (f" | validation: {eval_stats}" if eval_stats else ""), flush=True)
     training_args.completion_only_loss = True  # the contract's prompt/completion data: loss on completions only
 

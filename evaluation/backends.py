@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
+
+logger = logging.getLogger(__name__)
 
 Messages = list[dict]
 
@@ -39,19 +42,26 @@ def clean_messages(prompt: Messages) -> Messages:
 
 
 def _truncate(prompts: list[Messages], tokenizer, max_prompt_length: int | None) -> list[Messages]:
+    """History cut oldest first (``preprocess.prompting.fit_prompts``); a prompt that cannot fit without cutting its
+    instruction is generated whole (evaluation scores every row) and counted in a warning."""
     if not max_prompt_length:
         return prompts
-    from preprocess.prompting import truncate_prompt
+    from preprocess.prompting import fit_prompts
 
-    return [truncate_prompt(p, tokenizer, max_prompt_length) for p in prompts]
+    fitted, report = fit_prompts(prompts, tokenizer, max_prompt_length)
+    if report.unfit:
+        logger.warning("%d of %d prompts do not fit max_prompt_length=%d without cutting their instruction; they are "
+                       "generated whole. First: %s", report.unfit, report.rows, max_prompt_length,
+                       " | ".join(report.unfit_examples))
+    return fitted
 
 
 # ------------------------------------------------------------------------------------------------------ HF
 class HFBackend:
     """Greedy `model.generate` over a chat-templated, left-padded batch; returns the decoded new tokens only.
 
-    Prompts are rendered with the tokenizer's chat template (`add_generation_prompt=True`), optionally
-    left-truncated to `max_prompt_length` tokens (`preprocess.prompting.truncate_prompt`), sorted by length
+    Prompts are rendered with the tokenizer's chat template (`add_generation_prompt=True`), optionally fitted to
+    `max_prompt_length` tokens by cutting their history (`preprocess.prompting.fit_prompts`), sorted by length
     (longest first: similar lengths share a batch, and an out-of-memory shows on the first batch) and
     generated `batch_size` at a time. Results come back in the input order.
     """

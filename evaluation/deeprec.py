@@ -37,6 +37,7 @@ from rewards.deeprec_format import (
     RETRIEVE_K,
     STOP_STRINGS,
     build_prompt,
+    format_check_shares,
     item_list_text,
     last_preference,
     parse_trajectory,
@@ -369,16 +370,18 @@ class DeepRecRecommender:
                 lambda ids: tok.decode(ids, skip_special_tokens=True), eos, self.settings)
         self.generation_seconds = round(time.time() - t0, 3)
         self.episodes = episodes
-        recs, valid = [], 0
+        recs, trajs = [], []
         for ep in episodes:
-            traj = parse_trajectory(ep.text)
+            traj = parse_trajectory(ep.text, real_calls=ep.n_calls)
             ids = answer_item_ids(traj.answer_lines, self.catalog, self.require_year) if traj.valid else []
-            valid += traj.valid
+            trajs.append(traj)
             recs.append(Recommendation(ids, ep.text))
         n = max(1, len(episodes))
+        shares = format_check_shares(trajs)
         self.episode_stats = {
             "deeprec/calls_per_episode": sum(e.n_calls for e in episodes) / n,
-            "deeprec/valid_format_rate": valid / n,
+            "deeprec/valid_format_rate": shares.pop("valid"),
+            **{f"deeprec/{name}_rate": value for name, value in shares.items()},
             **{f"deeprec/end_{r}_rate": sum(e.end_reason == r for e in episodes) / n for r in END_REASONS},
         }
         return recs

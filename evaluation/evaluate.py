@@ -595,7 +595,8 @@ def add_evaluation_arguments(parser) -> None:
     gen.add_argument("--max_new_tokens", type=int, default=512)
     gen.add_argument("--batch_size", type=int, default=16, help="hf backend: prompts per generate call")
     gen.add_argument("--max_prompt_length", type=int, default=None,
-                     help="left-truncate the conversation so the templated prompt has at most this many tokens")
+                     help="cut the history (oldest first, never the instruction) so the templated prompt has at most this "
+                          "many tokens")
     gen.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
     gen.add_argument("--trust_remote_code", action="store_true")
     gen.add_argument("--tensor_parallel_size", type=int, default=1, help="vllm backend")

@@ -355,9 +355,15 @@ def _iso(ts: int | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+#: The history part of the ML-100k conversation: opener + titles joined by HISTORY_SEPARATOR + closer (the prompt
+#: fitter, ``preprocess.prompting``, cuts whole titles from the oldest end of this list).
+HISTORY_OPENER = "USER: I have watched these movies, oldest first: "
+HISTORY_SEPARATOR = "; "
+HISTORY_CLOSER = ". Which movies should I watch next?"
+
+
 def conversation_text(titles: list[str]) -> str:
-    return ("USER: I have watched these movies, oldest first: " + "; ".join(titles) +
-            ". Which movies should I watch next?")
+    return HISTORY_OPENER + HISTORY_SEPARATOR.join(titles) + HISTORY_CLOSER
 
 
 def _check_options(output_dir, min_history: int, max_history: int, num_groundtruth: int, n_items: int,

@@ -22,6 +22,9 @@ ANSWER_END = "</answer>"
 ITEM_PREFILL = ANSWER_MARKER
 MAX_HISTORY = 20
 MAX_DESCRIPTION_WORDS = 100
+#: How the history header of the user prompt starts; its line ends with ``:`` and one item line per purchase follows
+#: (the prompt fitter, ``preprocess.prompting``, cuts the oldest lines).
+HISTORY_INTRO = "Below is my historical {category} purchases"
 
 #: How a file-name category is worded in the prompts (R²ec's released names); others: underscores -> spaces,
 #: lower case.
@@ -83,7 +86,7 @@ def user_prompt(history_titles: Sequence[str], category: str, ratings: Sequence[
         lines.append(line)
     header = (f"Analyze in depth and finally recommend next {category} I might purchase inside {ANSWER_MARKER} and "
               f"{ANSWER_END}.\nFor example, {ANSWER_MARKER} a product {ANSWER_END}.\n\n"
-              f"Below is my historical {category} purchases"
+              + HISTORY_INTRO.format(category=category)
               + (" and ratings (out of 5)" if ratings is not None else "")
               + ("" if time_deltas is not None else ", oldest first") + ":")
     return [{"role": "user", "content": "\n".join([header, *lines])}]

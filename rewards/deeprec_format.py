@@ -68,6 +68,11 @@ def instructions(category: str = "items", max_calls: int = MAX_CALLS, n_answer: 
     )
 
 
+#: The line that opens the history list in both prompt styles (the prompt fitter, ``preprocess.prompting``, finds
+#: the list after it and cuts its oldest lines).
+HISTORY_INTRO = "I have interacted with these {category}, oldest first:"
+
+
 def history_block(history_lines: Sequence[str]) -> str:
     """The user's history as a numbered list (oldest first); each line is a title (+ categories)."""
     return "\n".join(f"{i}. {line}" for i, line in enumerate(history_lines, 1))
@@ -78,7 +83,7 @@ def build_prompt(history_lines: Sequence[str], style: str = "completion", catego
     """The DeepRec prompt. ``completion`` (paper, base model): one string ending ``Assistant:\\n<think>\\n``;
     ``chat`` (warm-started instruct models): one user message, the completion opens ``<think>`` itself."""
     task = instructions(category, max_calls, n_answer, k)
-    user = f"I have interacted with these {category}, oldest first:\n{history_block(history_lines)}"
+    user = f"{HISTORY_INTRO.format(category=category)}\n{history_block(history_lines)}"
     if style == "completion":
         return f"{task}\nUser: {user}\nAssistant:\n{THINK_OPEN}\n"
     if style == "chat":
@@ -91,6 +96,16 @@ def item_list_text(titles: Sequence[str]) -> str:
     surrounding newlines are part of it (environment tokens)."""
     body = "\n".join(f"{i}. {t}" for i, t in enumerate(titles, 1))
     return f"\n{BEGIN_ITEM_LIST}\n{body}\n{END_ITEM_LIST}\n"
+
+
+_INJECTED_RE = re.compile(re.escape(f"\n{BEGIN_ITEM_LIST}\n") + ".*?" + re.escape(f"\n{END_ITEM_LIST}\n"), re.DOTALL)
+
+
+def injected_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` character spans of the ``item_list_text`` blocks in a SCRIPTED trajectory (the warm-start
+    data, where every item list is a real TRM result the script inserted). Not for model output: there a typed
+    list looks the same, and only the rollout's ``env_mask`` knows what it injected."""
+    return [(m.start(), m.end()) for m in _INJECTED_RE.finditer(text)]
 
 
 def answer_text(titles: Sequence[str]) -> str:
@@ -119,7 +134,7 @@ class Trajectory:
     """What the rewards need from a trajectory's text."""
 
     preferences: list[str]  # the preference texts of the calls, in order
-    n_calls: int  # tool results (item lists) in the text
+    n_calls: int  # the rollout's real TRM calls when parse_trajectory got them, else the item lists in the text
     answer_lines: list[str] | None  # the final list's non-empty lines, numbering removed (None: no list)
     failures: list[str] = field(default_factory=list)  # failed FORMAT_CHECKS, in that order
 
@@ -133,10 +148,16 @@ def strip_numbering(line: str) -> str:
     return _NUMBER.sub("", line, count=1).strip()
 
 
-def parse_trajectory(text: str, n_answer: int = N_ANSWER) -> Trajectory:
-    """Parse a completion (module docstring) and run every format check."""
+def parse_trajectory(text: str, n_answer: int = N_ANSWER, real_calls: int | None = None) -> Trajectory:
+    """Parse a completion (module docstring) and run every format check.
+
+    ``real_calls``: the TRM calls the rollout made (``Episode.n_calls``). With it, ``n_calls`` is that count, not the
+    item-list blocks in the text, and a text with more item lists than real calls fails ``tags``: the model typed a
+    fake tool result of its own (without it, two typed lists scored R_inv 1.0 like two real calls)."""
     if not isinstance(text, str):
         raise TypeError(f"parse_trajectory expects a str, got {type(text).__name__}")
+    if real_calls is not None and (isinstance(real_calls, bool) or not isinstance(real_calls, int) or real_calls < 0):
+        raise ValueError(f"real_calls must be an int >= 0 or None, got {real_calls!r}")
     body = text
     if body.lstrip().startswith(THINK_OPEN):  # chat style: the completion opens <think> itself
         body = body.lstrip()[len(THINK_OPEN):]
@@ -162,6 +183,11 @@ def parse_trajectory(text: str, n_answer: int = N_ANSWER) -> Trajectory:
         if m == END_ITEM_LIST:
             n_calls += 1
             last_list_end = end
+    if real_calls is not None:
+        if n_calls != real_calls and "tags" not in failures:
+            failures.append("tags")  # item lists the rollout did not inject: typed by the model
+        n_calls = real_calls
+        preferences = preferences[:real_calls]
     if n_calls == 0:
         failures.append("no_call")
     if body.count(THINK_CLOSE) != 1:
@@ -184,6 +210,16 @@ def parse_trajectory(text: str, n_answer: int = N_ANSWER) -> Trajectory:
     if any(p in text for p in TEMPLATE_PLACEHOLDERS):
         failures.append("template")
     return Trajectory(preferences, n_calls, answer_lines, failures)
+
+
+def format_check_shares(trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    """Share of valid trajectories (``valid``) and of those failing each format check (``fail_<check>``; one
+    trajectory can fail several). Empty input: all 0."""
+    n = len(trajectories)
+    out = {"valid": sum(t.valid for t in trajectories) / n if n else 0.0}
+    for check in FORMAT_CHECKS:
+        out[f"fail_{check}"] = sum(check in t.failures for t in trajectories) / n if n else 0.0
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ rewards

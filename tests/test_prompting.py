@@ -1,4 +1,5 @@
-"""truncate_prompt: prompt-side (left) truncation of the conversation, instruction and completion untouched."""
+"""truncate_prompt on conversation prompts: the oldest part of the conversation is cut, instruction and completion
+untouched (every builder's layout: tests/test_prompt_fitting.py)."""
 import copy
 
 import pytest
@@ -97,18 +98,20 @@ def test_other_messages_and_completion_untouched(word_tokenizer):
     assert completion == completion_before
 
 
-def test_without_marker_cuts_from_content_start(word_tokenizer):
+def test_without_a_history_part_raises_instead_of_cutting_the_instruction(word_tokenizer):
+    """No known history layout: shortening would cut the instruction (what the DeepRec warm-start did), so it is an
+    error; a prompt that fits is returned as is."""
     text = " ".join(f"w{i}" for i in range(300))
     msgs = [{"role": "user", "content": text}]
-    out = truncate_prompt(msgs, word_tokenizer, 50)
-    assert prompt_token_count(out, word_tokenizer) <= 50
-    assert text.endswith(out[0]["content"]) and out[0]["content"].endswith("w299")
+    with pytest.raises(ValueError, match="no known history part"):
+        truncate_prompt(msgs, word_tokenizer, 50)
+    assert truncate_prompt(msgs, word_tokenizer, 400) is msgs
 
 
 def test_raises_when_even_empty_conversation_does_not_fit(word_tokenizer):
     msgs = build_prompt(long_conversation())
     empty = prompt_token_count(build_prompt(""), word_tokenizer)
-    with pytest.raises(ValueError, match="empty conversation"):
+    with pytest.raises(ValueError, match="empty history"):
         truncate_prompt(msgs, word_tokenizer, empty - 1)
     out = truncate_prompt(msgs, word_tokenizer, empty)  # exactly the instruction fits
     assert out[-1]["content"] == RANK_GRPO_INSTRUCTION

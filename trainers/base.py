@@ -5,7 +5,8 @@
 
 * loads the catalog (``catalog=`` or ``args.catalog_path``) and resolves ``require_year`` from it
   (``rewards.catalog.resolve_require_year``, the rule evaluation uses);
-* truncates prompts on the prompt side (``preprocess.prompting.truncate_prompt``), never the completion;
+* fits prompts by cutting their history, oldest first (``preprocess.prompting.fit_prompt``), never the instruction
+  or the completion; a run whose prompts would lose their instruction stops with an error;
 * takes its reward functions from the ``build_reward_funcs`` hook, which go through TRL's own reward path;
 * decodes completion token ids to their exact text with a byte table (``trainers.token_map``);
 * ``process_slice`` / ``local_rows``: this process's rows of a tensor gathered over processes (TRL's order);
@@ -48,8 +49,8 @@ class RecRLConfig(GRPOConfig):
     )
     max_prompt_length: int | None = field(
         default=None,
-        metadata={"help": "Prompt-side truncation (preprocess.prompting.truncate_prompt) applied to the datasets "
-                  "before training; the completion is never cut. None: no truncation."},
+        metadata={"help": "Prompt-side fitting (preprocess.prompting.fit_prompt: history cut oldest first, never the "
+                  "instruction) applied to the datasets before training; the completion is never cut. None: none."},
     )
     catalog_path: str | None = field(
         default=None,
@@ -65,14 +66,27 @@ class RecRLConfig(GRPOConfig):
         super().__post_init__()
 
 
-def truncate_dataset_prompts(dataset, tokenizer, max_prompt_length: int):
-    """Prompt-side truncation (preprocess.prompting.truncate_prompt) of a chat-format ``prompt`` column."""
-    from preprocess.prompting import truncate_prompt
+def truncate_dataset_prompts(dataset, tokenizer, max_prompt_length: int, split: str = "train"):
+    """Prompt-side fitting (``preprocess.prompting.fit_prompt``: history cut oldest first, never the instruction) of
+    a ``prompt`` column. Prompts that cannot fit without cutting their instruction are counted and the run stops
+    (``PromptFitError`` naming the first rows)."""
+    from preprocess.prompting import FitReport, PromptFitError, fit_prompt
 
     if dataset is None or "prompt" not in getattr(dataset, "column_names", []):
         return dataset
-    return dataset.map(lambda x: {"prompt": truncate_prompt(x["prompt"], tokenizer, max_prompt_length)},
-                       desc=f"truncating prompts to {max_prompt_length} tokens")
+    has_id = "sample_id" in dataset.column_names
+
+    def fit(row, index):
+        try:
+            return {"prompt": fit_prompt(row["prompt"], tokenizer, max_prompt_length).prompt, "fit_error": ""}
+        except PromptFitError as err:
+            return {"prompt": row["prompt"], "fit_error": f"{row['sample_id'] if has_id else f'#{index}'}: {err}"}
+
+    dataset = dataset.map(fit, with_indices=True, desc=f"fitting {split} prompts to {max_prompt_length} tokens")
+    errors = [e for e in dataset["fit_error"] if e]
+    if errors:
+        FitReport(rows=len(dataset), unfit=len(errors), unfit_examples=errors[:5]).raise_if_unfit(f"{split} split")
+    return dataset.remove_columns("fit_error")
 
 
 RUN_IDENTITY_FILE = "recrl_run.json"
@@ -105,10 +119,11 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
                 raise ValueError("max_prompt_length needs processing_class (the tokenizer) to count prompt tokens")
             train_dataset = truncate_dataset_prompts(train_dataset, processing_class, args.max_prompt_length)
             if isinstance(eval_dataset, dict):
-                eval_dataset = {k: truncate_dataset_prompts(v, processing_class, args.max_prompt_length)
+                eval_dataset = {k: truncate_dataset_prompts(v, processing_class, args.max_prompt_length, k)
                                 for k, v in eval_dataset.items()}
             else:
-                eval_dataset = truncate_dataset_prompts(eval_dataset, processing_class, args.max_prompt_length)
+                eval_dataset = truncate_dataset_prompts(eval_dataset, processing_class, args.max_prompt_length,
+                                                        "eval")
         self.args = args  # build_reward_funcs may read it before TRL sets it
         super().__init__(model=model, reward_funcs=self.build_reward_funcs(), args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,

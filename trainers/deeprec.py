@@ -49,10 +49,10 @@ from evaluation.deeprec import (
     run_episodes,
 )
 from rewards.deeprec_format import (
-    FORMAT_CHECKS,
     PROMPT_STYLES,
     STOP_STRINGS,
     diversity_reward,
+    format_check_shares,
     format_reward,
     invocation_reward,
     outcome_reward,
@@ -163,6 +163,13 @@ class ItemEmbeddings:
         return text, trm
 
 
+def rollout_sampling(args: DeepRecConfig) -> dict:
+    """The sampling settings of a stage's rollouts (config fields ``temperature``, ``top_p``, ``top_k``; the GPU
+    configs keep the paper's temperature 1.0). TRL divides the policy logits by the same ``temperature``, so the
+    importance ratio compares like with like."""
+    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
+
+
 # ------------------------------------------------------------------------------------------------ rewards
 @dataclass
 class DeepRecScore:
@@ -181,14 +188,18 @@ class DeepRecJudge:
         self._key, self.last = None, []
 
     def score(self, episodes: list[dict], targets: list[int], need_similarity: bool = True) -> list[DeepRecScore]:
-        trajs = [parse_trajectory(e["text"]) for e in episodes]
+        # R_inv / R_div / the no_call check count the rollout's REAL calls (``n_calls``) and the preference texts
+        # the TRM got, not item-list blocks in the text: a model that types its own lists gains nothing
+        trajs = [parse_trajectory(e["text"], real_calls=e.get("n_calls")) for e in episodes]
+        prefs = [list(e["preferences"]) if e.get("preferences") is not None else t.preferences
+                 for e, t in zip(episodes, trajs)]
         # R_div: one batched encode of every preference of trajectories with >= 2 calls
         multi = [i for i, t in enumerate(trajs) if t.n_calls >= 2]
-        texts = [p for i in multi for p in trajs[i].preferences[:trajs[i].n_calls]]
+        texts = [p for i in multi for p in prefs[i][:trajs[i].n_calls]]
         emb = self.encode_preferences(texts) if texts else np.zeros((0, 1))
         div, pos = {}, 0
         for i in multi:
-            n = len(trajs[i].preferences[:trajs[i].n_calls])
+            n = len(prefs[i][:trajs[i].n_calls])
             div[i] = diversity_reward(emb[pos:pos + n])
             pos += n
         out = []
@@ -215,13 +226,14 @@ class DeepRecJudge:
         scores = self.score(list(episodes), [int(t) for t in targets], need_similarity)
         self._key, self.last = (completion_ids,), scores
         if log_metric is not None:
+            # per episode; TRL averages each name over the logging step: the step's share of valid episodes
+            # (deeprec/valid_format) and of episodes failing each check (deeprec/fail_<check>)
             for s, e in zip(scores, episodes):
                 log_metric("deeprec/calls", float(s.trajectory.n_calls))
-                log_metric("deeprec/valid_format", float(s.trajectory.valid))
                 log_metric("deeprec/hit@10", float(s.rank is not None))
                 log_metric("deeprec/overlong", float(bool(e.get("overlong"))))
-                for check in FORMAT_CHECKS:
-                    log_metric(f"deeprec/fail_{check}", float(check in s.trajectory.failures))
+                for name, value in format_check_shares([s.trajectory]).items():
+                    log_metric("deeprec/valid_format" if name == "valid" else f"deeprec/{name}", value)
                 for reason in END_REASONS:
                     log_metric(f"deeprec/end_{reason}", float(e.get("end_reason") == reason))
         return scores
@@ -381,8 +393,7 @@ class DeepRecTrainer(RecRLTrainer):
 
         a = self.args
         return HFTokenGenerator(
-            self.model, self._tokenizer, do_sample=True, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
-            eos_token_ids=list(self.eos_token_ids),
+            self.model, self._tokenizer, do_sample=True, **rollout_sampling(a), eos_token_ids=list(self.eos_token_ids),
             model_context=lambda: unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                                               gather_deepspeed3_params=a.ds3_gather_for_generation))
 
@@ -551,3 +562,89 @@ def warmstart_records(dataset, catalog, retriever, args: DeepRecConfig, split: s
                     "history": list(r.get("history") or []), "target": r.get("target"),
                     "timestamp": r.get("timestamp")})
     return out
+
+
+def warmstart_sft_tokens(tokenizer, prompt: list[dict], completion: list[dict]) -> dict:
+    """Token ids and loss mask of one warm-start SFT example, tokenized as the RL rollout builds a trajectory: the
+    chat-templated prompt (generation prompt appended), then the completion segment by segment -- each injected TRM
+    list (``rewards.deeprec_format.injected_spans``) encoded on its own, as ``run_episodes`` appends it -- then the
+    template's end of the turn. ``completion_mask`` (TRL's column): 1 on the policy text and the end of the turn, 0
+    on the prompt and on every token of an injected list, so the model is not trained to write the lists itself."""
+    from rewards.deeprec_format import injected_spans
+
+    if not (isinstance(completion, list) and len(completion) == 1 and completion[0].get("role") == "assistant"):
+        raise ValueError(f"the completion must be one assistant message, got {completion!r}")
+    content = completion[0]["content"]
+    p_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    f_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    if not f_text.startswith(p_text + content):
+        raise ValueError("the chat template does not render prompt + completion as the prompt followed by the "
+                         "completion's text; the injected lists cannot be located in its tokens")
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    ids = encode(p_text)
+    mask = [0] * len(ids)
+    pos = 0
+    for start, end in [*injected_spans(content), (len(content), len(content))]:
+        for text, bit in ((content[pos:start], 1), (content[start:end], 0)):
+            seg = encode(text)
+            ids += seg
+            mask += [bit] * len(seg)
+        pos = end
+    tail = encode(f_text[len(p_text) + len(content):])
+    return {"input_ids": ids + tail, "completion_mask": mask + [1] * len(tail)}
+
+
+# ------------------------------------------------------------------------------------------------ warm-start gate
+#: A warm-started model is ready for stage 1 when its episodes are valid this often on validation rows: greedy
+#: (what evaluation sees) and sampled at the stage's rollout temperature (what RL needs: a group with some valid
+#: episodes has a non-zero advantage).
+GATE_MIN_GREEDY_VALID = 0.9
+GATE_MIN_SAMPLED_VALID = 0.3
+
+
+def warmstart_gate(model, tokenizer, rows, catalog, retriever, args: DeepRecConfig,
+                   min_greedy: float = GATE_MIN_GREEDY_VALID, min_sampled: float = GATE_MIN_SAMPLED_VALID,
+                   batch_size: int = 16, generators=None) -> dict:
+    """Run DeepRec episodes (the evaluation loop, ``evaluation.deeprec.DeepRecRecommender``) on ``rows`` greedily and
+    sampled with ``rollout_sampling(args)``; return the share of valid episodes of each, every failing check's
+    share, and ``passed`` (greedy >= min_greedy and sampled >= min_sampled). ``generators``: an optional
+    (greedy, sampled) pair of token generators (tests); default HF ``generate`` on ``model``."""
+    import torch
+
+    from evaluation.deeprec import DeepRecRecommender
+
+    rows = [dict(r) for r in rows]
+    if not rows:
+        raise ValueError("the warm-start gate needs validation rows (give --eval_split)")
+    if generators is None:
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else None
+        generators = (HFTokenGenerator(model, tokenizer, do_sample=False, eos_token_ids=eos),
+                      HFTokenGenerator(model, tokenizer, do_sample=True, eos_token_ids=eos, **rollout_sampling(args)))
+    out = {"rows": len(rows), "temperature": args.temperature, "min_greedy": min_greedy, "min_sampled": min_sampled}
+    for name, generator in zip(("greedy", "sampled"), generators):
+        rec = DeepRecRecommender(model, tokenizer, retriever, catalog, args.episode_settings, args.prompt_style,
+                                 args.category, args.require_year, batch_size, args.max_history, generator)
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed)
+            rec.recommend(rows)
+        stats = rec.episode_stats
+        out[f"{name}_valid"] = stats["deeprec/valid_format_rate"]
+        out[f"{name}_calls"] = stats["deeprec/calls_per_episode"]
+        out[f"{name}_failures"] = {k[len("deeprec/fail_"):-len("_rate")]: v for k, v in stats.items()
+                                   if k.startswith("deeprec/fail_")}
+    out["passed"] = out["greedy_valid"] >= min_greedy and out["sampled_valid"] >= min_sampled
+    return out
+
+
+def format_gate(result: dict) -> str:
+    """One line for the console."""
+    def fails(d):
+        return ", ".join(f"{k} {v:.2f}" for k, v in d.items() if v) or "none"
+
+    return (f"[deeprec] warm-start gate on {result['rows']} validation rows: greedy valid {result['greedy_valid']:.2f} "
+            f"(need >= {result['min_greedy']:.2f}; failing: {fails(result['greedy_failures'])}), sampled at T "
+            f"{result['temperature']:g} valid {result['sampled_valid']:.2f} (need >= {result['min_sampled']:.2f}; "
+            f"failing: {fails(result['sampled_failures'])}) -> {'PASSED' if result['passed'] else 'NOT PASSED'}")

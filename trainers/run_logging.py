@@ -123,7 +123,7 @@ def compose_run_name(model_name: str, method: str, learning_rate: float, beta: f
 CONSOLE_TERMS = (("kl", "kl"), ("ent", "entropy"), ("ndcg", "ndcg"), ("hit", "hit_rate"),
                  ("item_ratio", "item_ratio/mean"), ("rec_loss", "loss/rec"),
                  ("forced", "recpo/forced_answer_rate"), ("table_age", "recpo/item_table_age"),
-                 ("calls", "deeprec/calls"), ("acc", "mean_token_accuracy"), ("len", "completions/mean_length"))
+                 ("valid", "deeprec/valid_format"), ("calls", "deeprec/calls"), ("acc", "mean_token_accuracy"), ("len", "completions/mean_length"))
 MAX_CONSOLE_TERMS = 12
 
 

@@ -26,7 +26,8 @@ validation/test target is strictly later than every train target. Split windows:
 validation (T1, T2], test (T2, +inf).
 
 Catalog. Every item of the item file, display title with the article in front (``The Usual Suspects``), ``year``,
-``raw_title``, ``genres``, ``popularity`` = number of train-window ratings. Items the one matcher cannot tell
+``raw_title``, ``genres``, ``popularity`` = number of train-window ratings, and for RecPO's item prompt
+``average_rating`` / ``rating_number`` (mean stars and count of those same train-window ratings). Items the one matcher cannot tell
 apart (same normalised title and year: ML-100k lists 18 movies twice) are merged into the id the matcher
 returns (the duplicate keeps its catalog row with ``duplicate_of``); ratings of items without a release year
 are dropped (they cannot be written as ``Title (Year)``). Both are counted in the summary.
@@ -402,15 +403,16 @@ def build_catalog(items: dict[int, dict], folder: Path) -> tuple[list[dict], dic
 
 
 def user_sequences(ratings, items: dict[int, dict], canonical: dict[int, int],
-                   skips: SkipCounter) -> tuple[dict[str, list[tuple[int, int]]], int]:
-    """Each user's ``(timestamp, canonical id)`` list ordered by (timestamp, id), and the number of remapped ratings.
+                   skips: SkipCounter) -> tuple[dict[str, list[tuple[int, int]]], int, dict[tuple[str, int], float]]:
+    """Each user's ``(timestamp, canonical id)`` list ordered by (timestamp, id), the number of remapped ratings,
+    and the star rating of every kept ``(user, canonical id)``.
 
     Left out, counted in ``skips``: ratings of unknown items, of yearless items, and a user's second rating of
     the same (merged) item.
     """
-    per_user: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    per_user: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
     remapped = 0
-    for user, iid, _rating, ts in ratings:
+    for user, iid, rating, ts in ratings:
         if iid not in items:
             skips.skip("rating of an item missing from the item file")
             continue
@@ -418,19 +420,20 @@ def user_sequences(ratings, items: dict[int, dict], canonical: dict[int, int],
             skips.skip("rating of an item without a release year (cannot be written as Title (Year))")
             continue
         remapped += iid in canonical
-        per_user[user].append((ts, canonical.get(iid, iid)))
+        per_user[user].append((ts, canonical.get(iid, iid), rating))
     sequences: dict[str, list[tuple[int, int]]] = {}
+    stars: dict[tuple[str, int], float] = {}
     for user in sorted(per_user, key=_user_sort_key):
-        seq, got = [], set()
-        for ts, iid in sorted(per_user[user], key=lambda p: (p[0], p[1])):
-            if iid in got:
+        seq = []
+        for ts, iid, rating in sorted(per_user[user], key=lambda p: (p[0], p[1])):
+            if (user, iid) in stars:
                 skips.skip("second rating of the same item by a user, after merging duplicate catalog entries "
                            "(first kept)")
                 continue
-            got.add(iid)
+            stars[user, iid] = rating
             seq.append((ts, iid))
         sequences[user] = seq
-    return sequences, remapped
+    return sequences, remapped, stars
 
 
 def sample_positions(sequences: dict[str, list], min_history: int, skips: SkipCounter,
@@ -455,13 +458,25 @@ def temporal_cuts(sequences: dict[str, list], candidates: list[tuple[str, int]],
     return t1, t2
 
 
-def train_popularity(sequences: dict[str, list], t1: int, catalog_items: list[dict]) -> tuple[Counter, list[int]]:
+def train_popularity(sequences: dict[str, list], t1: int, catalog_items: list[dict],
+                     stars: dict[tuple[str, int], float]) -> tuple[Counter, list[int]]:
     """Ratings in the train window (every position, not only targets) per item, and the ids most popular first;
-    writes ``popularity`` into every catalog row."""
-    popularity = Counter(iid for seq in sequences.values() for ts, iid in seq if ts <= t1)
+    writes ``popularity`` into every catalog row, and the RecPO item prompt's ``average_rating`` (mean stars,
+    2 decimals; null without a train-window rating) and ``rating_number`` (= ``popularity``) from the same
+    ratings, so no validation or test rating reaches a prompt."""
+    popularity: Counter = Counter()
+    star_sum: Counter = Counter()
+    for user, seq in sequences.items():
+        for ts, iid in seq:
+            if ts <= t1:
+                popularity[iid] += 1
+                star_sum[iid] += stars[user, iid]
     popular_ids = [iid for iid, _ in sorted(popularity.items(), key=lambda kv: (-kv[1], kv[0]))]
     for it in catalog_items:
-        it["popularity"] = popularity.get(it["id"], 0)
+        n = popularity.get(it["id"], 0)
+        it["popularity"] = n
+        it["average_rating"] = round(star_sum[it["id"]] / n, 2) if n else None
+        it["rating_number"] = n
     return popularity, popular_ids
 
 
@@ -541,10 +556,10 @@ def build(raw_dir=None, output_dir=None, *, name: str | None = None, min_history
     read = {"users": len({u for u, *_ in ratings}), "items": len(items), "ratings": len(ratings)}
 
     catalog_items, canonical = build_catalog(items, folder)
-    sequences, remapped = user_sequences(ratings, items, canonical, skips)
+    sequences, remapped, stars = user_sequences(ratings, items, canonical, skips)
     candidates = sample_positions(sequences, min_history, skips, folder)
     t1, t2 = temporal_cuts(sequences, candidates, split_fractions)
-    popularity, popular_ids = train_popularity(sequences, t1, catalog_items)
+    popularity, popular_ids = train_popularity(sequences, t1, catalog_items, stars)
     by_split, available = split_positions(candidates, sequences, t1, t2, max_samples_per_split, seed, skips)
     splits, short_completion = build_samples(
         by_split, sequences, {"train": t1, "validation": t2, "test": None}, catalog_items, popular_ids, name=name,

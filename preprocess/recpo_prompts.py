@@ -98,14 +98,20 @@ def _cut_words(text: str, max_words: int) -> str:
 
 
 def item_attributes(item: Mapping) -> str:
-    """The key: value lines of the item prompt: ``Title``, ``User Rating`` (the average rating), ``Number of
-    Buyers`` (the rating count) and ``Description`` (cut to 100 words), each where the catalog item has it.
+    """The key: value lines of the item prompt: ``Title``, ``Year``, ``Genres``, ``User Rating`` (the average
+    rating), ``Number of Buyers`` (the rating count) and ``Description`` (cut to 100 words), each where the catalog
+    item has it (the paper's fields; ``Year`` / ``Genres`` are how a movie catalog carries what Amazon's title and
+    category carry; the count keeps the paper's key for every catalog).
 
-    Reads ``title``, ``average_rating``, ``rating_number`` and ``description`` (str or list of str). An item
-    without a ``description`` key (a non-Amazon catalog) uses its ``text`` as the description; Amazon items always
-    carry the key (null when unknown), because their ``text`` holds these very lines.
+    Reads ``title``, ``year``, ``genres`` (list of str), ``average_rating``, ``rating_number`` and ``description``
+    (str or list of str). An item without a ``description`` key (a non-Amazon catalog) uses its ``text`` as the
+    description; Amazon items always carry the key (null when unknown), because their ``text`` holds these lines.
     """
     lines = [f"Title: {item['title']}"]
+    if item.get("year") is not None:
+        lines.append(f"Year: {int(item['year'])}")
+    if item.get("genres"):
+        lines.append("Genres: " + ", ".join(str(g) for g in item["genres"]))
     if item.get("average_rating") is not None:
         lines.append(f"User Rating: {format_rating(item['average_rating'])}")
     if item.get("rating_number") is not None:

@@ -246,6 +246,46 @@ def test_ml100k_no_time_leakage(ml100k):
             assert all(first[(user, i)] <= t for i in hist)
 
 
+def test_ml100k_item_ratings_use_train_window_only(ml100k):
+    """RecPO's item prompt fields: ``average_rating`` / ``rating_number`` of every item = the mean stars / count of
+    its train-window ratings, recomputed here from the raw recbole file (each user's first rating of the merged item,
+    yearless items left out); no validation or test rating reaches the catalog."""
+    from preprocess.recpo_prompts import item_prompt
+
+    out, summary, _, _ = ml100k
+    items = json.loads((out / "catalog.json").read_text(encoding="utf-8"))
+    canon = {it["id"]: it.get("duplicate_of", it["id"]) for it in items}
+    yearless = {it["id"] for it in items if it["year"] is None}
+    t1 = summary["split_cuts"]["train_end"]
+    first: dict = {}  # (user, canonical item) -> (timestamp, stars) of the earliest rating, file order on ties
+    lines = (movielens.recbole_ml100k_dir() / "ml-100k.inter").read_text(encoding="utf-8").splitlines()[1:]
+    for line in lines:
+        u, i, r, t = line.split("\t")
+        if int(i) in yearless:
+            continue
+        key = (u, canon[int(i)])
+        if key not in first or int(t) < first[key][0]:
+            first[key] = (int(t), float(r))
+    stars = defaultdict(list)
+    for (_, iid), (t, r) in first.items():
+        if t <= t1:
+            stars[iid].append(r)
+    rated = 0
+    for it in items:
+        got = stars.get(it["id"], [])
+        assert it["rating_number"] == it["popularity"] == len(got), it["id"]
+        if got:
+            rated += 1
+            assert abs(it["average_rating"] - sum(got) / len(got)) <= 0.005 + 1e-9, it["id"]
+        else:
+            assert it["average_rating"] is None, it["id"]
+    assert rated > 1500
+    text = item_prompt(next(it for it in items if it["id"] == 12), "movie")[0]["content"]
+    lines = text.splitlines()[1:]
+    assert lines[:3] == ["Title: The Usual Suspects", "Year: 1995", "Genres: Crime, Thriller"], text
+    assert lines[3].startswith("User Rating: ") and lines[4] == f"Number of Buyers: {len(stars[12])}", text
+
+
 def test_ml100k_ids_resolve_and_shapes(ml100k):
     out, _, dd, catalog = ml100k
     ids = np.array(sorted(catalog_ids(out)))

@@ -10,6 +10,14 @@ Two tokenizers:
 Both are byte-level BPE (ByteLevel pre-tokenizer + decoder), so each token maps to a fixed byte string and byte
 offsets add up token by token (trainers/token_map.py relies on that).
 
+Unit tokens (bpe only, both off by default). A pretrained LLM already knows its catalog's titles; a random-init
+twin spends its training budget learning to spell them from BPE pieces. ``--catalog_tokens`` adds every catalog
+entry's rendered ``Title (Year)`` (the text the prompts and the scorer use) as ONE atomic added token, and
+``--marker_tokens`` does the same for every method marker (``<answer>``, ``<think>``, DeepRec's tags). They are
+added tokens, not flagged special: ``decode(..., skip_special_tokens=True)`` (what TRL does) keeps them, so text in
+and out is unchanged and every reward and metric still goes decode -> parse -> the one matcher. What this gives that
+a real model would not: a title can never be misspelt, only chosen; a list is always one token per line.
+
     python -m modeling.tiny --output_dir models/tiny-ml100k --dataset_path processed_datasets/ml100k
     python -m modeling.tiny --output_dir models/tiny-qwen --tokenizer qwen --family llama
 
@@ -70,6 +78,8 @@ class TinyArgs:
     max_position_embeddings: int = 2048
     seed: int = 0
     max_corpus_samples: int = 20000  # bpe: train on at most this many train records (random, seeded)
+    catalog_tokens: bool = False  # bpe: every catalog entry's `Title (Year)` is one token (needs dataset_path)
+    marker_tokens: bool = False  # bpe: every method marker is one token
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer
@@ -153,6 +163,57 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int = 2048):
     )
 
 
+def catalog_units(dataset_path: str | os.PathLike) -> list[str]:
+    """Every distinct rendered ``Title (Year)`` of ``<dataset_path>/catalog.json``, in catalog order (merged
+    duplicates render like their canonical entry and are listed once)."""
+    from preprocess.common import item_line
+
+    path = Path(dataset_path) / "catalog.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --catalog_tokens needs a processed_datasets/<name> folder")
+    items = json.loads(path.read_text(encoding="utf-8"))
+    return list(dict.fromkeys(item_line(it["title"], it.get("year")) for it in items))
+
+
+def method_markers() -> list[str]:
+    """Every marker a method's prompts or parsers look for (RecPO's answer tags, DeepRec's tool and answer tags)."""
+    from preprocess.recpo_prompts import ANSWER_END, ANSWER_MARKER
+    from rewards import deeprec_format as d
+
+    return list(dict.fromkeys([ANSWER_MARKER, ANSWER_END, d.THINK_OPEN, d.THINK_CLOSE, *d.TOOL_MARKERS,
+                               d.ANSWER_OPEN, d.ANSWER_CLOSE]))
+
+
+def _byte_level_form(text: str) -> str:
+    from trainers.token_map import bytes_to_unicode
+
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in text.encode("utf-8"))
+
+
+def add_unit_tokens(tokenizer, units: list[str]) -> int:
+    """Add each string of ``units`` as one atomic added token (not special, matched in raw text, longest match
+    first); returns how many were new. ``decode`` must give the unit back byte for byte: the ByteLevel decoder maps
+    an added token character by character through the byte table when every character is in that table, which
+    garbles a space-free non-ASCII unit (``Amélie`` -> b"Am\\xe9lie"). For those units a ``Replace`` step in front
+    of the decoder rewrites the token into its byte-level spelling first (a valid-UTF-8 BPE token can never
+    contain such a unit, so nothing else is rewritten)."""
+    from tokenizers import AddedToken, decoders
+
+    from trainers.token_map import bytes_to_unicode
+
+    alphabet = set(bytes_to_unicode().values())
+    units = [u for u in dict.fromkeys(units) if u and u not in tokenizer.get_vocab()]
+    added = tokenizer.add_tokens([AddedToken(u, single_word=False, lstrip=False, rstrip=False, normalized=False,
+                                             special=False) for u in units])
+    garbled = [u for u in units if not u.isascii() and set(u) <= alphabet]
+    if garbled:
+        backend = tokenizer.backend_tokenizer
+        backend.decoder = decoders.Sequence([*(decoders.Replace(u, _byte_level_form(u)) for u in garbled),
+                                             decoders.ByteLevel()])
+    return added
+
+
 def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> None:
     """save_pretrained with `tokenizer_class: PreTrainedTokenizerFast` (see qwen_vocab.save_fast_tokenizer)."""
     from modeling.qwen_vocab import save_fast_tokenizer
@@ -161,15 +222,25 @@ def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> None:
 
 
 def build_tokenizer(kind: str = "bpe", dataset_path: str | None = None, vocab_size: int = 2048, seed: int = 0,
-                    max_corpus_samples: int = 20000):
+                    max_corpus_samples: int = 20000, catalog_tokens: bool = False, marker_tokens: bool = False):
     if kind == "qwen":
+        if catalog_tokens or marker_tokens:
+            raise ValueError("--catalog_tokens / --marker_tokens are for the bpe tokenizer; the qwen tokenizer is "
+                             "kept as is for the tests that need the real token boundaries")
         from modeling.qwen_vocab import load_qwen_tokenizer
 
         return load_qwen_tokenizer()
     if kind != "bpe":
         raise ValueError(f"tokenizer must be 'bpe' or 'qwen', got {kind!r}")
+    if catalog_tokens and not dataset_path:
+        raise ValueError("--catalog_tokens needs --dataset_path (the processed data set whose catalog.json to add)")
     texts = _corpus_from_dataset(dataset_path, max_corpus_samples, seed) if dataset_path else _builtin_corpus(seed)
-    return train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    tok = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    if marker_tokens:
+        add_unit_tokens(tok, method_markers())
+    if catalog_tokens:
+        add_unit_tokens(tok, catalog_units(dataset_path))
+    return tok
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -207,7 +278,8 @@ def make_config(family: str, tokenizer, hidden_size=64, num_layers=2, num_heads=
 
 def build_tiny_model(output_dir, tokenizer="bpe", dataset_path=None, family="qwen3", hidden_size=64, num_layers=2,
                      num_heads=4, num_kv_heads=2, intermediate_size=128, vocab_size=2048,
-                     max_position_embeddings=2048, seed=0, max_corpus_samples=20000):
+                     max_position_embeddings=2048, seed=0, max_corpus_samples=20000, catalog_tokens=False,
+                     marker_tokens=False):
     """Build, save and return (model, tokenizer). See the module docstring."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -216,8 +288,10 @@ def build_tiny_model(output_dir, tokenizer="bpe", dataset_path=None, family="qwe
                     hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv_heads,
                     intermediate_size=intermediate_size, vocab_size=vocab_size,
                     max_position_embeddings=max_position_embeddings, seed=seed,
-                    max_corpus_samples=max_corpus_samples)
-    tok = build_tokenizer(tokenizer, dataset_path, vocab_size, seed, max_corpus_samples)
+                    max_corpus_samples=max_corpus_samples, catalog_tokens=catalog_tokens,
+                    marker_tokens=marker_tokens)
+    tok = build_tokenizer(tokenizer, dataset_path, vocab_size, seed, max_corpus_samples, catalog_tokens,
+                          marker_tokens)
     config = make_config(family, tok, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size,
                          max_position_embeddings)
     torch.manual_seed(seed)
@@ -251,6 +325,10 @@ def main(argv=None):
     for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size",
                  "max_position_embeddings", "seed", "max_corpus_samples"):
         p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
+    p.add_argument("--catalog_tokens", action="store_true",
+                   help="bpe: add every catalog entry's rendered `Title (Year)` as one token (needs --dataset_path)")
+    p.add_argument("--marker_tokens", action="store_true",
+                   help="bpe: add every method marker (<answer>, <think>, DeepRec's tags) as one token")
     a = p.parse_args(argv)
     t0 = time.time()
     model, tok = build_tiny_model(**vars(a))

@@ -158,3 +158,97 @@ def test_loading_helpers(tmp_path):
     assert run_name(str(tmp_path / "m") + "/") == "m"
     assert run_name(run / "checkpoint-100") == "run-checkpoint-100"
     assert run_name("./models/tiny ml100k") == "tiny_ml100k"
+
+
+# ------------------------------------------------------------------------------- unit tokens (issue: catalog twin)
+@pytest.fixture(scope="module")
+def ml100k_unit_model(tmp_path_factory):
+    """The demo's data set (ML-100k, embedded) and a tiny model whose tokenizer holds every rendered title and
+    every method marker as one token."""
+    from preprocess import movielens
+
+    root = tmp_path_factory.mktemp("units")
+    movielens.build(None, root / "ml100k", progress=False, quiet=True, max_samples_per_split=300)
+    _, tok = build_tiny_model(root / "model", dataset_path=str(root / "ml100k"), vocab_size=1024,
+                              catalog_tokens=True, marker_tokens=True)
+    return root, tok
+
+
+def test_catalog_tokens_every_title_is_one_token_and_round_trips(ml100k_unit_model):
+    from transformers import AutoTokenizer
+
+    from preprocess.common import load_processed
+    from rewards.judge import match_texts
+    from trainers.token_map import build_byte_table, decode_bytes
+
+    root, _ = ml100k_unit_model
+    tok = AutoTokenizer.from_pretrained(str(root / "model"))  # what the scripts load
+    items = json.loads((root / "ml100k" / "catalog.json").read_text(encoding="utf-8"))
+    rendered = {f"{it['title']} ({it['year']})" if it["year"] is not None else it["title"] for it in items}
+    assert len(rendered) > 1600
+    table = build_byte_table(tok)
+    for title in sorted(rendered):
+        ids = tok.encode(title, add_special_tokens=False)
+        assert len(ids) == 1, (title, tok.convert_ids_to_tokens(ids))
+        assert tok.decode(ids, skip_special_tokens=True) == title
+        assert table.token_bytes[ids[0]] == title.encode("utf-8"), title
+    assert any(not t.isascii() for t in rendered)  # e.g. accented titles are covered
+    # a 20-line list is 20 titles + 19 newlines, and the matcher reads it back as the same 20 items
+    dd, catalog = load_processed(root / "ml100k")
+    row = dd["train"][0]
+    text = row["completion"][0]["content"]
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(text.splitlines()) == 20 and len(ids) == 39
+    assert decode_bytes(ids, table) == tok.decode(ids, skip_special_tokens=True) == text
+    assert match_texts([tok.decode(ids, skip_special_tokens=True)], catalog) == match_texts([text], catalog)
+    # prompts survive encode -> decode unchanged (titles inside running text are units too)
+    prompt = tok.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    assert tok.decode(tok.encode(prompt, add_special_tokens=False)) == prompt
+
+
+def test_marker_tokens_are_one_token_and_kept_by_decode(ml100k_unit_model):
+    from modeling.tiny import method_markers
+
+    _, tok = ml100k_unit_model
+    markers = method_markers()
+    assert {"<answer>", "</answer>", "<think>", "<|begin_of_preference|>", "<|end_of_item_list|>"} <= set(markers)
+    for m in markers:
+        ids = tok.encode(f"x {m} y", add_special_tokens=False)
+        assert m in tok.convert_ids_to_tokens(ids), m
+        assert tok.decode(ids, skip_special_tokens=True) == f"x {m} y"  # not special: TRL's decode keeps it
+
+
+def test_space_free_non_ascii_unit_decodes_to_itself():
+    """The byte-level decoder reads an added token whose characters all lie in its byte alphabet as bytes
+    (``Amélie`` -> b"Am\\xe9lie"); the unit-token decoder step must give the text back, and the token map must
+    agree with decode byte for byte (checked against tokenizer.decode on mixed id sequences)."""
+    import random
+
+    from modeling.tiny import add_unit_tokens, build_tokenizer
+    from trainers.token_map import build_byte_table, decode_bytes
+
+    tok = build_tokenizer("bpe", None, vocab_size=600)
+    plain = build_tokenizer("bpe", None, vocab_size=600)
+    plain.add_tokens(["Amélie"])  # without the fix: garbled
+    assert plain.decode(plain.encode("Amélie", add_special_tokens=False)) != "Amélie"
+    units = ["Amélie", "Léon: The Professional (1994)", "Ça", "東京物語 (1953)", "Se7en (1995)"]
+    assert add_unit_tokens(tok, units) == len(units)
+    table = build_byte_table(tok)
+    for u in units:
+        ids = tok.encode(u, add_special_tokens=False)
+        assert len(ids) == 1 and tok.decode(ids) == u and table.token_bytes[ids[0]] == u.encode("utf-8"), u
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [rng.randrange(len(tok)) for _ in range(rng.randint(1, 12))]
+        want = tok.decode(ids, skip_special_tokens=True)
+        if "\ufffd" not in want:  # invalid UTF-8 pieces: decode replaces, decode_bytes escapes (both documented)
+            assert decode_bytes(ids, table) == want, ids
+
+
+def test_unit_token_options_refuse_what_they_cannot_do(tmp_path):
+    from modeling.tiny import build_tokenizer
+
+    with pytest.raises(ValueError, match="needs --dataset_path"):
+        build_tokenizer("bpe", None, catalog_tokens=True)
+    with pytest.raises(ValueError, match="bpe tokenizer"):
+        build_tokenizer("qwen", None, marker_tokens=True)

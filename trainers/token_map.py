@@ -7,8 +7,8 @@ shifted every later reward onto the wrong tokens (METHODS.md §2, anchor bug). H
 bytes:
 
 1. A byte-level BPE token always decodes to the same byte string. ``build_byte_table`` maps the vocabulary once
-   (``convert_ids_to_tokens`` through the inverse GPT-2 ``bytes_to_unicode`` table) to per-token bytes and byte
-   lengths. Special tokens decode to nothing (TRL decodes completions with ``skip_special_tokens=True``).
+   (``convert_ids_to_tokens``, the decoder's plain-string ``Replace`` steps if any -- ``modeling.tiny``'s unit
+   tokens use them -- then the inverse GPT-2 ``bytes_to_unicode`` table) to per-token bytes and byte lengths. Special tokens decode to nothing (TRL decodes completions with ``skip_special_tokens=True``).
 2. ``decode_bytes`` concatenates the token bytes of a completion and decodes them with ``surrogateescape``, so
    the text has exactly one character per invalid byte and character offsets convert to byte offsets exactly.
 3. The reward side parses THAT text (``rewards.parse.parse_items``) and ``item_byte_spans`` turns each item's
@@ -96,10 +96,19 @@ def _backend(tokenizer: Any):
     return backend
 
 
-def _is_byte_level_decoder(backend) -> bool:
+def _byte_level_replacements(backend) -> list[tuple[str, str]] | None:
+    """The decoder's plain-string ``Replace`` steps in front of its ``ByteLevel`` step (``modeling.tiny``'s unit
+    tokens use them), ``[]`` for a plain ByteLevel decoder, or None when the decoder is not byte-level."""
     spec = json.loads(backend.to_str()).get("decoder") or {}
-    kinds = [d.get("type") for d in spec.get("decoders", [])] if spec.get("type") == "Sequence" else [spec.get("type")]
-    return kinds == ["ByteLevel"]
+    steps = spec.get("decoders", []) if spec.get("type") == "Sequence" else [spec]
+    if not steps or steps[-1].get("type") != "ByteLevel":
+        return None
+    replacements = []
+    for step in steps[:-1]:
+        if step.get("type") != "Replace" or "String" not in (step.get("pattern") or {}):
+            return None
+        replacements.append((step["pattern"]["String"], step["content"]))
+    return replacements
 
 
 def _special_ids(tokenizer: Any) -> set[int]:
@@ -128,7 +137,8 @@ def build_byte_table(tokenizer: Any, vocab_size: int | None = None) -> ByteTable
         return cached[1]
     backend = _backend(tokenizer)
     name = f"{type(tokenizer).__name__}({getattr(tokenizer, 'name_or_path', '') or '?'})"
-    if not _is_byte_level_decoder(backend):
+    replacements = _byte_level_replacements(backend)
+    if replacements is None:
         decoder = json.loads(backend.to_str()).get("decoder")
         raise NotImplementedError(
             f"token_map needs a byte-level BPE tokenizer (ByteLevel decoder); {name} has decoder "
@@ -138,6 +148,9 @@ def build_byte_table(tokenizer: Any, vocab_size: int | None = None) -> ByteTable
     special = _special_ids(tokenizer)
     table: list[bytes] = []
     for idx, tok in enumerate(tokens):  # once per vocabulary, not per step
+        if tok is not None:
+            for pattern, content in replacements:  # what the decoder does to each token before ByteLevel
+                tok = tok.replace(pattern, content)
         table.append(b"" if (tok is None or idx in special) else _token_string_to_bytes(tok))
     table.extend([b""] * (n - len(table)))
     lengths = torch.tensor([len(b) for b in table], dtype=torch.long)

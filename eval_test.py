@@ -117,7 +117,7 @@ def make_recommender(args, model_path: str | None, data, provenance: dict):
 
         backend_name = resolve_backend_name(args.backend)
         provenance.update(model_path=str(Path(model_path).resolve()) if Path(model_path).exists() else model_path,
-                          backend=backend_name, decoding="greedy", max_new_tokens=args.max_new_tokens,
+                          backend=backend_name, decoding=args.decoding, max_new_tokens=args.max_new_tokens,
                           max_prompt_length=args.max_prompt_length)
         print(f"[eval_test] {args.recommender} recommender from {model_path} on {len(data.dataset)} "
               f"{data.split} rows", flush=True)
@@ -152,7 +152,7 @@ def make_recommender(args, model_path: str | None, data, provenance: dict):
                                                     n_items=args.n_items, max_new_tokens=args.max_new_tokens,
                                                     reasoning=not args.no_reasoning)
         backend = make_backend(backend_name, model_path, **backend_options(args))
-        return TextRecommender(backend, data.catalog, require_year)
+        return TextRecommender(backend, data.catalog, require_year, decoding=args.decoding)
     if args.predictions:
         preds = StaticPredictions.from_file(args.predictions, data.catalog, data.num_rows_in_split,
                                             sample_ids=list(data.full["sample_id"]), rows=data.rows,
@@ -241,8 +241,11 @@ def run(args) -> dict:
     if len([x for x in (model_path, args.predictions, args.baseline) if x]) != 1:
         raise SystemExit("error: give exactly one of --model_path / --model_root, --predictions, --baseline")
     check_options(args, model_path)
+    if args.decoding != "greedy" and (model_path is None or args.recommender != "text"):
+        raise SystemExit(f"error: --decoding {args.decoding} applies to a text model (--model_path/--model_root "
+                         "with --recommender text); the other recommenders do not decode item lists")
     split = normalize_split(args.split)
-    tag = output_tag(split, args.protocol)
+    tag = output_tag(split, args.protocol, args.decoding)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, model_path, tag)
 
     data = load_split(args.dataset_path, split, args.catalog_path, args.max_samples, args.seed)

@@ -121,13 +121,13 @@ def evaluate_checkpoint(args, step: int, ckpt: Path, data, settings: dict, backe
         backend = make_backend(backend_name, str(ckpt), **backend_options(args))
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # corrupt / half-copied files
         raise CheckpointLoadError(f"{type(err).__name__}: {err}") from err
-    recommender = TextRecommender(backend, data.catalog, require_year_arg(args.require_year))
+    recommender = TextRecommender(backend, data.catalog, require_year_arg(args.require_year), decoding=args.decoding)
     metrics = evaluate_recommender(
         recommender, data.dataset, data.catalog, out_dir, ks=args.ks, protocol=args.protocol,
         n_items=args.n_items, row_indices=data.rows,
         provenance={
             "split": data.split, "step": step, "model_path": str(ckpt.resolve()), "model_name": args.model_name,
-            "backend": backend_name, "decoding": "greedy", "max_new_tokens": args.max_new_tokens,
+            "backend": backend_name, "decoding": args.decoding, "max_new_tokens": args.max_new_tokens,
             "max_prompt_length": args.max_prompt_length, "dataset_path": settings["dataset_path"],
             "catalog_path": settings["catalog_path"], "max_samples": args.max_samples, "seed": args.seed,
             "num_rows_in_split": data.num_rows_in_split, "eval_settings": settings,
@@ -150,7 +150,7 @@ def run(args) -> dict[int, dict]:
     if not run_dir.is_dir():
         raise SystemExit(f"error: run folder not found: {run_dir}")
     split = normalize_split(args.split)
-    tag = output_tag(split, args.protocol)
+    tag = output_tag(split, args.protocol, args.decoding)
     checkpoints = list_checkpoints(run_dir, args.step_interval)
     if not checkpoints:
         print(f"[eval_val] no checkpoint-<N> folders under {run_dir}"

@@ -107,10 +107,13 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
         folder = f"{name}_lr{config.learning_rate}_kl{config.beta}"
         if (config.algorithm, config.reward_func) != ("rank_grpo", "exp_inf"):
             folder += f"_{config.algorithm}_{config.reward_func}"
+        if config.item_aware_decoding:
+            folder += "_item_aware"
         config.output_dir = os.path.join("results", "grpo", folder)
     if config.run_name in (None, config.output_dir, "trainer_output"):
         config.run_name = compose_run_name(name, config.algorithm, config.learning_rate, config.beta,
-                                           reward=config.reward_func)
+                                           reward=config.reward_func,
+                                           item_aware=config.item_aware_decoding or None)
     configure_wandb(config.output_dir, script_args.wandb_project)  # offline: wandb files stay in the run
     logger.info("model %s -> output %s (algorithm %s, reward %s)", model_path, config.output_dir, config.algorithm,
                 config.reward_func)

@@ -128,12 +128,16 @@ class HFBackend:
         # The template already holds any BOS / special tokens: do not add them twice.
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def generate(self, prompts: list[Messages]) -> list[str]:
+    def generate(self, prompts: list[Messages], seen: list[list[int]] | None = None, item_tokens=None) -> list[str]:
+        """Greedy completions; with ``item_tokens`` (``modeling.item_decoding.ItemTokens``) and ``seen`` (catalog
+        ids per prompt) decoding is item-aware: no item of the prompt's ``seen`` list nor one already written."""
         import torch
         from tqdm.auto import tqdm
 
         if not prompts:
             return []
+        if (seen is None) != (item_tokens is None) or (seen is not None and len(seen) != len(prompts)):
+            raise ValueError("item-aware decoding needs both item_tokens and one seen list per prompt")
         encoded = self.encode(prompts)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         config = self._generation_config()
@@ -151,9 +155,17 @@ class HFBackend:
                     )
                     input_ids = padded["input_ids"].to(device)
                     attention_mask = padded["attention_mask"].to(device)
+                    extra = {}
+                    if item_tokens is not None:
+                        from transformers import LogitsProcessorList
+
+                        from modeling.item_decoding import item_aware_processor
+
+                        extra["logits_processor"] = LogitsProcessorList(
+                            [item_aware_processor(item_tokens, [seen[i] for i in batch])])
                     with torch.inference_mode():
                         generated = self.model.generate(
-                            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+                            input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra
                         )
                     new_tokens = generated[:, input_ids.shape[1] :].tolist()
                     for i, tokens in zip(batch, new_tokens):

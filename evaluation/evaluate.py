@@ -34,6 +34,7 @@ from evaluation.backends import GenerationBackend, clean_messages, prompt_key
 
 DEFAULT_KS = (5, 10, 15, 20)
 PROTOCOLS = ("packed", "strict")
+DECODINGS = ("greedy", "item_aware")  # modeling/item_decoding.py
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "eval": "validation"}
 
 
@@ -130,25 +131,42 @@ def load_split(dataset_path, split: str, catalog_path=None, max_samples: int | N
 
 
 # ---------------------------------------------------------------------------------------------- generation
-def generate_completions(backend: GenerationBackend, dataset, prompt_column: str = "prompt") -> list[str]:
+def generate_completions(backend: GenerationBackend, dataset, prompt_column: str = "prompt",
+                         item_tokens=None) -> list[str]:
     """One greedy completion per row, generating ONCE per distinct prompt and fanning the text out.
 
     Several samples can share a prompt (Reddit-v2: answers from several users to one request are separate
-    samples); under greedy decoding they would get the same text, so it is generated once.
+    samples); under greedy decoding they would get the same text, so it is generated once. With ``item_tokens``
+    (a ``modeling.item_decoding.ItemTokens``) decoding is item-aware: each row's ``seen`` items are banned, so rows
+    are shared only when prompt AND seen list are the same.
     """
     prompts = _column(dataset, prompt_column)
     if prompts is None:
         raise KeyError(f"the data set has no {prompt_column!r} column")
+    seen_rows = None
+    if item_tokens is not None:
+        seen_rows = _column(dataset, "seen")
+        if seen_rows is None:
+            raise KeyError("item-aware decoding needs the data set's `seen` column")
     slot_of: dict[str, int] = {}
     unique: list[list[dict]] = []
+    unique_seen: list[list[int]] = []
     slots: list[int] = []
-    for prompt in prompts:
+    for r, prompt in enumerate(prompts):
         key = prompt_key(prompt)
+        if seen_rows is not None:
+            key += "\x00" + ",".join(map(str, seen_rows[r] or []))
         if key not in slot_of:
             slot_of[key] = len(unique)
             unique.append(clean_messages(prompt))
+            unique_seen.append(list(seen_rows[r] or []) if seen_rows is not None else [])
         slots.append(slot_of[key])
-    texts = backend.generate(unique) if unique else []
+    if not unique:
+        texts = []
+    elif item_tokens is not None:
+        texts = backend.generate(unique, seen=unique_seen, item_tokens=item_tokens)
+    else:
+        texts = backend.generate(unique)
     if len(texts) != len(unique):
         raise RuntimeError(f"the backend returned {len(texts)} completions for {len(unique)} prompts")
     return [texts[s] for s in slots]
@@ -592,6 +610,10 @@ def add_evaluation_arguments(parser) -> None:
     gen = parser.add_argument_group("generation (greedy)")
     gen.add_argument("--backend", choices=("hf", "vllm", "auto"), default="auto",
                      help="auto = vllm when importable and CUDA is available, else hf (transformers)")
+    gen.add_argument("--decoding", choices=DECODINGS, default="greedy",
+                     help="greedy, or item_aware: greedy that never emits an item already in the list or in the "
+                          "row's seen items (modeling/item_decoding.py; hf backend, one token per title). Written "
+                          "to its own <tag>_item_aware folder, beside the plain greedy one")
     gen.add_argument("--max_new_tokens", type=int, default=512)
     gen.add_argument("--batch_size", type=int, default=16, help="hf backend: prompts per generate call")
     gen.add_argument("--max_prompt_length", type=int, default=None,
@@ -615,7 +637,9 @@ def backend_options(args) -> dict:
     )
 
 
-def output_tag(split: str, protocol: str) -> str:
-    """Folder / file stem of an evaluation: `eval_<split>` (packed) or `eval_<split>_<protocol>`."""
+def output_tag(split: str, protocol: str, decoding: str = "greedy") -> str:
+    """Folder / file stem of an evaluation: `eval_<split>` (packed) or `eval_<split>_<protocol>`, plus
+    `_item_aware` for that decoding (so its numbers sit beside plain greedy's, never in their place)."""
     split = normalize_split(split)
-    return f"eval_{split}" if protocol == "packed" else f"eval_{split}_{protocol}"
+    tag = f"eval_{split}" if protocol == "packed" else f"eval_{split}_{protocol}"
+    return tag if decoding == "greedy" else f"{tag}_{decoding}"

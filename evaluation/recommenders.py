@@ -90,14 +90,26 @@ class TextRecommender:
     `require_year=None` takes it from the catalog (`rewards.catalog.resolve_require_year`)."""
 
     def __init__(self, backend: GenerationBackend, catalog, require_year: bool | None = None,
-                 prompt_column: str = "prompt"):
+                 prompt_column: str = "prompt", decoding: str = "greedy"):
         self.backend, self.catalog, self.prompt_column = backend, catalog, prompt_column
         self.require_year = _resolve_require_year(catalog, require_year)
         self.generation_seconds: float | None = None
+        self.item_tokens = None
+        if decoding == "item_aware":
+            tokenizer, model = getattr(backend, "tokenizer", None), getattr(backend, "model", None)
+            if tokenizer is None or model is None:
+                raise ValueError(f"--decoding item_aware needs the hf backend (got {type(backend).__name__})")
+            from modeling.item_decoding import ItemTokens
+            from preprocess.common import catalog_items_of
+
+            self.item_tokens = ItemTokens.from_catalog(tokenizer, catalog_items_of(catalog),
+                                                       model.config.get_text_config().vocab_size)
+        elif decoding != "greedy":
+            raise ValueError(f"decoding must be greedy or item_aware, got {decoding!r}")
 
     def recommend(self, dataset) -> list[Recommendation]:
         t0 = time.time()
-        texts = generate_completions(self.backend, dataset, self.prompt_column)
+        texts = generate_completions(self.backend, dataset, self.prompt_column, item_tokens=self.item_tokens)
         self.generation_seconds = round(time.time() - t0, 3)
         return [Recommendation(ids, t) for ids, t in zip(texts_item_ids(texts, self.catalog, self.require_year), texts)]
 

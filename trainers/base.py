@@ -58,6 +58,13 @@ class RecRLConfig(GRPOConfig):
                   "data set's catalog.json."},
     )
 
+    item_aware_decoding: bool = field(
+        default=False,
+        metadata={"help": "Rollouts never emit an item already in the list or in the row's `seen` items "
+                  "(modeling.item_decoding; needs one token per catalog title, `python -m modeling.tiny "
+                  "--catalog_tokens`; transformers generation only). Evaluate with `--decoding item_aware` too."},
+    )
+
     def __post_init__(self):
         if self.n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {self.n_items}")
@@ -135,10 +142,55 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
             logger.warning("%s -- using the SLOW per-sequence fallback (prefix decoding) for token->item maps", exc)
             self._byte_table = None
         self._eos_ids = set(self.eos_token_ids) | {self._tokenizer.pad_token_id}
+        self._item_tokens = self._rollout_seen = None
+        if args.item_aware_decoding:
+            if args.use_vllm:
+                raise ValueError("item_aware_decoding is built for transformers generation only; set use_vllm false")
+            from modeling.item_decoding import ItemTokens
+            from preprocess.common import catalog_items_of
+
+            self._item_tokens = ItemTokens.from_catalog(self._tokenizer, catalog_items_of(catalog), vocab)
         install_compact_console(self, terms=[(name, f"rewards/{name}/mean") for name in self.reward_func_names])
         self._warn_if_checkpoints_split_generations()
 
     # ------------------------------------------------------------------------------------------ hooks
+    def _generate_and_score_completions(self, inputs):
+        """Keeps the rows' ``seen`` lists for item-aware decoding while TRL generates (TRL's generation gets only
+        the prompts, in the order of ``inputs``)."""
+        if self._item_tokens is not None:
+            self._rollout_seen = [row.get("seen") or [] for row in inputs]
+        try:
+            return super()._generate_and_score_completions(inputs)
+        finally:
+            self._rollout_seen = None
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """TRL's transformers generation, plus the item-aware logits processor when it is on: TRL's call takes
+        no processor, so the model's ``generate`` gets it for the duration of this call only."""
+        if self._item_tokens is None or self._rollout_seen is None:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        from transformers import LogitsProcessorList
+
+        from modeling.item_decoding import item_aware_processor
+
+        if len(prompt_ids) != len(self._rollout_seen):
+            raise RuntimeError(f"item-aware decoding: {len(prompt_ids)} prompts for {len(self._rollout_seen)} rows")
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        plain = model.generate
+        processor = item_aware_processor(self._item_tokens, self._rollout_seen)
+
+        def generate(*a, **kw):
+            kw["logits_processor"] = LogitsProcessorList([*(kw.get("logits_processor") or []), processor])
+            return plain(*a, **kw)
+
+        model.generate = generate
+        try:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        finally:
+            del model.generate  # the instance attribute: the class's generate is back
+
     def build_reward_funcs(self) -> list:
         """The TRL reward functions of this method (called once, before ``GRPOTrainer.__init__``)."""
         raise NotImplementedError

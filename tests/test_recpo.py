@@ -599,3 +599,27 @@ def test_negative_options_are_checked():
         RecPOConfig(rec_negatives="uniform", **common)
     with pytest.raises(ValueError, match="num_uniform_negatives"):
         RecPOConfig(rec_negatives="in_batch+uniform", num_uniform_negatives=0, **common)
+
+
+def test_rec_warmup_steps_train_the_rec_loss_alone_then_reason(tiny_recpo, tmp_path):
+    """rec_warmup_steps=1: step 0's rows are the no-reasoning rows (no sampling; the completion is the marker, all
+    forced, so the policy term is 0 and every row weighs 1 in the rec loss); step 1 samples and reasons."""
+    canned_calls = []
+    trainer, tok = _trainer(tiny_recpo, tmp_path, canned=[[5, 6, 7]], max_steps=2, rec_warmup_steps=1)
+    sample = trainer._sample
+
+    def counting(prompt_ids, *a, **kw):
+        canned_calls.append(trainer.state.global_step)
+        return sample(prompt_ids, *a, **kw)
+
+    trainer._sample = counting
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    assert canned_calls and set(canned_calls) == {1}  # no sampling during the warm-up step
+    assert logs[0]["recpo/rec_warmup"] == 1.0 and logs[1]["recpo/rec_warmup"] == 0.0
+    assert logs[0]["loss/policy"] == 0.0 and logs[0]["recpo/forced_answer_rate"] == 1.0
+    assert logs[0]["loss/rec"] > 0  # the marker alone at step 0; 3 sampled tokens + the marker at step 1
+    assert logs[0]["completions/mean_length"] + 3 == logs[1]["completions/mean_length"]
+    with pytest.raises(ValueError, match="rec_warmup_steps must be >= 0"):
+        _trainer(tiny_recpo, tmp_path, rec_warmup_steps=-1)

@@ -92,6 +92,10 @@ class RecPOConfig(RecRLConfig):
     refresh_steps: int = field(default=50, metadata={"help": "Re-encode the whole item table every N steps."})
     item_batch_size: int = field(default=32, metadata={"help": "Batch size when encoding the item table."})
     reasoning: bool = field(default=True, metadata={"help": "False: the no-reasoning ablation (no rollout)."})
+    rec_warmup_steps: int = field(default=0, metadata={
+        "help": "The first N optimizer steps train the recommendation loss alone, on no-reasoning rows (h_T at "
+                "the prompt's own <answer>, as reasoning=False), so the policy update on h_T does not follow a "
+                "head at chance; then reasoning RL. A deviation from the paper (named in the run name)."})
     projection_dim: int | None = field(default=None, metadata={
         "help": "Optional learned projection W (d -> projection_dim, no bias) applied to h_T and h_v before the "
                 "cosine; identity-initialised when projection_dim = d. None: none (the released code)."})
@@ -119,6 +123,8 @@ class RecPOConfig(RecRLConfig):
             raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {self.rec_loss!r}")
         if self.rec_negatives not in REC_NEGATIVES:
             raise ValueError(f"rec_negatives must be one of {REC_NEGATIVES}, got {self.rec_negatives!r}")
+        if self.rec_warmup_steps < 0:
+            raise ValueError(f"rec_warmup_steps must be >= 0, got {self.rec_warmup_steps}")
         if self.num_uniform_negatives < 1:
             raise ValueError(f"num_uniform_negatives must be >= 1, got {self.num_uniform_negatives}")
         if self.mask_truncated_completions:
@@ -296,6 +302,11 @@ class RecPOTrainer(RecRLTrainer):
         self.table_step = int(meta["table_step"])
 
     # ------------------------------------------------------------------------------------------ rollout
+    @property
+    def reasoning_now(self) -> bool:
+        """Whether this step's rows reason: ``reasoning``, except during the ``rec_warmup_steps`` warm-up."""
+        return self.args.reasoning and self.state.global_step >= self.args.rec_warmup_steps
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         """TRL's generation, then each completion cut right after its first ``<answer>`` (or the marker appended:
         forced tokens, no policy gradient). Without reasoning the completion is the marker alone.
@@ -304,7 +315,7 @@ class RecPOTrainer(RecRLTrainer):
         importance-sampling correction reads as "no correction" (its log-ratio becomes 0). A 0.0 there claimed the
         sampler gave them probability 1: the sequence-level ratio exp(sum of log-ratios) of every forced path fell
         to ~1e-17 and TRL's ``sequence_mask`` mode zeroed its whole policy gradient."""
-        if self.args.reasoning:
+        if self.reasoning_now:
             completion_ids, logprobs = self._sample(prompt_ids, images, multimodal_fields, num_generations,
                                                     has_tool_images)
         else:  # TRL's vLLM correction subtracts sampling log-probs, so it needs them (all NaN) even here
@@ -375,7 +386,7 @@ class RecPOTrainer(RecRLTrainer):
         device = self.accelerator.device
         rewards = (stash["rewards"] * self.reward_weights.to(device)).nansum(dim=1)  # (B_global,) Eq. 5
         adv = group_zscore(rewards, G)  # Eq. 2
-        rec_w = recommendation_weights(adv, G, self.args.reasoning)
+        rec_w = recommendation_weights(adv, G, self.reasoning_now)
         output["advantages"] = self.local_rows(adv, B)
         output["rec_weight"] = self.local_rows(rec_w, B)
         output["target_index"] = stash["targets"]
@@ -388,6 +399,7 @@ class RecPOTrainer(RecRLTrainer):
 
         ranks = self.accelerator.gather(stash["ranks"]).double()
         self.log_metrics({
+            "recpo/rec_warmup": float(self.args.reasoning and not self.reasoning_now),
             "recpo/target_rank/median": ranks.median().item(),
             "recpo/hit@10": (ranks <= 10).double().mean().item(),
             "recpo/forced_answer_rate": self.accelerator.gather(

@@ -481,3 +481,27 @@ def test_non_byte_level_tokenizer_uses_the_slow_fallback(tmp_path, caplog):
         else:
             assert "Alien" in tok.decode(pieces[0])
     assert out["advantages"][0, 0] > 0 > out["advantages"][1, 0]
+
+
+def test_a_batch_with_zero_reward_variance_is_warned_about(tiny_bpe, tmp_path, caplog):
+    """Every rollout of the batch gets the same rewards -> a warning naming the step, and a count; a batch with
+    different rewards -> none."""
+    import logging
+
+    path, tok = tiny_bpe
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    same = tok.encode("The Matrix (1999)\nFargo (1996)") + [eos]
+    other = tok.encode("Alien (1979)") + [eos]
+    inputs = [{"prompt": PROMPT, "groundtruth": [0], "seen": []}] * 4
+    cfg = _config(tmp_path, n_items=3, num_generations=4, per_device_train_batch_size=4)
+    trainer = CannedTrainer(model=str(path), args=cfg, train_dataset=_dataset(inputs), processing_class=tok,
+                            catalog=_toy_catalog())
+    trainer.model.train()
+    with caplog.at_level(logging.WARNING, logger="trainers.base"):
+        trainer.canned, trainer._pos = [same, other], 0
+        trainer._generate_and_score_completions(inputs)
+        assert "same rewards" not in caplog.text
+        trainer.canned, trainer._pos = [same], 0
+        trainer._generate_and_score_completions(inputs)
+    assert "all 4 rollouts of the batch got the same rewards" in caplog.text
+    assert trainer.zero_reward_variance_batches == 1

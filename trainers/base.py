@@ -164,6 +164,20 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         finally:
             self._rollout_seen = None
 
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards (B_global, n_funcs), with a warning when every rollout of the whole batch got the same
+        rewards: every advantage is then 0 and the step carries no policy gradient (counted in
+        ``zero_reward_variance_batches``)."""
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        same = torch.nan_to_num(rewards, nan=0.0)
+        if self.mode == "train" and same.size(0) > 1 and bool((same == same[:1]).all()):
+            self.zero_reward_variance_batches = getattr(self, "zero_reward_variance_batches", 0) + 1
+            if self.accelerator.is_main_process:
+                logger.warning("step %d: all %d rollouts of the batch got the same rewards %s: every advantage is 0, "
+                               "no policy gradient from this batch (%d such batches so far)", self.state.global_step,
+                               same.size(0), same[0].tolist(), self.zero_reward_variance_batches)
+        return rewards
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         """TRL's transformers generation, plus the item-aware logits processor when it is on: TRL's call takes
         no processor, so the model's ``generate`` gets it for the duration of this call only."""

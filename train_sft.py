@@ -26,8 +26,9 @@ import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from trainers.checkpointing import KillSafeCheckpointMixin
+from trainers.cli import run_script
 from trainers.run_logging import compose_run_name, configure_wandb, install_compact_console, tee_output
-from trainers.script_args import CommonScriptArguments, take_subset
+from trainers.script_args import CommonScriptArguments, parse_config, take_subset
 
 
 # ================================================================================================ 1. arguments
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> tuple[SFTScriptArguments, SFTConfig]:
         # Without these, SFTConfig's post-init (bf16 defaults to True) fails or autocasts to bf16 on CPU.
         # A config file or the command line can still override both.
         parser.set_defaults(use_cpu=True, bf16=False)
-    script_args, training_args = parser.parse_args_and_config(args=argv)
+    script_args, training_args = parse_config(parser, argv)  # every numeric option range-checked, named
     if not script_args.dataset_path or not script_args.model_name:
         parser.error("--dataset_path and --model_name are required (on the command line or in --config)")
     if script_args.warmup_ratio is not None:
@@ -74,6 +75,9 @@ def parse_args(argv=None) -> tuple[SFTScriptArguments, SFTConfig]:
         from modeling.loading import run_name
 
         training_args.output_dir = os.path.join("results", run_name(script_args.model_name))
+    from preprocess.common import check_output_dir
+
+    check_output_dir(training_args.output_dir)  # before the model or the data load
     if training_args.run_name in (None, training_args.output_dir, "trainer_output"):
         from modeling.loading import run_name
 
@@ -262,14 +266,16 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
     t_start = time.time()
 
     # --- model + tokenizer (padding on the right for training; TRL's collator pads right anyway)
-    from modeling.loading import load_model_and_tokenizer, resolve_resume
+    from modeling.loading import check_resume, load_model_and_tokenizer, resolve_resume
 
     init_kwargs = dict(training_args.model_init_kwargs or {})
     dtype = init_kwargs.pop("dtype", init_kwargs.pop("torch_dtype", "float32"))  # fp32 master weights (TRL default)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)  # verified, up front
     model, tokenizer = load_model_and_tokenizer(script_args.model_name, dtype=dtype, padding_side="right",
                                                 trust_remote_code=bool(training_args.trust_remote_code), **init_kwargs)
     if tokenizer.chat_template is None:
         raise ValueError(f"{script_args.model_name} has no chat template; SFT renders prompts with the model's own")
+    check_resume(resume, model)  # the checkpoint's weights must fit this model (before any data work)
 
     # --- data: prompt/completion only, prompts cut to fit, completions intact
     train_ds, eval_ds = load_splits(script_args, training_args)
@@ -304,8 +310,7 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
     install_compact_console(trainer)  # one short console line per log; the full dict goes to the logs
 
     # --- train
-    result = trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint,
-                                                                 training_args.output_dir))
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -321,4 +326,4 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

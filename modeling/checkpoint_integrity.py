@@ -64,6 +64,18 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def files_sha256(paths) -> list[str]:
+    """``file_sha256`` of each path, files hashed in parallel threads (hashlib releases the GIL): a checkpoint's
+    shards and optimizer files do not wait for each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = list(paths)
+    if len(paths) < 2:
+        return [file_sha256(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(8, len(paths), os.cpu_count() or 1)) as pool:
+        return list(pool.map(file_sha256, paths))
+
+
 # --------------------------------------------------------------------------------------------------- writers
 def _atomic_write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -84,13 +96,13 @@ def mark_checkpoint_complete(folder: str | os.PathLike, step: int) -> dict:
     """Record every file of `folder` with its size and sha256 in `checkpoint_complete.json` (atomically), then drop
     the writing marker. Call after every process has finished writing. Returns the marker's content."""
     root = Path(folder)
-    files, hashes = {}, {}
+    files = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if path.is_file() and rel not in (COMPLETE_MARKER, WRITING_MARKER) and not path.name.startswith(
                 f".{COMPLETE_MARKER}.tmp"):
             files[rel] = path.stat().st_size
-            hashes[rel] = file_sha256(path)
+    hashes = dict(zip(files, files_sha256(root / rel for rel in files)))
     payload = {"format": MARKER_FORMAT, "step": int(step), "finished": time.time(), "files": files,
                "sha256": hashes}
     _atomic_write_json(root / COMPLETE_MARKER, payload)
@@ -203,11 +215,11 @@ def verify_checkpoint(folder: str | os.PathLike, for_resume: bool = False) -> st
     if (root / COMPLETE_MARKER).is_file():
         hashes = json.loads((root / COMPLETE_MARKER).read_text(encoding="utf-8")).get("sha256")
     if isinstance(hashes, dict) and hashes:
-        for rel, expected in hashes.items():
-            path = root / rel
-            if not path.is_file():
+        for rel in hashes:
+            if not (root / rel).is_file():
                 raise CheckpointError(root, f"listed in {COMPLETE_MARKER} but missing", rel)
-            if file_sha256(path) != expected:
+        for (rel, expected), actual in zip(hashes.items(), files_sha256(root / rel for rel in hashes)):
+            if actual != expected:
                 raise CheckpointError(root, f"sha256 differs from the one {COMPLETE_MARKER} recorded (the file was "
                                             "corrupted or replaced after the checkpoint was saved); re-copy it or "
                                             "use another checkpoint", rel)

@@ -460,3 +460,30 @@ def test_predictions_for_none_of_the_evaluated_rows_are_refused(env, capsys, tmp
     _refused(capsys, "eval_test", ["--predictions", path, "--dataset_path", env["data"], "--max_samples", 2,
                                    "--seed", 0, "--output_dir", tmp_path / "out"],
              f"{path}: none of the 2 evaluated rows has a prediction", f"{len(others)} lines")
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (_zero, "model.safetensors: has 0 bytes, shorter than a safetensors header"),
+    (_corrupt_header, "model.safetensors: has an unreadable safetensors header"),
+])
+def test_eval_test_names_a_damaged_trm_checkpoint(env, capsys, tmp_path, damage, fragment):
+    """A TRM folder (train_trm.py's) with damaged weights: before, a raw SafetensorError without the path."""
+    import numpy as np
+
+    from retrieval.retriever import TRMRetriever
+
+    class Encoder:
+        name = "stand-in"
+
+        def encode(self, texts, batch_size=64):
+            rng = np.random.default_rng(len(texts))
+            out = rng.standard_normal((len(texts), 8)).astype(np.float32)
+            return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    items = [{"id": i, "title": f"Item {i}", "year": 2000} for i in range(6)]
+    folder = tmp_path / "trm"
+    TRMRetriever.build(items, Encoder(), hidden_size=8, num_heads=2, ffn_size=16, num_experts=2,
+                       max_history=4).save(folder)
+    damage(folder / "model.safetensors")
+    _refused(capsys, "eval_test", ["--recommender", "trm", "--model_path", folder, "--dataset_path", env["data"],
+                                   "--output_dir", tmp_path / "out"], f"checkpoint {folder}: {fragment}")

@@ -487,3 +487,17 @@ def test_eval_test_names_a_damaged_trm_checkpoint(env, capsys, tmp_path, damage,
     damage(folder / "model.safetensors")
     _refused(capsys, "eval_test", ["--recommender", "trm", "--model_path", folder, "--dataset_path", env["data"],
                                    "--output_dir", tmp_path / "out"], f"checkpoint {folder}: {fragment}")
+
+
+def test_train_sft_names_a_missing_completion_column(env, capsys, tmp_path):
+    """A data set without the SFT column: one line naming the split folder and the column (was a traceback)."""
+    from datasets import load_from_disk
+
+    data = tmp_path / "no_completion"
+    shutil.copytree(env["data"], data)
+    train = load_from_disk(str(Path(env["data"]) / "train")).remove_columns(["completion"])
+    shutil.rmtree(data / "train")
+    train.save_to_disk(str(data / "train"))
+    _refused(capsys, "train_sft", ["--model_name", env["model"], "--dataset_path", data, "--output_dir",
+                                   tmp_path / "run", "--report_to", "none", "--eval_strategy", "no"],
+             f"{data}/train, field 'completion': missing column")

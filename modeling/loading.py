@@ -113,13 +113,22 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, pad
     return tokenizer
 
 
+# Submodules the project's trainers attach to the policy, saved with it and read back by their own evaluators
+# (trainers.recpo.PROJECTION_MODULE: RecPO's learned projection, also in recpo_projection.safetensors): weights
+# under them are expected extras of a causal LM folder, not a sign of the wrong architecture.
+POLICY_EXTRA_MODULES = ("recpo_projection",)
+
+
 def _refuse_incomplete_load(path, info: dict) -> None:
-    """CheckpointError when transformers' loading info lists missing, unexpected or mismatched weights."""
+    """CheckpointError when transformers' loading info lists missing, unexpected or mismatched weights (unexpected
+    ones under ``POLICY_EXTRA_MODULES`` excepted)."""
     parts = []
     for key, what in (("missing_keys", "missing (would be randomly initialised)"),
                       ("unexpected_keys", "unexpected (in the file, not in the model)"),
                       ("mismatched_keys", "of the wrong shape")):
         keys = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in (info.get(key) or ()))
+        if key == "unexpected_keys":
+            keys = [k for k in keys if k.split(".", 1)[0] not in POLICY_EXTRA_MODULES]
         if keys:
             parts.append(f"{len(keys)} weights {what}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}")
     if parts:

@@ -501,3 +501,11 @@ def test_train_sft_names_a_missing_completion_column(env, capsys, tmp_path):
     _refused(capsys, "train_sft", ["--model_name", env["model"], "--dataset_path", data, "--output_dir",
                                    tmp_path / "run", "--report_to", "none", "--eval_strategy", "no"],
              f"{data}/train, field 'completion': missing column")
+
+
+def test_the_recpo_projection_saved_in_the_policy_is_an_expected_extra_weight():
+    """RecPO saves its projection as a submodule of the policy: allowed by name, and only that name."""
+    from modeling.loading import POLICY_EXTRA_MODULES
+    from trainers.recpo import PROJECTION_MODULE
+
+    assert POLICY_EXTRA_MODULES == (PROJECTION_MODULE,)

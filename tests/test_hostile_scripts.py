@@ -509,3 +509,13 @@ def test_the_recpo_projection_saved_in_the_policy_is_an_expected_extra_weight():
     from trainers.recpo import PROJECTION_MODULE
 
     assert POLICY_EXTRA_MODULES == (PROJECTION_MODULE,)
+
+
+@pytest.mark.parametrize("where, fragment", [
+    ("under_file", "--log_file's folder is a file, not a folder"),
+    ("folder", "--log_file is a folder; name a file"),
+])
+def test_a_bad_log_file_is_one_line(env, capsys, tmp_path, where, fragment):
+    log = env["file"] / "run.log" if where == "under_file" else tmp_path
+    _refused(capsys, "eval_test", ["--baseline", "groundtruth", "--dataset_path", env["data"], "--output_dir",
+                                   tmp_path / "out", "--log_file", log], fragment)

@@ -7,9 +7,9 @@ The project's errors already say what is wrong and where (file, line, field or o
 or builder input), ``PredictionsError`` (a predictions file), ``CatalogError`` (a catalog), ``CheckpointError`` (a
 checkpoint or model folder that must not be loaded), ``PromptFitError`` (prompts that cannot fit), ``OptionError``
 (a command-line / --config option), and a missing, misplaced or unreadable path (FileNotFoundError,
-NotADirectoryError, IsADirectoryError, PermissionError). ``run_script`` prints ``error: <message> (<what to do>)``
-for them and returns 2, like the builders (python -m preprocess.*) and argparse. Any other exception is a bug and
-keeps its traceback. ``RECRL_DEBUG=1`` prints the traceback of the project's errors too (same exit status).
+FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError). ``run_script`` prints
+``error: <message> (<what to do>)`` for them and returns 2, like the builders (python -m preprocess.*) and
+argparse. Any other exception is a bug and keeps its traceback. ``RECRL_DEBUG=1`` prints the traceback of the project's errors too (same exit status).
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def _project_errors() -> list[tuple[type, str]]:
         (PromptFitError, "raise the length limit or shorten the prompts"),
         (DataError, "fix that file, or rebuild the data set with python -m preprocess.*"),
         (FileNotFoundError, "check the path"),
+        (FileExistsError, "check the path"),
         (NotADirectoryError, "check the path"),
         (IsADirectoryError, "check the path"),
         (PermissionError, "check the path's permissions"),

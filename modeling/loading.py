@@ -14,6 +14,7 @@ device (no tensor is read) for the scripts that hand a path to TRL.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -145,6 +146,24 @@ def _local_dir(path) -> bool:
     return Path(str(path)).expanduser().is_dir()
 
 
+@contextlib.contextmanager
+def _zero3_off():
+    """Inside: transformers does not see a ZeRO-3 config (set by the parsed TrainingArguments of a DeepSpeed
+    launch), so a meta-device load is allowed; the same config object is set again afterwards."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    active = ref() if ref is not None else None
+    if active is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(active)
+
+
 def check_weights_load(path: str | os.PathLike, trust_remote_code: bool = False, verify: bool = True,
                        model_type: str | None = None) -> str:
     """``path`` when its weights load into the model its config.json describes with nothing missing, unexpected or
@@ -175,8 +194,9 @@ def check_weights_load(path: str | os.PathLike, trust_remote_code: bool = False,
     if not (Path(source) / "config.json").is_file() or not any(
             (Path(source) / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
         return path  # e.g. a DeepSpeed resume checkpoint without consolidated weights
-    _, info = AutoModelForCausalLM.from_pretrained(source, device_map="meta", output_loading_info=True,
-                                                   trust_remote_code=trust_remote_code)
+    with _zero3_off():  # a meta model holds no memory: nothing for ZeRO-3 to partition
+        _, info = AutoModelForCausalLM.from_pretrained(source, device_map="meta", output_loading_info=True,
+                                                       trust_remote_code=trust_remote_code)
     _refuse_incomplete_load(source, info)
     return path
 

@@ -519,3 +519,25 @@ def test_a_bad_log_file_is_one_line(env, capsys, tmp_path, where, fragment):
     log = env["file"] / "run.log" if where == "under_file" else tmp_path
     _refused(capsys, "eval_test", ["--baseline", "groundtruth", "--dataset_path", env["data"], "--output_dir",
                                    tmp_path / "out", "--log_file", log], fragment)
+
+
+def test_the_meta_device_check_runs_under_a_zero3_launch(env):
+    """A DeepSpeed ZeRO-3 launch sets a global config that forbids a device_map: the check steps around it and
+    leaves it set (the trainers' own loads still partition)."""
+    pytest.importorskip("deepspeed")
+    from transformers.integrations.deepspeed import (HfDeepSpeedConfig, is_deepspeed_zero3_enabled,
+                                                     unset_hf_deepspeed_config)
+
+    from modeling.checkpoint_integrity import CheckpointError
+    from modeling.loading import check_weights_load
+
+    config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        assert is_deepspeed_zero3_enabled()
+        assert check_weights_load(env["model"]) == str(env["model"])
+        with pytest.raises(CheckpointError, match="weights unexpected"):
+            check_weights_load(env["other"]["llama"])
+        assert is_deepspeed_zero3_enabled()
+    finally:
+        unset_hf_deepspeed_config()
+    del config

@@ -40,8 +40,9 @@ from evaluation.recommenders import (
     TextRecommender,
     evaluate_recommender,
 )
+from trainers.cli import run_script
 from trainers.run_logging import tee_output
-from trainers.script_args import add_common_script_arguments, require_year_arg
+from trainers.script_args import add_common_script_arguments, require_year_arg, validate_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +228,7 @@ def check_options(args, model_path: str | None) -> None:
         raise SystemExit(f"error: --{err}") from None
     if args.max_calls < 1:
         raise SystemExit(f"error: --max_calls must be >= 1, got {args.max_calls}")
+    validate_options(args)  # OptionError: the numeric options every script checks the same way (trainers.script_args)
     if model_path is not None and args.recommender != "trm":  # a TRM folder is not a transformers model
         from modeling.loading import check_model_source
 
@@ -247,6 +249,9 @@ def run(args) -> dict:
     split = normalize_split(args.split)
     tag = output_tag(split, args.protocol, args.decoding)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, model_path, tag)
+    from preprocess.common import check_output_dir
+
+    check_output_dir(output_dir)  # before the data, the model or any generation
 
     data = load_split(args.dataset_path, split, args.catalog_path, args.max_samples, args.seed)
     provenance: dict = {
@@ -275,4 +280,4 @@ def run(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

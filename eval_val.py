@@ -11,8 +11,10 @@ For each <run_dir>/checkpoint-<N> in step order (only N divisible by --step_inte
   * skips it when <run_dir>/checkpoint-N/eval_<split>/metrics.json exists with the same settings (resumable:
     rerun the command while training goes on), else generates greedily and scores (eval_test.py's outputs);
   * skips a checkpoint that is not complete (still being written, or left partial by a killed run: no
-    checkpoint_complete.json, or weights shorter than their header) and one whose files fail to load (e.g. a
-    SafetensorError): each is reported and the series goes on (rerun later to pick them up);
+    checkpoint_complete.json, or weights shorter than their header) and one whose files fail to load (a sha256
+    that differs from checkpoint_complete.json's, a SafetensorError, weights that do not fit its config.json's
+    model): each is reported and the series goes on (rerun later to pick them up); when none could be evaluated
+    because they fail to load, the script exits with status 2;
   * merges a row (step + metrics) into <run_dir>/eval_<split>.csv (rows of checkpoints deleted since, e.g. by
     save_total_limit, are kept) and redraws <run_dir>/eval_<split>.png;
   * with --report_to wandb, logs the metrics at step=N (plus the training curves of trainer_state.json, same
@@ -56,8 +58,9 @@ from evaluation.evaluate import (
 )
 from evaluation.plots import plot_curves, plot_trainer_state
 from evaluation.recommenders import TextRecommender, evaluate_recommender
+from trainers.cli import run_script
 from trainers.run_logging import configure_wandb, tee_output
-from trainers.script_args import add_common_script_arguments, require_year_arg
+from trainers.script_args import add_common_script_arguments, require_year_arg, validate_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +152,16 @@ def run(args) -> dict[int, dict]:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise SystemExit(f"error: run folder not found: {run_dir}")
+    validate_options(args)  # OptionError naming the option (trainers.script_args)
+    from evaluation.evaluate import check_evaluation_options
+    from preprocess.common import check_output_dir
+    from trainers.script_args import OptionError
+
+    try:
+        check_evaluation_options(args.ks, args.n_items, args.max_samples)
+    except ValueError as err:  # the messages start with the option's name
+        raise OptionError(f"--{err}") from None
+    check_output_dir(run_dir, option="--run_dir")  # eval_<split>.csv/png and checkpoint-N/eval_<split>/ go there
     split = normalize_split(args.split)
     tag = output_tag(split, args.protocol, args.decoding)
     checkpoints = list_checkpoints(run_dir, args.step_interval)
@@ -167,6 +180,7 @@ def run(args) -> dict[int, dict]:
 
     results: dict[int, dict] = {}
     skipped: dict[int, str] = {}  # step -> why (partial, or its files fail to load)
+    unloadable: dict[int, str] = {}  # step -> why its files fail to load (corrupt, or weights that do not fit)
     from evaluation.backends import resolve_backend_name
 
     backend_name = resolve_backend_name(args.backend) if checkpoints else args.backend
@@ -187,7 +201,7 @@ def run(args) -> dict[int, dict]:
             except CheckpointLoadError as err:
                 print(f"[eval_val] step {step}: cannot load {ckpt} ({err}), skipped; the other checkpoints go on",
                       flush=True)
-                skipped[step] = str(err)
+                skipped[step] = unloadable[step] = str(err)
                 continue
         results[step] = metrics
         merge_csv(csv_path, {step: csv_row(step, metrics, columns)}, columns)
@@ -216,8 +230,14 @@ def run(args) -> dict[int, dict]:
     if skipped:
         print(f"[eval_val] {len(skipped)} checkpoint(s) skipped: "
               + "; ".join(f"step {s}: {why}" for s, why in sorted(skipped.items())), flush=True)
+    if unloadable and not results:  # nothing evaluated and something refused: not a success
+        from modeling.checkpoint_integrity import CheckpointError
+
+        step, why = sorted(unloadable.items())[0]
+        raise CheckpointError(run_dir, f"no checkpoint could be evaluated; {len(unloadable)} failed to load "
+                                       f"(step {step}: {why})")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

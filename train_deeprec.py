@@ -30,8 +30,10 @@ from trl import TrlParser
 
 from trainers.deeprec import DeepRecConfig, DeepRecTrainer, ItemEmbeddings, format_gate, warmstart_gate, \
     warmstart_records
+from trainers.cli import run_script
 from trainers.run_logging import compose_run_name, configure_wandb, tee_output
-from trainers.script_args import CommonScriptArguments, start_rl_run, take_subset, train_and_save
+from trainers.script_args import (CommonScriptArguments, OptionError, parse_config, start_rl_run, take_subset,
+                                  train_and_save)
 
 logger = logging.getLogger("train_deeprec")
 
@@ -64,17 +66,17 @@ def parse_args(argv=None) -> tuple[ScriptArguments, DeepRecConfig]:
     parser = TrlParser((ScriptArguments, DeepRecConfig))
     if not torch.cuda.is_available():  # CPU machine: run on CPU in fp32 unless the config says otherwise
         parser.set_defaults(use_cpu=True, bf16=False)
-    script_args, config = parser.parse_args_and_config(argv)
+    script_args, config = parse_config(parser, argv)  # every numeric option range-checked, named
     if script_args.dataset_path is None:
-        raise ValueError("--dataset_path is required")
+        raise OptionError("--dataset_path is required")
     if config.trm_path is None:
-        raise ValueError("--trm_path is required (a TRM folder written by train_trm.py)")
+        raise OptionError("--trm_path is required (a TRM folder written by train_trm.py)")
     if script_args.model_name is None and script_args.init_from is None and not script_args.write_warmstart_data:
-        raise ValueError("give --model_name (stage cold) or --init_from (stage rec)")
+        raise OptionError("give --model_name (stage cold) or --init_from (stage rec)")
     if script_args.warmstart_gate not in ("off", "report", "require"):
-        raise ValueError(f"--warmstart_gate must be off, report or require, got {script_args.warmstart_gate!r}")
+        raise OptionError(f"--warmstart_gate must be off, report or require, got {script_args.warmstart_gate!r}")
     if script_args.warmstart_gate != "off" and not script_args.eval_split:
-        raise ValueError("--warmstart_gate runs on validation rows: give --eval_split (e.g. validation)")
+        raise OptionError("--warmstart_gate runs on validation rows: give --eval_split (e.g. validation)")
     return script_args, config
 
 
@@ -102,10 +104,21 @@ def resolve_init(script_args: ScriptArguments, config: DeepRecConfig) -> str:
 def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
     start_rl_run(script_args, config, logger)
 
-    from modeling.loading import check_model_source, load_tokenizer, run_name
-    from preprocess.common import load_processed, save_processed
+    from modeling.loading import check_model_source, check_weights_load, load_tokenizer, run_name
+    from preprocess.common import check_output_dir, load_processed, save_processed
     from retrieval import TRMRetriever
     from retrieval.text import encode_texts
+
+    # ---- where the run writes, checked before the data, the TRM and the encoder load
+    if script_args.write_warmstart_data:
+        check_output_dir(script_args.write_warmstart_data, option="--write_warmstart_data")
+    else:
+        model_path = check_model_source(resolve_init(script_args, config))  # before the run folder exists
+        check_weights_load(model_path)  # TRL loads it later and would leave missing weights random
+        name = run_name(script_args.model_name or model_path)
+        if config.output_dir in (None, "trainer_output"):
+            config.output_dir = os.path.join("results", "deeprec", f"{name}_{config.stage}_lr{config.learning_rate}")
+        check_output_dir(config.output_dir)
 
     # ---- data + TRM (frozen; retrieval in-process)
     dsd, catalog = load_processed(script_args.dataset_path, config.catalog_path)
@@ -134,11 +147,7 @@ def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
         logger.info("warm-start data: %s", {k: len(v) for k, v in splits.items()})
         return splits
 
-    # ---- model path and output folder
-    model_path = check_model_source(resolve_init(script_args, config))  # before the run folder exists
-    name = run_name(script_args.model_name or model_path)
-    if config.output_dir in (None, "trainer_output"):
-        config.output_dir = os.path.join("results", "deeprec", f"{name}_{config.stage}_lr{config.learning_rate}")
+    # ---- run name (model path and output folder: checked above)
     if config.run_name in (None, config.output_dir, "trainer_output"):
         config.run_name = compose_run_name(name, f"deeprec-{config.stage}", config.learning_rate, config.beta)
     configure_wandb(config.output_dir, script_args.wandb_project)
@@ -188,4 +197,4 @@ def check_warmstart_gate(trainer, eval_ds, catalog, retriever, config: DeepRecCo
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -24,8 +24,10 @@ import torch
 from trl import TrlParser
 
 from trainers.rank_grpo import RankGRPOConfig, trainer_class
+from trainers.cli import run_script
 from trainers.run_logging import compose_run_name, configure_wandb, tee_output
-from trainers.script_args import CommonScriptArguments, start_rl_run, take_subset, train_and_save
+from trainers.script_args import (CommonScriptArguments, OptionError, parse_config, start_rl_run, take_subset,
+                                  train_and_save)
 
 logger = logging.getLogger("train_rank_grpo")
 
@@ -54,15 +56,15 @@ def parse_args(argv=None) -> tuple[ScriptArguments, RankGRPOConfig]:
     parser = TrlParser((ScriptArguments, RankGRPOConfig))
     if not torch.cuda.is_available():  # CPU machine: run on CPU in fp32 unless the config says otherwise
         parser.set_defaults(use_cpu=True, bf16=False)
-    script_args, config = parser.parse_args_and_config(argv)
+    script_args, config = parse_config(parser, argv)  # every numeric option range-checked, named
 
     # aliases of the released README
     if script_args.train_path:
         if script_args.dataset_path and script_args.dataset_path != script_args.train_path:
-            raise ValueError("--train_path and --dataset_path disagree; give one")
+            raise OptionError("--train_path and --dataset_path disagree; give one")
         script_args.dataset_path = script_args.train_path
     if script_args.dataset_path is None:
-        raise ValueError("--dataset_path (or --train_path) is required")
+        raise OptionError("--dataset_path (or --train_path) is required")
     if script_args.lr is not None:
         config.learning_rate = script_args.lr
     if script_args.kl_beta is not None:
@@ -70,7 +72,7 @@ def parse_args(argv=None) -> tuple[ScriptArguments, RankGRPOConfig]:
     if script_args.mu is not None:
         config.num_iterations = script_args.mu
     if script_args.model_name is None and script_args.sft_checkpoint is None:
-        raise ValueError("give --model_name (and optionally --sft_checkpoint)")
+        raise OptionError("give --model_name (and optionally --sft_checkpoint)")
     return script_args, config
 
 
@@ -82,7 +84,7 @@ def resolve_model_path(script_args: ScriptArguments) -> str:
         return resolve_checkpoint(script_args.model_name)
     if str(ckpt).isdigit() or str(ckpt).lower() in ("last", "latest"):
         if script_args.model_name is None and script_args.sft_run_dir is None:
-            raise ValueError("--sft_checkpoint N needs --model_name (or --sft_run_dir) to find the SFT run folder")
+            raise OptionError("--sft_checkpoint N needs --model_name (or --sft_run_dir) to find the SFT run folder")
         run_dir = script_args.sft_run_dir or os.path.join("results", run_name(script_args.model_name))
         return resolve_checkpoint(run_dir, ckpt)
     return resolve_checkpoint(ckpt)
@@ -97,11 +99,13 @@ def main(argv=None):
 def run(script_args: ScriptArguments, config: RankGRPOConfig):
     start_rl_run(script_args, config, logger)
 
-    from modeling.loading import check_model_source, is_adapter_dir, load_model_and_tokenizer, load_tokenizer, run_name
-    from preprocess.common import load_processed
+    from modeling.loading import (check_model_source, check_weights_load, is_adapter_dir, load_model_and_tokenizer,
+                                  load_tokenizer, run_name)
+    from preprocess.common import check_output_dir, load_processed
 
-    # ---- model path and output folder
+    # ---- model path and output folder, checked before anything heavy runs
     model_path = check_model_source(resolve_model_path(script_args))  # before the run folder exists
+    check_weights_load(model_path)  # TRL loads it later and would leave missing weights random
     name = run_name(script_args.model_name or model_path)
     if config.output_dir in (None, "trainer_output"):  # the released layout; baselines / other rewards get a suffix
         folder = f"{name}_lr{config.learning_rate}_kl{config.beta}"
@@ -114,6 +118,7 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
         config.run_name = compose_run_name(name, config.algorithm, config.learning_rate, config.beta,
                                            reward=config.reward_func,
                                            item_aware=config.item_aware_decoding or None)
+    check_output_dir(config.output_dir)
     configure_wandb(config.output_dir, script_args.wandb_project)  # offline: wandb files stay in the run
     logger.info("model %s -> output %s (algorithm %s, reward %s)", model_path, config.output_dir, config.algorithm,
                 config.reward_func)
@@ -147,4 +152,4 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -20,8 +20,10 @@ import torch
 from trl import TrlParser
 
 from trainers.recpo import RecPOConfig, RecPOTrainer
+from trainers.cli import run_script
 from trainers.run_logging import compose_run_name, configure_wandb, tee_output
-from trainers.script_args import CommonScriptArguments, start_rl_run, take_subset, train_and_save
+from trainers.script_args import (CommonScriptArguments, OptionError, parse_config, start_rl_run, take_subset,
+                                  train_and_save)
 
 logger = logging.getLogger("train_recpo")
 
@@ -40,9 +42,11 @@ def parse_args(argv=None) -> tuple[ScriptArguments, RecPOConfig]:
     parser = TrlParser((ScriptArguments, RecPOConfig))
     if not torch.cuda.is_available():  # CPU machine: run on CPU in fp32 unless the config says otherwise
         parser.set_defaults(use_cpu=True, bf16=False)
-    script_args, config = parser.parse_args_and_config(argv)
+    script_args, config = parse_config(parser, argv)  # every numeric option range-checked, named
     if script_args.dataset_path is None or script_args.model_name is None:
-        raise ValueError("--dataset_path and --model_name are required")
+        raise OptionError("--dataset_path and --model_name are required")
+    if script_args.lora_r is not None and script_args.lora_r < 1:
+        raise OptionError(f"--lora_r must be an integer >= 1 (or omitted: no LoRA), got {script_args.lora_r}")
     return script_args, config
 
 
@@ -55,11 +59,12 @@ def main(argv=None):
 def run(script_args: ScriptArguments, config: RecPOConfig):
     start_rl_run(script_args, config, logger)
 
-    from modeling.loading import check_model_source, load_tokenizer, resolve_checkpoint, run_name
-    from preprocess.common import load_processed
+    from modeling.loading import check_model_source, check_weights_load, load_tokenizer, resolve_checkpoint, run_name
+    from preprocess.common import DataError, check_output_dir, load_processed
 
-    # ---- model path and output folder
+    # ---- model path and output folder, checked before anything heavy runs
     model_path = check_model_source(resolve_checkpoint(script_args.model_name))  # before the run folder exists
+    check_weights_load(model_path)  # TRL loads it later and would leave missing weights random
     name = run_name(script_args.model_name)
     if config.output_dir in (None, "trainer_output"):
         config.output_dir = os.path.join("results", "recpo", f"{name}_lr{config.learning_rate}_b{config.reward_beta}")
@@ -68,6 +73,7 @@ def run(script_args: ScriptArguments, config: RecPOConfig):
             name, "recpo", config.learning_rate, config.beta, reward_beta=config.reward_beta,
             uniform_neg=config.num_uniform_negatives if config.rec_negatives == "in_batch+uniform" else None,
             logq=config.logq_correction, rec_warmup=config.rec_warmup_steps or None)
+    check_output_dir(config.output_dir)
     configure_wandb(config.output_dir, script_args.wandb_project)
     logger.info("model %s -> output %s", model_path, config.output_dir)
 
@@ -77,8 +83,9 @@ def run(script_args: ScriptArguments, config: RecPOConfig):
     columns = [c for c in ("sample_id", "history", "target", "seen", "history_ratings", "history_time_deltas")
                if c in train.column_names]
     if "target" not in columns or "history" not in columns:
-        raise ValueError(f"{script_args.dataset_path}: RecPO needs `history` and `target` columns (a sequential data "
-                         "set such as preprocess.movielens / preprocess.amazon)")
+        raise DataError(f"{script_args.dataset_path}/train", field="target" if "history" in columns else "history",
+                        reason="missing column: RecPO needs `history` and `target` (a sequential data set such as "
+                               "preprocess.movielens / preprocess.amazon)")
     n_before = len(train)
     train = train.filter(lambda x: x["target"] is not None).select_columns(columns)
     if len(train) < n_before:
@@ -105,4 +112,4 @@ def run(script_args: ScriptArguments, config: RecPOConfig):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

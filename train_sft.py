@@ -26,8 +26,9 @@ import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from trainers.checkpointing import KillSafeCheckpointMixin
+from trainers.cli import run_script
 from trainers.run_logging import compose_run_name, configure_wandb, install_compact_console, tee_output
-from trainers.script_args import CommonScriptArguments, take_subset
+from trainers.script_args import CommonScriptArguments, OptionError, parse_config, take_subset
 
 
 # ================================================================================================ 1. arguments
@@ -61,7 +62,7 @@ def parse_args(argv=None) -> tuple[SFTScriptArguments, SFTConfig]:
         # Without these, SFTConfig's post-init (bf16 defaults to True) fails or autocasts to bf16 on CPU.
         # A config file or the command line can still override both.
         parser.set_defaults(use_cpu=True, bf16=False)
-    script_args, training_args = parser.parse_args_and_config(args=argv)
+    script_args, training_args = parse_config(parser, argv)  # every numeric option range-checked, named
     if not script_args.dataset_path or not script_args.model_name:
         parser.error("--dataset_path and --model_name are required (on the command line or in --config)")
     if script_args.warmup_ratio is not None:
@@ -74,6 +75,9 @@ def parse_args(argv=None) -> tuple[SFTScriptArguments, SFTConfig]:
         from modeling.loading import run_name
 
         training_args.output_dir = os.path.join("results", run_name(script_args.model_name))
+    from preprocess.common import check_output_dir
+
+    check_output_dir(training_args.output_dir)  # before the model or the data load
     if training_args.run_name in (None, training_args.output_dir, "trainer_output"):
         from modeling.loading import run_name
 
@@ -89,6 +93,8 @@ def load_splits(script_args, training_args):
 
     from datasets import load_from_disk
 
+    from preprocess.common import DataError
+
     root = Path(script_args.dataset_path)
     if script_args.catalog_path:
         from preprocess.common import load_processed
@@ -99,7 +105,7 @@ def load_splits(script_args, training_args):
     train = load_from_disk(str(root / "train"))
     for col in ("prompt", "completion"):
         if col not in train.column_names:
-            raise ValueError(f"{root}/train has no `{col}` column (columns: {train.column_names})")
+            raise DataError(f"{root}/train", field=col, reason=f"missing column (columns: {train.column_names})")
     train, _ = take_subset(train, script_args.max_train_samples, training_args.seed)
 
     eval_ds = None
@@ -131,6 +137,7 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
     Token counts are those of TRL's SFT tokenisation: the chat-templated prompt with the generation prompt, and the
     chat-templated prompt + completion.
     """
+    from preprocess.common import DataError
     from preprocess.prompting import FitReport, PromptFitError, fit_prompt
 
     has_id = "sample_id" in dataset.column_names
@@ -148,7 +155,8 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             name = batch["sample_id"][i] if has_id else f"#{indices[i]}"
             if not (isinstance(completion, list) and len(completion) == 1 and completion[0]["role"] == "assistant"):
-                raise ValueError(f"{split} sample {name}: completion must be one assistant message, got {completion!r}")
+                raise DataError(f"{split} split", record=f"sample {name}", field="completion",
+                                reason=f"must be one assistant message, got {completion!r}")
             fits_total = max_length is None or f_lens[i] <= max_length
             fits_prompt = max_prompt_length is None or p_lens[i] <= max_prompt_length
             if fits_total and fits_prompt:
@@ -164,7 +172,7 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
             budget = max_prompt_length if max_prompt_length is not None else len(p_ids)
             if max_length is not None:
                 if n_completion >= max_length:
-                    raise ValueError(
+                    raise PromptFitError(
                         f"{split} sample {name}: the completion alone has {n_completion} tokens, which does not fit "
                         f"max_length={max_length} with any prompt; the completion is never truncated. Raise "
                         "max_length or drop the sample.")
@@ -183,7 +191,7 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
                     break
                 budget -= n_full - max_length
             else:
-                raise ValueError(f"{split} sample {name}: could not fit max_length={max_length}")
+                raise PromptFitError(f"{split} sample {name}: could not fit max_length={max_length}")
             out_prompts.append(new_prompt if not error else prompt)
             lengths.append(n_full)
             errors.append(f"{name}: {error}" if error else "")
@@ -215,7 +223,7 @@ def tokenize_masking_tool_results(dataset, tokenizer, max_length: int | None, sp
     rows (``trainers.deeprec.warmstart_sft_tokens``); TRL trains on such a tokenized set as is. Segment-wise
     tokenization can be a few tokens longer than the joint one ``fit_to_length`` counted: such a prompt loses a few
     more history lines. Returns (dataset, stats with the share of completion tokens masked out)."""
-    from preprocess.prompting import fit_prompt, prompt_token_count
+    from preprocess.prompting import PromptFitError, fit_prompt, prompt_token_count
     from trainers.deeprec import warmstart_sft_tokens
 
     def tokenize(row):
@@ -227,7 +235,8 @@ def tokenize_masking_tool_results(dataset, tokenizer, max_length: int | None, sp
                 break
             prompt = fit_prompt(prompt, tokenizer, prompt_token_count(prompt, tokenizer) - over).prompt
         else:
-            raise ValueError(f"{split}: a row does not fit max_length={max_length} after segment-wise tokenization")
+            raise PromptFitError(f"{split}: a row does not fit max_length={max_length} after segment-wise "
+                                 "tokenization")
         n_prompt = len(tokenizer(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
                                  add_special_tokens=False)["input_ids"])
         completion = out["completion_mask"][n_prompt:]
@@ -262,14 +271,17 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
     t_start = time.time()
 
     # --- model + tokenizer (padding on the right for training; TRL's collator pads right anyway)
-    from modeling.loading import load_model_and_tokenizer, resolve_resume
+    from modeling.loading import check_resume, load_model_and_tokenizer, resolve_resume
 
     init_kwargs = dict(training_args.model_init_kwargs or {})
     dtype = init_kwargs.pop("dtype", init_kwargs.pop("torch_dtype", "float32"))  # fp32 master weights (TRL default)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)  # verified, up front
     model, tokenizer = load_model_and_tokenizer(script_args.model_name, dtype=dtype, padding_side="right",
                                                 trust_remote_code=bool(training_args.trust_remote_code), **init_kwargs)
     if tokenizer.chat_template is None:
-        raise ValueError(f"{script_args.model_name} has no chat template; SFT renders prompts with the model's own")
+        raise OptionError(f"--model_name {script_args.model_name} has no chat template; SFT renders prompts with "
+                          "the model's own: pass a chat (instruct) model or add a chat_template to its tokenizer")
+    check_resume(resume, model)  # the checkpoint's weights must fit this model (before any data work)
 
     # --- data: prompt/completion only, prompts cut to fit, completions intact
     train_ds, eval_ds = load_splits(script_args, training_args)
@@ -304,8 +316,7 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
     install_compact_console(trainer)  # one short console line per log; the full dict goes to the logs
 
     # --- train
-    result = trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint,
-                                                                 training_args.output_dir))
+    result = trainer.train(resume_from_checkpoint=resume)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
@@ -321,4 +332,4 @@ def run(script_args: SFTScriptArguments, training_args: SFTConfig):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

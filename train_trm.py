@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 from trl import TrlParser
 
+from trainers.cli import run_script
 from trainers.run_logging import tee_output
-from trainers.script_args import COMMON_HELP, DEFAULT_SEED, take_subset
+from trainers.script_args import COMMON_HELP, DEFAULT_SEED, parse_config, take_subset
 
 
 # ================================================================================================ 1. arguments
@@ -52,8 +53,8 @@ class TRMScriptArguments:
     temperature: float = field(default=0.05, metadata={"help": "logits = cosine / temperature"})
     # --- proxy preference (retrieval.training)
     preference_prob: float = field(default=0.5, metadata={"help": "share of samples given a proxy preference"})
-    preference_variants: int = field(default=2, metadata={"help": "proxy texts per item (0: full text; 1..: "
-                                                          "word-dropped)"})
+    preference_variants: int = field(default=2, metadata={"help": "proxy texts per item, >= 1: the item's full "
+                                                          "text, plus N - 1 word-dropped copies (1: full text only)"})
     preference_word_keep: float = field(default=0.5, metadata={"help": "word keep probability of the variants"})
     # --- optimisation
     learning_rate: float = 1e-3
@@ -80,13 +81,14 @@ class TRMScriptArguments:
 
 def parse_args(argv=None) -> TRMScriptArguments:
     parser = TrlParser((TRMScriptArguments,))
-    (args,) = parser.parse_args_and_config(args=argv)
+    (args,) = parse_config(parser, argv)  # every numeric option range-checked, named
     if not args.dataset_path:
         parser.error("--dataset_path is required (on the command line or in --config)")
     if args.output_dir is None:
         args.output_dir = os.path.join("results", "trm", Path(args.dataset_path).resolve().name)
-    if not 0 <= args.preference_prob <= 1:
-        parser.error(f"--preference_prob must be in [0, 1], got {args.preference_prob}")
+    from preprocess.common import check_output_dir
+
+    check_output_dir(args.output_dir)  # before the data, the encoder or training
     return args
 
 
@@ -221,4 +223,4 @@ def run(args: TRMScriptArguments, encoder=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -337,6 +337,9 @@ def make_backend(name: str, model_path: str, **options) -> GenerationBackend:
     resolved = resolve_backend_name(name)
     options = {k: v for k, v in options.items() if v is not None}
     if resolved == "vllm":
+        from modeling.loading import check_weights_load  # vLLM's own load would not say what is missing
+
+        check_weights_load(str(model_path), trust_remote_code=bool(options.get("trust_remote_code")))
         return VLLMBackend(str(model_path), **{k: v for k, v in options.items() if k in _VLLM_OPTIONS})
     from modeling.loading import load_model_and_tokenizer
 

@@ -414,7 +414,8 @@ def read_prediction_records(path, n_rows: int, sample_ids: Sequence[str] | None 
     `{"index": int, "item_ids": [int | null, ...], ...}` (extra fields ignored; `completion` wins when both are
     there, so re-scoring text follows the current matcher).
 
-    `index` is the row in the split (0-based, < n_rows). Blank lines are skipped. Errors name the file and the
+    `index` is the row in the split (0-based, < n_rows). Blank lines are skipped; a file without any line is
+    refused. Errors name the file and the
     line: not UTF-8, malformed JSON, not an object, missing field, bad type, index out of range, duplicate
     index, an item id not in `catalog` (when given), and, when `sample_ids` (the split's, in row order) is given, a
     line without `sample_id` or whose sample_id is not the one at its row: `index` alone cannot tell a file whose
@@ -474,6 +475,11 @@ def read_prediction_records(path, n_rows: int, sample_ids: Sequence[str] | None 
             f"lack it): each line needs the sample_id of its row (index {index}: {sample_ids[index]!r}) so that a "
             "file made on another split, data set or row order is refused instead of scored (eval_test.py's "
             "predictions.jsonl has it)")
+    if not records:  # scoring it would report zeros as if a model had answered nothing right
+        size = path.stat().st_size
+        raise PredictionsError(f"{path}: no prediction lines ({'an empty file' if size == 0 else 'only blank lines'}"
+                               "); nothing to score: write one JSON object per row (eval_test.py's predictions.jsonl "
+                               "format)")
     return records
 
 

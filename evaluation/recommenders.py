@@ -34,6 +34,7 @@ from evaluation.backends import GenerationBackend
 from evaluation.evaluate import (
     DEFAULT_KS,
     PROTOCOLS,
+    PredictionsError,
     _column,
     check_evaluation_options,
     count_distinct_prompts,
@@ -151,6 +152,9 @@ class StaticPredictions:
         records = read_prediction_records(path, n_rows, sample_ids=sample_ids, catalog=catalog)
         require_year = _resolve_require_year(catalog, require_year)
         rows = list(range(n_rows)) if rows is None else list(rows)
+        if rows and not any(r in records for r in rows):
+            raise PredictionsError(f"{path}: none of the {len(rows)} evaluated rows has a prediction (the file has "
+                                   f"{len(records)} lines, for other rows: made with another --max_samples / --seed?)")
         texts = [records[r].text for r in rows if r in records and records[r].text is not None]
         parsed = iter(texts_item_ids(texts, catalog, require_year))
         recs, missing = [], []

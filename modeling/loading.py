@@ -6,16 +6,22 @@
 
 `trust_remote_code` is False unless the caller asks for it. A folder holding a LoRA adapter (adapter_config.json,
 as saved by SFT with --use_lora) loads as base model + adapter, merged by default.
+
+A load that would leave weights missing (randomly initialised), unexpected (dropped) or of the wrong shape is
+refused with ``CheckpointError`` naming the folder and a few keys -- e.g. a config.json naming another model_type,
+which transformers would otherwise load as a random model. ``check_weights_load`` runs the same check on the meta
+device (no tensor is read) for the scripts that hand a path to TRL.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 from pathlib import Path
 
-from modeling.checkpoint_integrity import checkpoint_problem, weights_problem
+from modeling.checkpoint_integrity import CheckpointError, checkpoint_problem, verify_checkpoint, weights_problem
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +114,93 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, pad
     return tokenizer
 
 
+# Submodules the project's trainers attach to the policy, saved with it and read back by their own evaluators
+# (trainers.recpo.PROJECTION_MODULE: RecPO's learned projection, also in recpo_projection.safetensors): weights
+# under them are expected extras of a causal LM folder, not a sign of the wrong architecture.
+POLICY_EXTRA_MODULES = ("recpo_projection",)
+
+
+def _refuse_incomplete_load(path, info: dict) -> None:
+    """CheckpointError when transformers' loading info lists missing, unexpected or mismatched weights (unexpected
+    ones under ``POLICY_EXTRA_MODULES`` excepted)."""
+    parts = []
+    for key, what in (("missing_keys", "missing (would be randomly initialised)"),
+                      ("unexpected_keys", "unexpected (in the file, not in the model)"),
+                      ("mismatched_keys", "of the wrong shape")):
+        keys = sorted(str(k[0] if isinstance(k, (tuple, list)) else k) for k in (info.get(key) or ()))
+        if key == "unexpected_keys":
+            keys = [k for k in keys if k.split(".", 1)[0] not in POLICY_EXTRA_MODULES]
+        if keys:
+            parts.append(f"{len(keys)} weights {what}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}")
+    if parts:
+        model_type = None
+        try:
+            model_type = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            pass
+        hint = (f"; does config.json's model_type {model_type!r} match the weights?" if model_type else "")
+        raise CheckpointError(path, "; ".join(parts) + hint + " Refusing to load a partly random model.")
+
+
+def _local_dir(path) -> bool:
+    return Path(str(path)).expanduser().is_dir()
+
+
+@contextlib.contextmanager
+def _zero3_off():
+    """Inside: transformers does not see a ZeRO-3 config (set by the parsed TrainingArguments of a DeepSpeed
+    launch), so a meta-device load is allowed; the same config object is set again afterwards."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    active = ref() if ref is not None else None
+    if active is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(active)
+
+
+def check_weights_load(path: str | os.PathLike, trust_remote_code: bool = False, verify: bool = True,
+                       model_type: str | None = None) -> str:
+    """``path`` when its weights load into the model its config.json describes with nothing missing, unexpected or
+    mis-shaped (checked on the meta device: headers only, no tensor read), else ``CheckpointError``. A local folder
+    is also verified (``modeling.checkpoint_integrity.verify_checkpoint``: hashes, or sizes + parse). LoRA adapter
+    folders are checked through their base model; hub ids are left to the real load. ``verify=False``: the files
+    were verified already (``resolve_resume``). ``model_type``: the folder's config.json must name it (a resume
+    checkpoint must be of the model being trained)."""
+    from transformers import AutoModelForCausalLM
+
+    path = str(path)
+    if not _local_dir(path):
+        return path
+    if verify:
+        verify_checkpoint(path, for_resume=not _is_model_dir(Path(path)))
+    if model_type is not None and (Path(path) / "config.json").is_file():
+        found = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+        if found != model_type:
+            raise CheckpointError(path, f"config.json names model_type {found!r}, the model being trained is "
+                                        f"{model_type!r}; resume from a checkpoint of this run", "config.json")
+    source = path
+    if is_adapter_dir(path):
+        source = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+        if not _local_dir(source):
+            return path
+        if verify:
+            verify_checkpoint(source)
+    if not (Path(source) / "config.json").is_file() or not any(
+            (Path(source) / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
+        return path  # e.g. a DeepSpeed resume checkpoint without consolidated weights
+    with _zero3_off():  # a meta model holds no memory: nothing for ZeRO-3 to partition
+        _, info = AutoModelForCausalLM.from_pretrained(source, device_map="meta", output_loading_info=True,
+                                                       trust_remote_code=trust_remote_code)
+    _refuse_incomplete_load(source, info)
+    return path
+
+
 def load_model_and_tokenizer(path: str | os.PathLike, dtype="auto", trust_remote_code: bool = False,
                              padding_side: str = "left", merge_adapter: bool = True, **model_kwargs):
     """(AutoModelForCausalLM, tokenizer) from a local folder or a hub id.
@@ -129,13 +222,20 @@ def load_model_and_tokenizer(path: str | os.PathLike, dtype="auto", trust_remote
         if not base:
             raise ValueError(f"{path}/adapter_config.json has no base_model_name_or_path")
         check_model_source(base)
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        for folder in (path, base):
+            if _local_dir(folder):
+                verify_checkpoint(folder)
+        model, info = AutoModelForCausalLM.from_pretrained(base, output_loading_info=True, **kwargs)
+        _refuse_incomplete_load(base, info)
         model = PeftModel.from_pretrained(model, path)
         if merge_adapter:
             model = model.merge_and_unload()
         tok_source = path if (Path(path) / "tokenizer_config.json").is_file() else base
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if _local_dir(path):
+            verify_checkpoint(path)
+        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+        _refuse_incomplete_load(path, info)
         tok_source = path
     tokenizer = load_tokenizer(tok_source, trust_remote_code=trust_remote_code, padding_side=padding_side)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -229,10 +329,21 @@ def run_name(model_name: str | os.PathLike) -> str:
     return name
 
 
+def check_resume(checkpoint: str | None, model) -> None:
+    """A resume checkpoint (already verified by ``resolve_resume``) must hold weights of ``model``'s type that
+    load with nothing missing or unexpected: ``CheckpointError`` naming it otherwise. None: nothing to check."""
+    if checkpoint is None:
+        return
+    config = getattr(model, "config", None)
+    check_weights_load(checkpoint, verify=False, model_type=getattr(config, "model_type", None))
+
+
 def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike) -> str | None:
     """`--resume_from_checkpoint`: None/""/"false" -> start fresh; "true"/"last"/"latest" -> the newest COMPLETE
     `checkpoint-N` in `output_dir` (partial ones -- a run killed while writing -- are skipped with a warning; an
-    error when none is left); a path -> that checkpoint folder, which must be complete."""
+    error when none is left); a path -> that checkpoint folder, which must be complete. The chosen checkpoint is
+    verified (``verify_checkpoint``: every file's sha256, or sizes + parse for older ones): ``CheckpointError``
+    naming the file, before the trainer's loader meets a corrupt optimizer.pt."""
     if value is None or value is False or str(value).strip().lower() in ("", "false", "none", "no"):
         return None
     if value is True or str(value).strip().lower() in ("true", "last", "latest", "yes"):
@@ -241,10 +352,13 @@ def resolve_resume(value: str | bool | None, output_dir: str | os.PathLike) -> s
             found = [p.name for p in Path(output_dir).glob("checkpoint-*")] if Path(output_dir).is_dir() else []
             raise FileNotFoundError(f"--resume_from_checkpoint {value}: {output_dir} has no checkpoint-N folder "
                                     f"complete enough to resume from (found: {', '.join(sorted(found)) or 'none'})")
-        return str(Path(output_dir) / f"checkpoint-{steps[-1]}")
+        chosen = Path(output_dir) / f"checkpoint-{steps[-1]}"
+        verify_checkpoint(chosen, for_resume=True)
+        return str(chosen)
     path = Path(value)
     if not path.is_dir():
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
     if why := checkpoint_problem(path, for_resume=True):
         raise FileNotFoundError(f"--resume_from_checkpoint {value}: not a complete checkpoint ({why})")
+    verify_checkpoint(path, for_resume=True)
     return str(path)

@@ -280,19 +280,20 @@ def require_file(path: str | os.PathLike, what: str = "a file", option: str | No
     raise DataError(path, reason=f"{prefix}not found" if option else f"not found (expected {what})")
 
 
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
+def check_output_dir(output_dir: str | os.PathLike, option: str = "--output_dir") -> Path:
     """Refuse an output folder that cannot be created: the path is a file, or lies under one, or under a folder
-    this user cannot write. Builders call it before reading any input, so a long build never fails at the end."""
+    this user cannot write. Builders and every root script call it before reading any input, so a long build,
+    generation or training never fails at the end. ``option``: the flag named in the error."""
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
-        raise DataError(path, reason="--output_dir is a file, not a folder")
+        raise DataError(path, reason=f"{option} is a file, not a folder")
     ancestor = path
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if ancestor != path and not ancestor.is_dir():
-        raise DataError(path, reason=f"--output_dir is under {ancestor}, which is a file")
+        raise DataError(path, reason=f"{option} is under {ancestor}, which is a file")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise DataError(path, reason=f"--output_dir: cannot write in {ancestor} (permission denied)")
+        raise DataError(path, reason=f"{option}: cannot write in {ancestor} (permission denied)")
     return path
 
 

@@ -251,11 +251,21 @@ class TRMRetriever:
             if key not in saved:
                 raise ValueError(f"{config_path}: missing field {key!r}")
         config = TRMConfig.from_dict(saved["config"], source=str(config_path))
-        state = load_file(str(folder / WEIGHTS_FILE))
+        from modeling.checkpoint_integrity import CheckpointError, safetensors_problem
+
+        weights = folder / WEIGHTS_FILE
+        if not weights.is_file():
+            raise CheckpointError(folder, "missing (train_trm.py writes it)", WEIGHTS_FILE)
+        if why := safetensors_problem(weights):  # a raw SafetensorError would name neither the file nor the folder
+            raise CheckpointError(folder, why.split(" ", 1)[1], WEIGHTS_FILE)
+        state = load_file(str(weights))
+        if "item_text" not in state:
+            raise CheckpointError(folder, "no 'item_text' tensor: not a TRM checkpoint", WEIGHTS_FILE)
         model = TRM(config, state["item_text"])
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{folder / WEIGHTS_FILE}: missing weights {missing[:5]}, unexpected {unexpected[:5]}")
+            raise CheckpointError(folder, f"missing weights {missing[:5]}, unexpected {unexpected[:5]}; does "
+                                          f"{CONFIG_FILE} describe this model?", WEIGHTS_FILE)
         model.eval()
         name = saved.get("text_encoder")
         if isinstance(encoder, str) and encoder == "auto":

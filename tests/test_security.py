@@ -144,6 +144,7 @@ def test_loaders_pass_trust_remote_code_false_unless_asked(monkeypatch, tmp_path
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "tokenizer_config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}")  # whole (no tensor): passes verify
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
     for call in (lambda: loading.load_model_and_tokenizer(tmp_path), lambda: loading.load_tokenizer(tmp_path),

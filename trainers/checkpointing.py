@@ -8,8 +8,9 @@
    vouch for half-written new files), creates the folder and writes ``checkpoint_writing.json`` into it first;
 2. every process runs the trainer's own ``_save_checkpoint`` (model, optimizer, scheduler, RNG, trainer_state,
    rotation), then ``save_run_state`` (a hook: state of the method that transformers does not save);
-3. after a barrier, the main process writes ``checkpoint_complete.json`` (every file with its size, atomically)
-   and removes the writing marker (``modeling.checkpoint_integrity``).
+3. after a barrier, the main process writes ``checkpoint_complete.json`` (every file with its size and sha256,
+   atomically) and removes the writing marker (``modeling.checkpoint_integrity``); loading or resuming from the
+   checkpoint later checks the hashes (``verify_checkpoint``).
 
 A kill at any point leaves either a complete checkpoint or one that every reader (``modeling.loading``,
 eval_val.py) skips. On resume ``load_run_state`` (the other hook) runs after transformers restored the optimizer.

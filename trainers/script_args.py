@@ -8,6 +8,11 @@ Fields that TRL's configs already own (`output_dir`, `seed`, `report_to`, `run_n
 `require_year`, `max_prompt_length` in `RankGRPOConfig`) are not repeated in the dataclass: HfArgumentParser
 refuses a flag defined twice. The eval scripts take the same flags with the same help (`COMMON_HELP`).
 
+Numeric options: `validate_options` checks every numeric field of the parsed objects against ONE table
+(`NUMERIC_RULES`, field -> allowed range) at parse time and raises `OptionError` naming the option, so a bad value
+never reaches numpy, the first generation, or a run that trains nothing. `parse_config` turns TrlParser's own
+errors (an unreadable --config, an unknown key, TrainingArguments' checks) into `OptionError` too.
+
 Subsets: `--max_train_samples`, `--max_eval_samples` (training) and `--max_samples` (evaluation) all mean a seeded
 uniform random subset of N rows kept in split order (`evaluation.evaluate.subset_rows`; seed = `--seed`).
 """
@@ -17,8 +22,14 @@ from dataclasses import dataclass, field
 
 from evaluation.evaluate import DEFAULT_SEED, subset_rows, take_subset
 
-__all__ = ["COMMON_HELP", "DEFAULT_SEED", "CommonScriptArguments", "add_common_script_arguments",
-           "require_year_arg", "subset_rows", "take_subset"]
+__all__ = ["COMMON_HELP", "DEFAULT_SEED", "NUMERIC_RULES", "CommonScriptArguments", "OptionError",
+           "add_common_script_arguments", "parse_config", "require_year_arg", "subset_rows", "take_subset",
+           "validate_options"]
+
+
+class OptionError(ValueError):
+    """A command-line / --config option with a value the script cannot run with; the message starts with the
+    option's name."""
 
 _SUBSET = ("a seeded random subset of N rows of the {split} split, kept in split order (the same N and --seed "
            "pick the same rows in every script; default: every row)")
@@ -50,6 +61,111 @@ class CommonScriptArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": COMMON_HELP["max_eval_samples"]})
     wandb_project: str | None = field(default=None, metadata={"help": COMMON_HELP["wandb_project"]})
     log_file: str | None = field(default=None, metadata={"help": COMMON_HELP["log_file"]})
+
+
+# field -> (kind, low, high): kind "int" or "float"; low/high are (value, inclusive) or None (unbounded). A field
+# is checked in every parsed object that has it, when its value is not None. "max_steps" allows -1 (= from epochs).
+_GT0, _GE0 = ((0, False), None), ((0, True), None)
+_INT1, _INT0, _INT2 = ("int", (1, True), None), ("int", (0, True), None), ("int", (2, True), None)
+NUMERIC_RULES: dict[str, tuple] = {
+    # optimisation (TrainingArguments and the scripts' own)
+    "learning_rate": ("float", *_GT0), "lr": ("float", *_GT0),
+    "weight_decay": ("float", *_GE0), "max_grad_norm": ("float", *_GE0),
+    "num_train_epochs": ("float", *_GT0), "num_epochs": ("float", *_GT0),
+    "warmup_steps": ("float", *_GE0), "warmup_ratio": ("float", (0, True), (1, False)),
+    "per_device_train_batch_size": _INT1, "per_device_eval_batch_size": _INT1, "batch_size": _INT1,
+    "gradient_accumulation_steps": _INT1, "logging_steps": ("float", *_GT0), "save_steps": ("float", *_GT0),
+    "seed": _INT0, "data_seed": _INT0, "num_threads": _INT0,
+    # data
+    "max_train_samples": _INT1, "max_eval_samples": _INT1, "n_items": _INT1, "max_history": _INT1,
+    "max_length": _INT1, "max_prompt_length": _INT1, "eval_ks": _INT1, "log_every": _INT1,
+    "max_samples": _INT1, "max_new_tokens": _INT1, "step_interval": _INT1,
+    # GRPO family (TRL's GRPOConfig and the RL configs)
+    "beta": ("float", *_GE0), "kl_beta": ("float", *_GE0),
+    "num_iterations": _INT1, "mu": _INT1, "num_generations": _INT2,
+    "temperature": ("float", *_GT0), "top_p": ("float", (0, False), (1, True)), "top_k": _INT0,
+    "max_completion_length": _INT1, "epsilon": ("float", *_GE0), "epsilon_high": ("float", *_GE0),
+    # RecPO
+    "tau": ("float", *_GT0), "reward_beta": ("float", (0, True), (1, True)), "ndcg_cutoff": _INT1,
+    "rec_loss_weight": ("float", *_GE0), "num_uniform_negatives": _INT0, "refresh_steps": _INT1,
+    "item_batch_size": _INT1, "projection_dim": _INT1, "rec_warmup_steps": _INT0,
+    # DeepRec
+    "max_calls": _INT1, "retrieve_k": _INT1, "max_trajectory_tokens": _INT1, "max_turn_tokens": _INT1,
+    "difficulty_top_k": _INT1, "warmstart_gate_rows": _INT1,
+    # TRM
+    "hidden_size": _INT1, "num_layers": _INT1, "num_heads": _INT1, "ffn_size": _INT1, "num_experts": _INT1,
+    "dropout": ("float", (0, True), (1, False)), "preference_prob": ("float", (0, True), (1, True)),
+    "preference_variants": _INT1, "preference_word_keep": ("float", (0, False), (1, True)),
+}
+_SPECIAL = {"max_steps": (-1,)}  # values allowed besides the rule: max_steps -1 = "from the epochs"
+NUMERIC_RULES["max_steps"] = _INT1
+
+
+def _range_text(kind: str, low, high) -> str:
+    word = "an integer" if kind == "int" else "a number"
+    if low and high:
+        return f"{word} in {'[' if low[1] else '('}{low[0]}, {high[0]}{']' if high[1] else ')'}"
+    if low:
+        return f"{word} {'>=' if low[1] else '>'} {low[0]}"
+    return f"{word} {'<=' if high[1] else '<'} {high[0]}"
+
+
+def _check_value(name: str, value, rule) -> None:
+    import math
+
+    kind, low, high = rule
+    allowed = _range_text(kind, low, high) + "".join(f" (or {v})" for v in _SPECIAL.get(name, ()))
+    if value in _SPECIAL.get(name, ()):
+        return
+    bad = isinstance(value, bool) or not isinstance(value, (int, float))
+    if not bad and kind == "int" and not float(value).is_integer():
+        bad = True
+    if not bad and not math.isfinite(value):
+        bad = True
+    if not bad and low is not None:
+        bad = value < low[0] or (value == low[0] and not low[1])
+    if not bad and high is not None:
+        bad = value > high[0] or (value == high[0] and not high[1])
+    if bad:
+        raise OptionError(f"--{name} must be {allowed}, got {value!r}")
+
+
+def validate_options(*parsed, rules: dict | None = None) -> None:
+    """Check every field of the parsed dataclasses / namespaces named in ``rules`` (default ``NUMERIC_RULES``)
+    whose value is not None; ``OptionError("--<field> must be ..., got ...")`` on the first bad one. A list value
+    (``--eval_ks 5 10``) is checked element by element."""
+    rules = NUMERIC_RULES if rules is None else rules
+    for obj in parsed:
+        values = vars(obj) if not hasattr(obj, "__dataclass_fields__") else {
+            name: getattr(obj, name, None) for name in obj.__dataclass_fields__}
+        for name, rule in rules.items():
+            value = values.get(name)
+            if value is None:
+                continue
+            for item in (value if isinstance(value, (list, tuple)) else [value]):
+                _check_value(name, item, rule)
+
+
+def parse_config(parser, argv=None):
+    """``parser.parse_args_and_config(argv)`` (a TrlParser) followed by ``validate_options`` on what it parsed;
+    TrlParser's and TrainingArguments' own ValueErrors (and an unreadable --config) become ``OptionError``."""
+    import yaml
+
+    import argparse
+
+    try:
+        parsed = parser.parse_args_and_config(argv)
+    except (ValueError, yaml.YAMLError) as err:
+        if isinstance(err, OptionError):
+            raise
+        # a config's own __post_init__ check (TRL's or ours) refused a value: name the option the table's way when
+        # the table knows it (the raw values, --config defaults included, as argparse read them)
+        if not isinstance(err, yaml.YAMLError):
+            raw, _ = argparse.ArgumentParser.parse_known_args(parser, argv)
+            validate_options(raw)
+        raise OptionError(" ".join(str(err).split())) from err
+    validate_options(*parsed)
+    return parsed
 
 
 def require_year_arg(value: str | bool | None) -> bool | None:
@@ -91,10 +207,13 @@ def start_rl_run(script_args, config, logger) -> None:
 
 def train_and_save(trainer, config, tokenizer, logger):
     """Train (resuming from ``--resume_from_checkpoint last|true|PATH``), save the final model and tokenizer into
-    ``config.output_dir``; returns the trainer."""
-    from modeling.loading import resolve_resume
+    ``config.output_dir``; returns the trainer. The resume checkpoint is verified first (files, and weights that
+    fit the model being trained: ``modeling.loading.check_resume``)."""
+    from modeling.loading import check_resume, resolve_resume
 
-    trainer.train(resume_from_checkpoint=resolve_resume(config.resume_from_checkpoint, config.output_dir))
+    resume = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    check_resume(resume, trainer.model)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(config.output_dir)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(config.output_dir)

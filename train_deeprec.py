@@ -1,5 +1,5 @@
 """DeepRec on a processed sequential data set: the LLM queries the TRM (train_trm.py) in several turns, then answers
-with a top 10. Two RL stages (METHODS.md §4). CleanRL style, one file: arguments -> data + TRM -> model -> trainer
+with a top 10. Two RL stages (docs/methods.md §4). CleanRL style, one file: arguments -> data + TRM -> model -> trainer
 -> train -> save.
 
     # CPU twin (tiny model on MovieLens-100k): TRM, optional format warm-start, then the two stages

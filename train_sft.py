@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (the shared first stage; METHODS.md §1), CleanRL style: one file, top to bottom.
+"""Supervised fine-tuning (the shared first stage; docs/methods.md §1), CleanRL style: one file, top to bottom.
 
     python train_sft.py --config configs/tiny/sft_ml100k.yaml [--any_field value ...]
     accelerate launch --config_file configs/accelerate/cpu.yaml train_sft.py --config configs/tiny/sft_ml100k.yaml
@@ -11,7 +11,7 @@ prompt-completion data set, for which TRL's SFTTrainer computes the loss on comp
 
 Length: every example is fitted to `max_length` BEFORE TRL sees it, by cutting the prompt's history, oldest first
 (`preprocess.prompting.fit_prompt`: never the instruction or the format example); the completion is never cut (the
-Rank-GRPO anchor bug: right-truncation at 1024 could cut the target list). An example whose completion alone does
+docs/methods.md §1.3, SFT truncation bug: right-truncation cut the target list). An example whose completion alone does
 not fit is an error naming the sample; prompts that cannot fit without cutting their instruction are counted and
 the run stops with an error listing the first ones. TRL's own right-truncation is then a no-op.
 """

@@ -1,4 +1,4 @@
-"""Train DeepRec's traditional recommender (TRM; METHODS.md §4), CleanRL style: one file, top to bottom.
+"""Train DeepRec's traditional recommender (TRM; docs/methods.md §4.2), CleanRL style: one file, top to bottom.
 
     python train_trm.py --config configs/tiny/trm_ml100k.yaml [--any_field value ...]
     python train_trm.py --dataset_path processed_datasets/ml100k --output_dir results/trm/ml100k

@@ -1,6 +1,6 @@
 """Prompt fitting shared by SFT, RL and evaluation: cut the user's HISTORY, oldest first, never the instruction.
 
-Right-truncating a prompt+completion at the maximum length can cut the target list (an anchor bug of the
+Right-truncating a prompt+completion at the maximum length can cut the target list (docs/methods.md §1.3, a bug of the
 released Rank-GRPO SFT code); cutting the prompt from its very start cuts the instruction and the format example
 (what the DeepRec warm-start did before: its prompt has no conversation marker). Here only the history part of
 the prompt is shortened. Every prompt builder's history has a known layout (``HISTORY_LAYOUTS``, built from the

@@ -1,9 +1,9 @@
-"""RecPO (R²ec) prompt templates, METHODS.md §3: the one renderer of the user prompt the policy reasons on and of
+"""RecPO (R²ec) prompt templates, docs/methods.md §3.1: the one renderer of the user prompt the policy reasons on and of
 the item prompt that encodes a catalog item. Builders (``preprocess.amazon``), the trainer (``trainers.recpo``) and
 the evaluator (``evaluation.recpo``) all render through this module, so a model is trained and evaluated on the
 text a data set stores.
 
-Wording: METHODS.md §3; where it leaves the layout open, R²ec's released prompts (line breaks, ``Title`` /
+Wording: docs/methods.md §3.1; where it leaves the layout open, R²ec's released prompts (line breaks, ``Title`` /
 ``User Rating`` / ``Number of Buyers`` / ``Description`` keys, ``3d 4.5h`` time deltas, ``...`` after a cut
 description). Both prompts end where the ``<answer>`` marker is read: the user prompt asks the model to reason and
 then write ``<answer>``; the item prompt's assistant turn is pre-filled with ``<answer>`` (``ITEM_PREFILL``).

@@ -1,4 +1,4 @@
-"""The traditional recommender (TRM) of DeepRec (METHODS.md §4) as a torch module, on catalog *rows*.
+"""The traditional recommender (TRM) of DeepRec (docs/methods.md §4.2) as a torch module, on catalog *rows*.
 
 Rows, not ids: row 0 is padding, rows 1..num_items are the catalog items in a fixed order (the id <-> row map
 lives in `retrieval.retriever.TRMRetriever`, which is what callers use).

@@ -1,7 +1,7 @@
 """The one title matcher: title normalisation, catalog loading and ``Catalog.match``.
 
 Everything that turns a ``(title, year)`` string pair into a catalog id goes through this module, for
-rewards, evaluation and preprocessing alike (METHODS.md §2: one matching function everywhere).
+rewards, evaluation and preprocessing alike (docs/methods.md §2.10: one matching function everywhere).
 
 Matching rules (docs/ARCHITECTURE.md):
 

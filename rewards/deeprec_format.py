@@ -1,4 +1,4 @@
-"""DeepRec's text protocol (METHODS.md §4): the prompt, the tool markers, parsing a trajectory and the five reward
+"""DeepRec's text protocol (docs/methods.md §4): the prompt, the tool markers, parsing a trajectory and the five reward
 terms. Pure (stdlib + numpy): the trainer, the evaluation recommender and the warm-start data builder share it.
 
 A trajectory is the COMPLETION text (everything after the prompt), tool results included:

@@ -1,4 +1,4 @@
-"""Rewards of a recommender that scores the whole catalog (RecPO / R²ec, METHODS.md §3, Eq. 5).
+"""Rewards of a recommender that scores the whole catalog (RecPO / R²ec, docs/methods.md §3.3, Eq. 5).
 
 Scores s(u, v) = cos(h_u, h_v) / tau for every catalog item v; the user's history items are excluded (never
 recommendable, never counted as ranked above the target).

@@ -1,4 +1,4 @@
-"""Relevance judgement of completions (METHODS.md §2, docs/ARCHITECTURE.md).
+"""Relevance judgement of completions (docs/methods.md §2.1, docs/ARCHITECTURE.md).
 
 Every parsed item gets one status, checked in this order:
 

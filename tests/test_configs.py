@@ -7,7 +7,7 @@
   it carries a comment saying why.
 * Batch arithmetic: per-device x accumulation x processes (processes from the ``accelerate launch --config_file``
   line the YAML documents, ``--num_processes`` included; 1 for CPU configs) is a whole number of prompt groups of G,
-  and equals the papers' numbers (METHODS.md): Rank-GRPO 384 = 48 prompts x 8; R²ec 4 users/device x 3 processes x
+  and equals the papers' numbers (docs/methods.md): Rank-GRPO 384 = 48 prompts x 8; R²ec 4 users/device x 3 processes x
   G 4; DeepRec 128 prompts x 8; SFT 12 x grad-acc 8.
 * Every accelerate YAML (configs/accelerate/) loads with accelerate's own reader and names a valid distributed_type,
   with consistent process counts, DeepSpeed stages and multi-node fields.
@@ -27,7 +27,7 @@ ACCEL_YAMLS = sorted(ACCEL.glob("*.yaml"))
 # parse GPU files on a CPU machine: these only switch the device, never a method or batch field
 CPU_OVERRIDES = ["--use_cpu", "true", "--bf16", "false"]
 
-# The papers' effective batches (METHODS.md), keyed by config: (completions per optimizer step, G or None for SFT).
+# The papers' effective batches (docs/methods.md), keyed by config: (completions per optimizer step, G or None for SFT).
 PAPER_BATCHES = {
     "rank_grpo_qwen25_0.5b.yaml": (384, 8),   # Rank-GRPO: 48 prompts x 8
     "rank_grpo_llama32_3b.yaml": (384, 8),

@@ -35,7 +35,7 @@ def qwen():
 
 
 def paper_reward(fmt_valid: bool, n_calls: int, pref_vectors) -> float:
-    """METHODS.md §4, stage 1, written out: R_fmt + R_inv + R_div."""
+    """docs/methods.md §4.3, stage 1, written out: R_fmt + R_inv + R_div."""
     r_fmt = 0.0 if fmt_valid else -1.0
     r_inv = 0.5 * (min(n_calls, 3) - 1) if n_calls >= 2 else 0.0
     r_div = 0.0

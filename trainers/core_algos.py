@@ -4,7 +4,7 @@ tensor functions, registered by name (after verl's ``core_algos.py``). Every tra
 
 Notation: B rows (completions), G completions per prompt (groups are contiguous blocks of G rows, TRL's order),
 T completion tokens, K "units" a row is split into (ranks for Rank-GRPO). Equations: "RG" = Rank-GRPO (Zhu et al.
-2026), "R2" = R²ec / RecPO (You et al. 2025), "DR" = DeepRec (Zheng et al. 2025); METHODS.md has them all.
+2026), "R2" = R²ec / RecPO (You et al. 2025), "DR" = DeepRec (Zheng et al. 2025); docs/methods.md has them all.
 
     adv = get_adv_est("rank_zscore")(rank_rewards, num_generations=G)        # (B, K)
     log_w, counts = get_ratio("item")(log_ratio, mask, item_index=idx, n_units=K)

@@ -1,5 +1,5 @@
 """DeepRec (Zheng et al. 2025) on TRL's GRPOTrainer: the LLM queries a traditional recommender (TRM) several times
-while it reasons, then answers with a ranked top 10. Spec: METHODS.md §4.
+while it reasons, then answers with a ranked top 10. Spec: docs/methods.md §4.
 
 * Rollout: TRL's ``rollout_func`` running ``evaluation.deeprec.run_episodes`` (the loop evaluation runs too):
   generate until ``<|end_of_preference|>``, retrieve the top 20 for (history, preference text) with the in-process
@@ -73,7 +73,7 @@ LOSS_AGGREGATIONS = ("token", "sequence")
 
 @dataclass
 class DeepRecConfig(RecRLConfig):
-    """``RecRLConfig`` plus DeepRec's options (defaults: the paper, METHODS.md §4)."""
+    """``RecRLConfig`` plus DeepRec's options (defaults: the paper, docs/methods.md §4.7)."""
 
     stage: str = field(default="cold", metadata={"help": "cold: R_fmt + R_inv + R_div (stage 1); rec: R_fmt + "
                                                          "R_out + R_sim (stage 2, from a stage-1 checkpoint).",

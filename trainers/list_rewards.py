@@ -7,7 +7,7 @@ the one matcher in ``rewards/``); every reward function of the batch reads that 
 * ``ndcg`` -- NDCG@N of the list (the GRPO / GSPO baselines' sequence reward);
 * ``rank_<scheme>`` -- the rank rewards of ``rewards.rank_rewards`` summed over the N ranks (Rank-GRPO logs it; its
   advantages use the per-rank values, see ``trainers.rank_grpo``);
-* ``length_shaping`` -- the tail rank's penalties (eps_o / eps_u / EOS bonus, METHODS.md §2).
+* ``length_shaping`` -- the tail rank's penalties (eps_o / eps_u / EOS bonus, docs/methods.md §2.6).
 
 List statistics (hit rate, parsed items, catalog-hit and valid-item ratios, overflow / early-stop / EOS rates, NDCG)
 are logged once per completion through TRL's ``log_metric``, so their means are exact over all processes.

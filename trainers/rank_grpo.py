@@ -1,6 +1,6 @@
 """Rank-GRPO (Zhu et al., ICLR 2026) on top of TRL's GRPOTrainer, plus the vanilla GRPO and GSPO baselines.
 
-The spec is ``../shared/docs/METHODS.md`` §2. A completion is a ranked list of N items; Rank-GRPO treats every
+The spec is ``docs/methods.md`` §2. A completion is a ranked list of N items; Rank-GRPO treats every
 rank k as its own "action":
 
 * rank rewards r_ik (Eq. 8-9) come from ``rewards/`` (``judge`` + ``rank_rewards``, the matcher evaluation uses);
@@ -74,7 +74,7 @@ RANK_NORMALIZATIONS = ("paper", "token")
 LENGTH_SHAPINGS = ("reward", "advantage")
 
 # Algorithm presets for fields left at None (see RankGRPOConfig.__post_init__).
-#   rank_grpo: the released code clips the ITEM ratios at [1 - 0.06, 1 + 0.08] (METHODS.md §2).
+#   rank_grpo: the released code clips the ITEM ratios at [1 - 0.06, 1 + 0.08] (docs/methods.md §2.9).
 #   grpo: the paper's GRPO clip 0.2 / 0.26, token ratios, per-sequence mean ("grpo" loss).
 #   gspo: sequence-level ratio, clip 3e-4 / 4e-4 (GSPO paper), per-sequence loss.
 _PRESETS = {

@@ -1,5 +1,5 @@
 """RecPO / R²ec (You et al., NeurIPS 2025) on TRL's GRPOTrainer: reason, then rank the whole catalog with the
-model's own last hidden state. Spec: METHODS.md §3.
+model's own last hidden state. Spec: docs/methods.md §3.
 
 * Rollout: G reasoning paths per user on the R²ec user prompt (``preprocess.recpo_prompts``), cut right after the
   first ``<answer>`` marker. A path that never writes it gets the marker appended; those forced tokens carry no
@@ -7,17 +7,17 @@ model's own last hidden state. Spec: METHODS.md §3.
   read at each row's last real position (``modeling.hidden_states``), never one token early.
 * Item table H_V (V, d): every catalog item encoded with the item prompt pre-filled with ``<answer>`` (batched, no
   grad, progress bar), refreshed every ``refresh_steps``. The reward ranks against this ONE snapshot for every item,
-  the target included (the released code mixed fresh targets with stale items: anchor bug d); its age is logged.
+  the target included (released: fresh targets vs stale items, docs/methods.md §3.8 anchor bug d); its age is logged.
 * Reward (Eq. 5) through TRL's reward path, weights [beta, 1 - beta]: ``recpo_softmax`` R_c = softmax probability of
   the target at tau (over the catalog, or over the batch's targets), ``recpo_ndcg`` R_d = 1 / log2(rank + 1) of the
   target among all items with the user's history masked, 0 past ``ndcg_cutoff``.
 * Advantage (Eq. 2): ``core_algos.group_zscore``.
 * Loss: clipped token-ratio surrogate (eps 0.2 / 0.28) on the reasoning tokens of all G paths + ``rec_loss_weight``
-  x the recommendation loss on each group's max-advantage path(s) with POSITIVE advantage only (anchor bug b). The
+  x the recommendation loss on each group's max-advantage path(s) with POSITIVE advantage only (§3.8 anchor bug b). The
   recommendation loss (default ``infonce``) is A * -log softmax(cos(h_T, h_v) / tau) over the batch's DISTINCT
   targets gathered across processes (a duplicate target is not a negative), with the targets re-encoded WITH grad in
   the same forward as the policy log-probs (one pass: user rows and item rows are one batch). ``released`` is the
-  released -A p(target) form (anchor bug a: its gradient vanishes for small p at tau 0.02). Optional k3 KL.
+  released -A p(target) form (§3.8 anchor bug a: its gradient vanishes for small p at tau 0.02). Optional k3 KL.
   Deviations from the paper, as options (named in the run name): ``rec_negatives=in_batch+uniform`` adds K uniformly
   drawn catalog items as negatives (``uniform_negatives``), ``logq_correction`` subtracts log of each candidate's
   expected count in the draw from its logit (``logq_offsets``: in-batch negatives arrive in proportion to

@@ -3,7 +3,7 @@
 Rank-GRPO gives each item of the recommendation list its own reward, advantage and importance ratio (paper
 Eq. 6-7), so every completion token must be assigned to the item it spells. The released code counted raw
 newlines token by token in Python while its rewards came from a regex-filtered list, so one preamble or blank line
-shifted every later reward onto the wrong tokens (METHODS.md §2, anchor bug). Here both sides come from the same
+shifted every later reward onto the wrong tokens (docs/methods.md §2.10, anchor bug). Here both sides come from the same
 bytes:
 
 1. A byte-level BPE token always decodes to the same byte string. ``build_byte_table`` maps the vocabulary once

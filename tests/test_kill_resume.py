@@ -25,7 +25,8 @@ import torch
 
 from conftest import REPO
 from kill_resume_driver import StableEncoder, run
-from modeling.checkpoint_integrity import COMPLETE_MARKER, WRITING_MARKER, checkpoint_problem, mark_checkpoint_complete
+from modeling.checkpoint_integrity import (COMPLETE_MARKER, WRITING_MARKER, checkpoint_problem,
+                                           mark_checkpoint_complete, verify_checkpoint)
 from modeling.loading import list_checkpoints, resolve_checkpoint, resolve_resume
 
 torch.set_num_threads(1)
@@ -190,6 +191,9 @@ def kill_and_resume(kind: str, argv: list[str], tmp_path: Path, check_live=None)
     assert checkpoint_problem(run_dir / "checkpoint-4", for_resume=True) is None  # rewritten whole
     assert (run_dir / "checkpoint-4" / COMPLETE_MARKER).is_file()
     assert not (run_dir / "checkpoint-4" / WRITING_MARKER).exists()
+    hashes = json.loads((run_dir / "checkpoint-4" / COMPLETE_MARKER).read_text())["sha256"]  # the trainer's marker
+    assert {"trainer_state.json", "model.safetensors"} <= set(hashes)
+    assert verify_checkpoint(run_dir / "checkpoint-4", for_resume=True) == "sha256"
     _assert_same_curve(resumed, reference)
     return resumed, reference, run_dir
 

@@ -80,6 +80,9 @@ NUMERIC_RULES: dict[str, tuple] = {
     "max_train_samples": _INT1, "max_eval_samples": _INT1, "n_items": _INT1, "max_history": _INT1,
     "max_length": _INT1, "max_prompt_length": _INT1, "eval_ks": _INT1, "log_every": _INT1,
     "max_samples": _INT1, "max_new_tokens": _INT1, "step_interval": _INT1,
+    # generation backends (eval scripts; vLLM)
+    "tensor_parallel_size": _INT1, "max_model_len": _INT1, "gpu_memory_utilization": ("float", (0, False), (1, True)),
+    "vllm_gpu_memory_utilization": ("float", (0, False), (1, True)),
     # GRPO family (TRL's GRPOConfig and the RL configs)
     "beta": ("float", *_GE0), "kl_beta": ("float", *_GE0),
     "num_iterations": _INT1, "mu": _INT1, "num_generations": _INT2,

@@ -161,6 +161,20 @@ def test_batch_arithmetic(path):
         assert G == want_G or want_G is None, (path.name, G, want_G)
 
 
+@pytest.mark.parametrize("path", [p for p in METHOD_YAMLS if script_for(p) not in ("train_sft", "train_trm")],
+                         ids=lambda p: p.name)
+def test_colocated_vllm_tensor_parallel_size_divides_the_process_counts(path):
+    """TRL's colocated vLLM needs vllm_tensor_parallel_size to divide the process count: on the YAML's documented
+    launch line, and on every count the README's "fewer GPUs" advice implies (1, 2, 3 and 8 processes)."""
+    raw = yaml.safe_load(path.read_text())
+    if not raw.get("use_vllm") or raw.get("vllm_mode", "colocate") != "colocate":
+        return
+    tp = raw.get("vllm_tensor_parallel_size", 1)
+    for processes in {launch_processes(path)[1], 1, 2, 3, 8}:
+        assert processes % tp == 0, f"{path.name}: vllm_tensor_parallel_size {tp} does not divide {processes} " \
+                                    "processes (TRL refuses to start)"
+
+
 def test_batch_arithmetic_of_the_paper_setups_in_detail():
     """The three RL setups spelled out: prompts per step x G."""
     for name, prompts, G, processes in (("rank_grpo_qwen25_0.5b.yaml", 48, 8, 4), ("recpo_qwen25_3b.yaml", 12, 4, 3),
@@ -258,8 +272,7 @@ def test_readme_running_at_scale_launch_lines_parse_and_keep_the_batch():
         if script == "train_trm":
             mod.parse_args(args)
             continue
-        no_vllm = [] if script == "train_sft" else ["--use_vllm", "false"]  # vLLM is not installed on CPU
-        parsed = mod.parse_args([*args, *CPU_OVERRIDES, *no_vllm])
+        parsed = mod.parse_args([*args, *CPU_OVERRIDES])  # vLLM stays on: its fields parse without vLLM installed
         config = parsed[1]
         per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * processes
         if script != "train_sft":
@@ -270,4 +283,7 @@ def test_readme_running_at_scale_launch_lines_parse_and_keep_the_batch():
             assert per_step in (1024, 768), (line, per_step)
         if script == "train_recpo":
             assert per_step == 48, (line, per_step)
+        if getattr(config, "use_vllm", False) and config.vllm_mode == "colocate":
+            assert processes % config.vllm_tensor_parallel_size == 0, \
+                f"{line}: vllm_tensor_parallel_size {config.vllm_tensor_parallel_size} does not divide {processes}"
     assert seen_scripts == {"train_sft", "train_rank_grpo", "train_recpo", "train_deeprec", "train_trm"}

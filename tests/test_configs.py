@@ -10,11 +10,18 @@
   and equals the papers' numbers (docs/methods.md): Rank-GRPO 384 = 48 prompts x 8; R²ec 4 users/device x 3 processes x
   G 4; DeepRec 128 prompts x 8; SFT 12 x grad-acc 8.
 * Every accelerate YAML (configs/accelerate/) loads with accelerate's own reader and names a valid distributed_type,
-  with consistent process counts, DeepSpeed stages and multi-node fields.
+  with consistent process counts, DeepSpeed stages and multi-node fields; every key nested under
+  ``deepspeed_config`` is one ``accelerate launch`` reads (it copies them by name: a misspelt key is ignored).
+* Generation fields, parsed WITH vLLM on (its fields parse without the package) and put through the scripts' own
+  start-up check (``trainers.script_args.check_generation_settings``) at the documented process count: ``vllm_mode``
+  is colocate or server, colocated ``vllm_tensor_parallel_size`` divides the processes, ``generation_kwargs`` of a
+  vLLM config are vLLM 0.31.0 sampling parameters, and a config on the transformers path has none of the vLLM-only
+  ones (``stop``) that transformers would ignore silently.
 """
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -61,8 +68,7 @@ def parse(path, *extra):
         return script.parse_args(["--config", str(path), *extra])
     raw = yaml.safe_load(path.read_text())
     overrides = [] if raw.get("use_cpu") else list(CPU_OVERRIDES)
-    if raw.get("use_vllm"):
-        overrides += ["--use_vllm", "false"]  # vLLM is a GPU package; its fields are linted from the raw YAML
+    # use_vllm stays as the YAML says: vLLM's fields parse without the package (the CPU fallback is start-up's)
     return script.parse_args(["--config", str(path), *overrides, *extra])
 
 
@@ -104,7 +110,7 @@ def test_config_parses_into_its_scripts_dataclasses(path):
     objs = parsed if isinstance(parsed, tuple) else (parsed,)
     # every key of the YAML landed in one of the script's dataclasses with the YAML's value (no silent rename)
     for key, value in raw.items():
-        if key in ("use_cpu", "bf16", "use_vllm"):
+        if key in ("use_cpu", "bf16"):
             continue  # overridden above for CPU parsing
         holders = [o for o in objs if hasattr(o, key)]
         assert holders, f"{path.relative_to(REPO)}: key {key!r} is in no dataclass of {script_for(path)}.py"
@@ -161,6 +167,90 @@ def test_batch_arithmetic(path):
         assert G == want_G or want_G is None, (path.name, G, want_G)
 
 
+@pytest.mark.parametrize("path", [p for p in METHOD_YAMLS if script_for(p) not in ("train_sft", "train_trm")],
+                         ids=lambda p: p.name)
+def test_colocated_vllm_tensor_parallel_size_divides_the_process_counts(path):
+    """TRL's colocated vLLM needs vllm_tensor_parallel_size to divide the process count: on the YAML's documented
+    launch line, and on every count the README's "fewer GPUs" advice implies (1, 2, 3 and 8 processes)."""
+    from trainers.script_args import check_generation_settings
+
+    _, config = parse(path)
+    for processes in sorted({launch_processes(path)[1], 1, 2, 3, 8}):
+        check_generation_settings(config, world_size=processes)  # TRL would refuse to start (after loading)
+
+
+# vLLM 0.31.0's SamplingParams fields (vllm/sampling_params.py of the vllm-0.31.0 wheel, class SamplingParams; the
+# public ones): what TRL's vLLM path accepts in generation_kwargs. vLLM is not installed on a CPU machine.
+VLLM_SAMPLING_FIELDS = {
+    "n", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "watermarking", "top_p",
+    "top_k", "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens", "logprobs",
+    "prompt_logprobs", "prompt_logprob_token_ids", "prompt_logprob_start", "logprob_token_ids", "flat_logprobs",
+    "detokenize", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
+    "output_kind", "stream_interval", "skip_clone", "output_text_buffer_length", "structured_outputs", "logit_bias",
+    "allowed_token_ids", "extra_args", "bad_words", "skip_reading_prefix_cache", "thinking_token_budget",
+    "repetition_detection", "routed_experts_prompt_start", "trace_decode_token_ids"}
+RL_YAMLS = [p for p in METHOD_YAMLS if script_for(p) not in ("train_sft", "train_trm")]
+
+
+def lint_generation(config, processes: int) -> list[str]:
+    """The problems of an RL config's generation fields at ``processes`` training processes: the scripts' own
+    start-up check, then generation_kwargs of a vLLM config against vLLM 0.31.0's sampling parameters."""
+    from trainers.script_args import check_generation_settings
+
+    problems = []
+    try:
+        check_generation_settings(config, world_size=processes)
+    except ValueError as err:
+        problems.append(str(err))
+    if config.use_vllm:
+        unknown = sorted(set(config.generation_kwargs or {}) - VLLM_SAMPLING_FIELDS)
+        if unknown:
+            problems.append(f"generation_kwargs {unknown}: not vLLM 0.31.0 sampling parameters")
+    return problems
+
+
+@pytest.mark.parametrize("path", RL_YAMLS, ids=lambda p: p.name)
+def test_generation_settings_pass_the_start_up_check_with_vllm_on(path):
+    raw = yaml.safe_load(path.read_text())
+    _, config = parse(path)
+    assert config.use_vllm == bool(raw.get("use_vllm", False)), f"{path.name}: parsed with vLLM as the YAML says"
+    problems = lint_generation(config, launch_processes(path)[1])
+    assert problems == [], f"{path.relative_to(REPO)}: {problems}"
+    if config.use_vllm and config.generation_kwargs:
+        # vLLM-only keys are fine here, and the transformers path (the CPU fallback, --use_vllm false) refuses them
+        from transformers import GenerationConfig
+
+        vllm_only = set(config.generation_kwargs) - set(GenerationConfig().to_dict())
+        if vllm_only:
+            config.use_vllm = False
+            assert any("transformers generation path" in p for p in lint_generation(config, 1)), path.name
+
+
+def _bad_config(tmp_path, base: str, extra: str):
+    bad = tmp_path / Path(base).name
+    bad.write_text((CONFIGS / base).read_text() + "\n" + extra + "\n")
+    return bad
+
+
+@pytest.mark.parametrize("base, extra, want", [
+    ("tiny/recpo_ml100k.yaml", "generation_kwargs:\n  stop: ['<answer>']",
+     "generation_kwargs ['stop']: not fields of transformers' GenerationConfig"),
+    ("tiny/rank_grpo_ml100k.yaml", "vllm_mode: colocated", "vllm_mode must be one of colocate, server, got 'colocated'"),
+    ("tiny/deeprec_ml100k_stage1.yaml", "vllm_mode: Server", "got 'Server'"),
+    ("rank_grpo_qwen25_0.5b.yaml", "vllm_tensor_parallel_size: 3", "vllm_tensor_parallel_size 3 does not divide the 4"),
+    ("recpo_qwen25_3b.yaml", "vllm_tensor_parallel_size: 2", "vllm_tensor_parallel_size 2 does not divide the 3"),
+    ("recpo_qwen25_3b.yaml", "generation_kwargs:\n  stop: ['<answer>']\n  num_beams: 2",
+     "generation_kwargs ['num_beams']: not vLLM 0.31.0 sampling parameters"),
+], ids=["stop-on-hf-path", "vllm_mode-typo", "vllm_mode-case", "tp-3-of-4", "tp-2-of-3", "hf-only-key-on-vllm"])
+def test_the_generation_lint_fails_on_a_bad_config(tmp_path, base, extra, want):
+    """Each check above can fail: the YAML with one bad line appended (a later key wins in YAML)."""
+    path = _bad_config(tmp_path, base, extra)
+    documented = launch_processes(CONFIGS / base)[1]
+    _, config = parse(path)
+    problems = lint_generation(config, documented)
+    assert any(want in p for p in problems), problems
+
+
 def test_batch_arithmetic_of_the_paper_setups_in_detail():
     """The three RL setups spelled out: prompts per step x G."""
     for name, prompts, G, processes in (("rank_grpo_qwen25_0.5b.yaml", 48, 8, 4), ("recpo_qwen25_3b.yaml", 12, 4, 3),
@@ -203,6 +293,30 @@ def test_accelerate_config_parses_and_names_a_valid_distributed_type(path):
         assert raw.get("main_process_ip") and raw.get("main_process_port"), f"{path.name}: multi-node needs " \
                                                                            "main_process_ip / main_process_port"
         assert raw.get("rdzv_backend") == "static" and raw.get("machine_rank") == 0
+
+
+def deepspeed_key_problems(path) -> list[str]:
+    from trainers.script_args import unknown_deepspeed_config_keys
+
+    nested = yaml.safe_load(Path(path).read_text()).get("deepspeed_config") or {}
+    unknown = unknown_deepspeed_config_keys(nested)
+    return [f"{Path(path).name}: deepspeed_config key {k!r} is not read by accelerate launch" for k in unknown]
+
+
+@pytest.mark.parametrize("path", ACCEL_YAMLS, ids=lambda p: p.name)
+def test_nested_deepspeed_config_keys_are_read_by_accelerate_launch(path):
+    assert deepspeed_key_problems(path) == []
+
+
+def test_a_misspelt_nested_deepspeed_key_is_caught(tmp_path):
+    """accelerate's own reader takes the misspelt key without a word (the lint above is what catches it)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    bad = tmp_path / "zero3_typo.yaml"
+    bad.write_text((ACCEL / "zero3.yaml").read_text().replace("zero3_save_16bit_model", "zero3_save_16bit_modle"))
+    assert load_config_from_file(str(bad)).deepspeed_config["zero3_save_16bit_modle"] is True
+    assert deepspeed_key_problems(bad) == ["zero3_typo.yaml: deepspeed_config key 'zero3_save_16bit_modle' is not "
+                                           "read by accelerate launch"]
 
 
 def test_the_documented_setups_exist():
@@ -258,8 +372,7 @@ def test_readme_running_at_scale_launch_lines_parse_and_keep_the_batch():
         if script == "train_trm":
             mod.parse_args(args)
             continue
-        no_vllm = [] if script == "train_sft" else ["--use_vllm", "false"]  # vLLM is not installed on CPU
-        parsed = mod.parse_args([*args, *CPU_OVERRIDES, *no_vllm])
+        parsed = mod.parse_args([*args, *CPU_OVERRIDES])  # vLLM stays on: its fields parse without vLLM installed
         config = parsed[1]
         per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps * processes
         if script != "train_sft":
@@ -270,4 +383,68 @@ def test_readme_running_at_scale_launch_lines_parse_and_keep_the_batch():
             assert per_step in (1024, 768), (line, per_step)
         if script == "train_recpo":
             assert per_step == 48, (line, per_step)
+        if script != "train_sft":
+            assert lint_generation(config, processes) == [], line
     assert seen_scripts == {"train_sft", "train_rank_grpo", "train_recpo", "train_deeprec", "train_trm"}
+
+
+# ---------------------------------------------------------------------------------------------- start-up checks
+def test_start_up_check_reads_the_process_count_accelerate_sets(monkeypatch):
+    from trainers.script_args import check_generation_settings
+
+    _, config = parse(CONFIGS / "rank_grpo_qwen25_0.5b.yaml", "--vllm_tensor_parallel_size", "4")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    check_generation_settings(config)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="vllm_tensor_parallel_size 4 does not divide the 2 training processes"):
+        check_generation_settings(config)
+    config.vllm_mode = "server"  # the server has its own --tensor_parallel_size
+    check_generation_settings(config)
+
+
+def test_start_up_refuses_vllm_only_generation_kwargs_after_the_cpu_fallback(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    from trainers.script_args import start_rl_run
+
+    script_args, config = parse(CONFIGS / "recpo_qwen25_3b.yaml")
+    assert config.use_vllm and config.generation_kwargs["stop"] == ["<answer>"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"generation_kwargs \['include_stop_str_in_output', 'stop'\]"):
+        start_rl_run(script_args, config, logging.getLogger("test"))
+    assert config.use_vllm is False  # the fallback ran first, then the check saw the transformers path
+    # the override the message names gets through
+    script_args, config = parse(CONFIGS / "recpo_qwen25_3b.yaml", "--generation_kwargs", "{}")
+    start_rl_run(script_args, config, logging.getLogger("test"))
+
+
+def test_start_up_refuses_a_misspelt_deepspeed_key_accelerate_passed_on(monkeypatch):
+    import logging
+
+    from trainers.script_args import start_rl_run
+
+    script_args, config = parse(CONFIGS / "tiny" / "rank_grpo_ml100k.yaml")
+    monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", "deepspeed_multinode_launcher,offload_optimizer_device,"
+                       "offload_param_device,zero3_init_flag,zero3_save_16bit_model,zero_stage,mixed_precision")
+    start_rl_run(script_args, config, logging.getLogger("test"))
+    monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", "zero3_init_flag,zero3_save_16bit_modle,zero_stage")
+    with pytest.raises(ValueError, match=r"accelerate launch does not read \(ignored silently\): "
+                                         r"\['zero3_save_16bit_modle'\]"):
+        start_rl_run(script_args, config, logging.getLogger("test"))
+
+
+def test_a_script_refuses_a_bad_vllm_mode_before_loading_anything(tmp_path):
+    """The real script: the error is the vllm_mode one although the model folder does not even exist."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(REPO / "train_rank_grpo.py"), "--config", str(CONFIGS / "tiny" / "rank_grpo_ml100k.yaml"),
+           "--model_name", str(tmp_path / "no_model"), "--output_dir", str(tmp_path / "out"), "--vllm_mode", "colocated",
+           "--report_to", "none"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert "vllm_mode must be one of colocate, server, got 'colocated'" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

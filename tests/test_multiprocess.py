@@ -216,7 +216,9 @@ def test_two_process_rank_grpo_split_groups_get_their_own_rows_advantages(tiny_m
 RL_METHODS = ("rank_grpo", "recpo", "deeprec")
 B_PARITY, G_PARITY, STEPS_PARITY = 6, 4, 2  # 2 x 6 = 12 rows = 3 prompt groups a step; group 1 spans both processes
 REWARD_TOL, ADV_TOL, LOSS_ABS, LOSS_REL, WEIGHT_REL = 1e-5, 1e-4, 1e-6, 1e-4, 2e-4
-LAUNCH_CONFIGS = ["cpu_2proc.yaml", "cpu_2proc_zero2.yaml"]
+dist = pytest.mark.dist  # registered in conftest.py: the slow DeepSpeed runs (`make test-dist`)
+ZERO_CONFIGS = ["cpu_2proc_zero2.yaml", "cpu_2proc_zero3.yaml", "cpu_2proc_zero3_offload.yaml"]
+LAUNCH_CONFIGS = ["cpu_2proc.yaml", *(pytest.param(c, marks=dist) for c in ZERO_CONFIGS)]
 
 
 def _clean_env() -> dict:
@@ -256,8 +258,8 @@ def _skip_unless_launchable(launch_config: str | None):
     reason = _launch_impossible()
     if reason:
         pytest.skip(f"multi-process launch impossible on this machine: {reason}")
-    if launch_config and "zero2" in launch_config and importlib.util.find_spec("deepspeed") is None:
-        pytest.skip("deepspeed is not installed (requirements-gpu.txt); the ZeRO-2 CPU run needs it")
+    if launch_config and "zero" in launch_config and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (requirements-gpu.txt); the ZeRO CPU runs need it")
 
 
 @pytest.fixture(scope="module")
@@ -407,3 +409,30 @@ def test_two_process_sft_equals_one_process(parity_setup, sft_one_process, launc
     two = json.loads((out / "trainer_state.json").read_text())["log_history"]
     _assert_same_losses(_losses(two), _losses(one), f"sft ({launch_config})")
     _assert_same_updates(parity_setup / "model", sft_one_process, out, f"sft ({launch_config})")
+
+
+@multiprocess
+@pytest.mark.parametrize("launch_config", ["cpu_2proc.yaml", pytest.param("cpu_2proc_zero2.yaml", marks=dist),
+                                           pytest.param("cpu_2proc_zero3.yaml", marks=dist)])
+def test_a_nonfinite_loss_on_one_process_skips_the_step_on_every_process(parity_setup, launch_config, tmp_path):
+    """RecRLTrainer.compute_loss's guard under 2 processes (tests/mp_nonfinite_probe.py: Rank-GRPO, the loss NaN on
+    process 1 at step 0 only, its backward NaN too): both processes skip step 0 together -- the weights after it are
+    exactly the initial ones (a process skipping alone would let data parallelism average the other's gradient in,
+    or crash: ZeRO-3's partitioned parameters) -- and step 1 trains, with finite weights."""
+    from safetensors.torch import load_file
+
+    _skip_unless_launchable(launch_config)
+    args = [str(REPO / "tests" / "mp_nonfinite_probe.py"), *_rl_probe(parity_setup, tmp_path, B_PARITY)[1:]]
+    args[args.index("--methods") + 1] = "rank_grpo"
+    _launch(args, tmp_path, launch_config)
+    recs = [json.loads((tmp_path / "records" / f"nonfinite_rank{r}.json").read_text()) for r in range(N_PROC)]
+    assert [r["skipped"] for r in recs] == [1, 1]  # process 0's loss was finite: it skipped with process 1
+    for r in recs:
+        losses = _losses(r["log_history"])
+        assert len(losses) == STEPS_PARITY and losses[0] == 0.0 and math.isfinite(losses[1]) and losses[1] != 0
+    base = load_file(str(parity_setup / "model" / "model.safetensors"))
+    ckpt = tmp_path / "out" / "rank_grpo"
+    w1, w2 = (load_file(str(ckpt / f"checkpoint-{k}" / "model.safetensors")) for k in (1, 2))
+    assert max((w1[n] - base[n]).abs().max().item() for n in base) == 0.0  # step 0: no update anywhere
+    assert all(torch.isfinite(v).all() for v in w2.values())
+    assert max((w2[n] - w1[n]).abs().max().item() for n in base) > 1e-3  # step 1 trained

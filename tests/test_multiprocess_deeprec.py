@@ -28,7 +28,7 @@ def _skip_unless_launchable(launch_config: str):
     if reason:
         pytest.skip(f"multi-process launch impossible on this machine: {reason}")
     if "zero" in launch_config and importlib.util.find_spec("deepspeed") is None:
-        pytest.skip("deepspeed is not installed (requirements-gpu.txt); the ZeRO CPU runs need it")
+        pytest.skip("deepspeed is not installed (requirements.txt); the ZeRO CPU runs need it")
 
 
 def _rounds(parity_setup, tmp_path, launch_config, real_generate):  # noqa: F811

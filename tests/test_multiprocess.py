@@ -198,7 +198,7 @@ def test_two_process_rank_grpo_split_groups_get_their_own_rows_advantages(tiny_m
 
 
 # =====================================================================================================================
-# PARITY: a 2-process run (gloo DDP, and DeepSpeed ZeRO-2 on CPU) equals a 1-process run with the same global batch
+# PARITY: a 2-process run (gloo DDP; DeepSpeed ZeRO-2, ZeRO-3, ZeRO-3 + offload on CPU) equals a 1-process run
 # =====================================================================================================================
 # Every trainer (SFT through train_sft.py itself; Rank-GRPO, RecPO, DeepRec through tests/mp_parity_probe.py with
 # canned completions chosen by GLOBAL row index) runs PARITY_STEPS optimizer steps twice: 2 processes x B_LOCAL rows
@@ -212,7 +212,7 @@ def test_two_process_rank_grpo_split_groups_get_their_own_rows_advantages(tiny_m
 # differ by float noise, which RecPO's cosine / 0.02 rewards amplify: measured 1.8e-4 on an advantage), losses 1e-6 abs + 1e-4 rel (<= 2e-6 rel), weights
 # 2e-4 x the largest weight change of the 1-process update (measured <= 3e-5; the two defects these tests found
 # were 4.0 for RecPO and 0.076 for DeepRec). Runtime: ~35 s (1 process, all three RL trainers in one process) +
-# ~45 s per 2-process launch + ~25-35 s per SFT launch.
+# ~45 s per 2-process launch + ~25-35 s per SFT launch. The DeepSpeed launches are marked `dist` (`make test-dist`).
 RL_METHODS = ("rank_grpo", "recpo", "deeprec")
 B_PARITY, G_PARITY, STEPS_PARITY = 6, 4, 2  # 2 x 6 = 12 rows = 3 prompt groups a step; group 1 spans both processes
 REWARD_TOL, ADV_TOL, LOSS_ABS, LOSS_REL, WEIGHT_REL = 1e-5, 1e-4, 1e-6, 1e-4, 2e-4
@@ -221,7 +221,10 @@ dist = pytest.mark.dist  # registered in conftest.py: the slow DeepSpeed runs (`
 # weight decay kept), whatever --optim says, so its parity test compares AdamW with AdamW (OFFLOAD_OPTIM)
 LAUNCH_CONFIGS = ["cpu_2proc.yaml", *(pytest.param(c, marks=dist) for c in ("cpu_2proc_zero2.yaml",
                                                                             "cpu_2proc_zero3.yaml"))]
-OFFLOAD_CONFIG, OFFLOAD_OPTIM = "cpu_2proc_zero3_offload.yaml", ("adamw_torch", 0.01)
+# weights: Adam's first step is lr * g / (|g| + eps) per element, so where |g| is near eps (1e-8) the float noise of
+# the gradient (another reduction order) moves the update by a share of lr: measured <= 4.0e-3 x the largest weight
+# change on 0.15% of the elements (SGD elsewhere: <= 3e-5)
+OFFLOAD_CONFIG, OFFLOAD_OPTIM, OFFLOAD_WEIGHT_REL = "cpu_2proc_zero3_offload.yaml", ("adamw_torch", 0.01), 1e-2
 
 
 def _clean_env() -> dict:
@@ -336,7 +339,7 @@ def _assert_same_losses(two: list[float], one: list[float], what: str):
         assert math.isfinite(a) and abs(a - b) <= LOSS_ABS + LOSS_REL * abs(b), (what, s, two, one)
 
 
-def _assert_same_updates(base_model, one_dir, two_dir, what: str):
+def _assert_same_updates(base_model, one_dir, two_dir, what: str, rel: float = WEIGHT_REL):
     """checkpoint-k weights of the 2-process run = the 1-process run's, within WEIGHT_REL x the largest 1-process
     weight change of that step; and every update moved the weights."""
     from safetensors.torch import load_file
@@ -352,7 +355,7 @@ def _assert_same_updates(base_model, one_dir, two_dir, what: str):
         change = max((w1[n] - before[n]).abs().max().item() for n in w1 if n in before)
         worst = max((w1[n] - w2[n]).abs().max().item() for n in w1)
         assert change > 1e-3, (what, k, change)  # the step moved the weights
-        assert worst <= WEIGHT_REL * change, f"{what}: checkpoint-{k} weights differ by {worst:.3g} (largest " \
+        assert worst <= rel * change, f"{what}: checkpoint-{k} weights differ by {worst:.3g} (largest " \
                                              f"1-process weight change {change:.3g})"
         before = w1
 
@@ -366,7 +369,7 @@ def test_two_process_rl_trainers_equal_one_process(parity_setup, rl_one_process,
     _check_rl_parity(parity_setup, rl_one_process, tmp_path, launch_config)
 
 
-def _check_rl_parity(parity_setup, rl_one_process, tmp_path, launch_config):  # noqa: F811
+def _check_rl_parity(parity_setup, rl_one_process, tmp_path, launch_config, weight_rel=WEIGHT_REL):  # noqa: F811
     import numpy as np
 
     for method in RL_METHODS:
@@ -402,7 +405,7 @@ def _check_rl_parity(parity_setup, rl_one_process, tmp_path, launch_config):  # 
         for t in two:
             _assert_same_losses(_losses(t["log_history"]), loss_one, f"{method} ({launch_config})")
         _assert_same_updates(parity_setup / "model", rl_one_process / "out" / method, tmp_path / "out" / method,
-                             f"{method} ({launch_config})")
+                             f"{method} ({launch_config})", weight_rel)
 
 
 @multiprocess
@@ -418,7 +421,7 @@ def test_zero3_offload_equals_one_process_with_adamw(parity_setup, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _launch(_rl_probe(parity_setup, one, 2 * B_PARITY) + flags, tmp_path, None)
     _launch(_rl_probe(parity_setup, two, B_PARITY) + flags, tmp_path, OFFLOAD_CONFIG)
-    _check_rl_parity(parity_setup, one, two, OFFLOAD_CONFIG)
+    _check_rl_parity(parity_setup, one, two, OFFLOAD_CONFIG, OFFLOAD_WEIGHT_REL)
     base = load_file(str(parity_setup / "model" / "model.safetensors"))
     w1 = load_file(str(two / "out" / "rank_grpo" / "checkpoint-1" / "model.safetensors"))
     assert max((w1[n] - base[n]).abs().max().item() for n in base) == pytest.approx(lr, rel=1e-2)  # Adam step 1
@@ -427,7 +430,8 @@ def test_zero3_offload_equals_one_process_with_adamw(parity_setup, tmp_path):
     one_log = json.loads((one / "sft" / "trainer_state.json").read_text())["log_history"]
     two_log = json.loads((two / "sft" / "trainer_state.json").read_text())["log_history"]
     _assert_same_losses(_losses(two_log), _losses(one_log), f"sft ({OFFLOAD_CONFIG})")
-    _assert_same_updates(parity_setup / "model", one / "sft", two / "sft", f"sft ({OFFLOAD_CONFIG})")
+    _assert_same_updates(parity_setup / "model", one / "sft", two / "sft", f"sft ({OFFLOAD_CONFIG})",
+                         OFFLOAD_WEIGHT_REL)
 
 
 @multiprocess
@@ -496,7 +500,8 @@ def test_zero3_resume_equals_the_uninterrupted_run(parity_setup, tmp_path):
         assert [x["global_step"] for x in s["steps"]] == [0, 1] and [x["global_step"] for x in r["steps"]] == [1]
         assert r["steps"][0]["sample_ids"] == s["steps"][1]["sample_ids"]
         assert r["steps"][0]["canned_index"] == s["steps"][1]["canned_index"]
-        _assert_same_losses(_losses(r["log_history"]) * 2, [_losses(s["log_history"])[1]] * 2, "resume step 2")
+        # the resumed run's log_history starts with the checkpoint's (step 1), then logs step 2 itself
+        _assert_same_losses(_losses(r["log_history"]), _losses(s["log_history"]), "zero3 resume")
     w1 = load_file(str(first / "model.safetensors"))
     w2 = load_file(str(tmp_path / "straight" / "out" / "rank_grpo" / "checkpoint-2" / "model.safetensors"))
     w2_resumed = load_file(str(tmp_path / "resumed" / "out" / "rank_grpo" / "checkpoint-2" / "model.safetensors"))

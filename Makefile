@@ -4,7 +4,7 @@ export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench results clean
+.PHONY: install demo test test-dist bench results clean
 
 install:
 	bash INSTALL.sh
@@ -13,9 +13,13 @@ install:
 demo: install
 	bash scripts/demo.sh
 
-## test: the full CPU test suite (the same command CI runs)
+## test: the CPU test suite without the slow DeepSpeed runs (CI runs it, then test-dist)
 test: install
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider -m "not dist"
+
+## test-dist: the DeepSpeed ZeRO-2 / ZeRO-3 2-process CPU runs (tests marked `dist`)
+test-dist: install
+	$(PY) -m pytest tests -q -p no:cacheprovider -m dist
 
 ## bench: speed benchmarks; writes BENCHMARKS.md
 bench: install

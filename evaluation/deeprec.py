@@ -121,37 +121,49 @@ def run_episodes(prompt_ids: Sequence[Sequence[int]], histories: Sequence[Sequen
                  excludes: Sequence[Sequence[int]] | None, generator: TokenGenerator, retriever,
                  title_of: Callable[[int], str], encode: Callable[[str], list[int]],
                  decode: Callable[[list[int]], str], eos_ids: set[int], settings: EpisodeSettings,
-                 keep_going: Callable[[bool], bool] | None = None, timings: dict | None = None) -> list[Episode]:
+                 round_rows: Callable[[int], int] | None = None, timings: dict | None = None) -> list[Episode]:
     """Run one episode per prompt (module docstring). ``retriever.retrieve(histories, preference_texts, k=,
     exclude=)`` -> (ids (B, k), scores); ``title_of(id)`` is the title line shown for a retrieved item.
 
-    ``keep_going(local_active) -> bool`` makes the rounds collective (every process must call a distributed
-    generator the same number of times): the loop runs while it returns True, generating for zero rows if need
-    be. Default: while this process has an active row. ``timings`` (optional) accumulates seconds under
-    ``generation`` and ``retrieval``."""
+    ``round_rows(n_active) -> n_rows`` makes the rounds collective: under ZeRO-3 (parameter gathering, transformers'
+    ``synced_gpus``) and TRL's vLLM (server mode gathers every process's prompts and hands each process the slice
+    ``process_index * len(prompts)``) every process must call ``generate`` the same number of times with the same
+    number of rows. Each round it gets this process's active row count and returns the row count of every
+    process (the largest; 0 ends the loop); the round's rows are padded to it with dummy rows (this process's
+    first prompt, 1 new token) whose outputs are dropped. Default: this process's own count (no padding).
+    ``timings`` (optional) accumulates seconds under ``generation`` and ``retrieval``."""
     n = len(prompt_ids)
     if len(histories) != n or (excludes is not None and len(excludes) != n):
         raise ValueError(f"{n} prompts, {len(histories)} histories, "
                          f"{'no' if excludes is None else len(excludes)} exclude lists")
     eps = [Episode() for _ in range(n)]
     active = list(range(n))
-    keep_going = keep_going or bool
     timings = timings if timings is not None else {}
     eos_token = min(eos_ids) if eos_ids else None
-    while keep_going(bool(active)):
-        allow = []
+    while True:
         for i in [i for i in active if len(eps[i].completion_ids) >= settings.max_tokens]:  # no room left
             eps[i].end_reason, eps[i].overlong = "budget", True
         active = [i for i in active if eps[i].end_reason is None]
+        n_round = len(active) if round_rows is None else int(round_rows(len(active)))
+        if n_round == 0:
+            break
+        if n_round < len(active):
+            raise RuntimeError(f"round_rows returned {n_round} rows for a round with {len(active)} active rows")
+        allow = []
         for i in active:
             room = settings.max_tokens - len(eps[i].completion_ids)
             allow.append(room if settings.max_turn_tokens is None else min(room, settings.max_turn_tokens))
         rows = [list(prompt_ids[i]) + eps[i].completion_ids for i in active]
+        n_pad = n_round - len(rows)
+        if n_pad and not n:
+            raise ValueError("run_episodes got no prompts: a process that pads its rounds needs one prompt for the "
+                             "dummy rows")
         t0 = time.perf_counter()
-        outs = generator.generate(rows, allow) if rows else []
+        outs = generator.generate(rows + [list(prompt_ids[0])] * n_pad, allow + [1] * n_pad)
         timings["generation"] = timings.get("generation", 0.0) + time.perf_counter() - t0
-        if len(outs) != len(rows):
-            raise RuntimeError(f"the generator returned {len(outs)} continuations for {len(rows)} rows")
+        if len(outs) != n_round:
+            raise RuntimeError(f"the generator returned {len(outs)} continuations for {n_round} rows")
+        outs = outs[:len(rows)]  # the dummy rows' outputs are dropped
         calls, still = [], []
         for i, cap, (new_ids, new_lp) in zip(active, allow, outs):
             ep = eps[i]

@@ -19,4 +19,6 @@ def require(path: Path) -> Path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "multiprocess: launches a real 2-process CPU run with accelerate (gloo)")
+    config.addinivalue_line("markers", "dist: slow DeepSpeed (ZeRO-2 / ZeRO-3) CPU runs; `make test` deselects them, "
+                                       "`make test-dist` runs them")
     config.addinivalue_line("markers", "pretrained: runs the real SmolLM2-135M through the scripts (tests/test_pretrained.py)")

@@ -15,6 +15,8 @@ and, at the end, the trainer's ``log_history``. ``--rank_grpo_aggregation`` / ``
 ``--deeprec_aggregation`` pick each method's loss-aggregation option (default: its config's default). Written to ``<record_dir>/rank<process_index>.json``. The optimizer
 is plain SGD (``optim sgd``) so that the first update is -lr x the gradient (Adam's first step is ~sign(g) and would
 hide a wrong gradient), and ``save_steps 1`` writes ``checkpoint-1`` = the weights after the first update.
+``--optim`` / ``--full_checkpoints`` (optimizer, scheduler and RNG state too) / ``--resume_from_checkpoint`` serve the
+resume test; the canned choice uses the optimizer step as its call count, so a resumed run sees the same rows.
 
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml --main_process_port P \
         tests/mp_parity_probe.py --methods rank_grpo,recpo,deeprec --data DIR --model DIR --output_dir DIR --record_dir DIR \
@@ -79,6 +81,8 @@ def recording(cls):
             return rewards
 
         def _generate_and_score_completions(self, inputs):
+            # one generation per optimizer step here: the call count is the step, also after a resume
+            self._calls = self.state.global_step
             self._step_record = {"sample_ids": [x["sample_id"] for x in inputs]}
             output = super()._generate_and_score_completions(inputs)
             self._step_record.update(process_index=self.accelerator.process_index,
@@ -89,7 +93,6 @@ def recording(cls):
                                      policy_tokens=(output["completion_mask"] * output["tool_mask"]).sum(dim=1).tolist()
                                      if "tool_mask" in output else None)
             self.records.append(self._step_record)
-            self._calls += 1
             return output
 
     return Recording
@@ -191,12 +194,18 @@ def main():
     p.add_argument("--num_generations", type=int, default=4)
     p.add_argument("--max_steps", type=int, default=2)
     p.add_argument("--learning_rate", type=float, default=0.5)
+    p.add_argument("--optim", default="sgd")
+    p.add_argument("--full_checkpoints", action="store_true",
+                   help="save optimizer / scheduler / RNG state too (save_only_model false), for a resume")
+    p.add_argument("--resume_from_checkpoint", default=None, help="<output_dir>/<method>/checkpoint-N (one method)")
     for field, flag in AGGREGATION_FLAGS.items():
         p.add_argument(f"--{flag}", default=None, help=f"the method's {field} (default: its config's default)")
     a = p.parse_args()
     methods = a.methods.split(",")
     if not set(methods) <= set(BUILDERS):
         p.error(f"--methods: unknown {sorted(set(methods) - set(BUILDERS))}; choose from {sorted(BUILDERS)}")
+    if a.resume_from_checkpoint and len(methods) != 1:
+        p.error("--resume_from_checkpoint needs exactly one method in --methods")
 
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
@@ -206,13 +215,13 @@ def main():
     for method in methods:  # one process runs them all: one import / process-group start-up instead of three
         common = dict(output_dir=os.path.join(a.output_dir, method), num_generations=a.num_generations,
                       per_device_train_batch_size=a.per_device_train_batch_size, gradient_accumulation_steps=1,
-                      max_steps=a.max_steps, learning_rate=a.learning_rate, optim="sgd",
+                      max_steps=a.max_steps, learning_rate=a.learning_rate, optim=a.optim,
                       lr_scheduler_type="constant", logging_steps=1, save_strategy="steps", save_steps=1,
-                      save_only_model=True, report_to="none", use_cpu=True, bf16=False,
+                      save_only_model=not a.full_checkpoints, report_to="none", use_cpu=True, bf16=False,
                       activation_checkpointing=False, dataloader_num_workers=0, seed=0)
         trainer = BUILDERS[method](a, tok, dsd, catalog, common)
         trainer.records = []
-        trainer.train()
+        trainer.train(resume_from_checkpoint=a.resume_from_checkpoint)
 
         rank = trainer.accelerator.process_index
         out_dir = os.path.join(a.record_dir, method)

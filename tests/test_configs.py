@@ -324,7 +324,8 @@ def test_the_documented_setups_exist():
     want = {"zero2.yaml": ("DEEPSPEED", 2, 3), "zero3.yaml": ("DEEPSPEED", 3, 4),
             "zero3_offload.yaml": ("DEEPSPEED", 3, 4), "multinode_2x4.yaml": ("DEEPSPEED", 3, 8),
             "single_gpu.yaml": ("NO", None, 1), "cpu.yaml": ("NO", None, 1), "cpu_2proc.yaml": ("MULTI_GPU", None, 2),
-            "cpu_2proc_zero2.yaml": ("DEEPSPEED", 2, 2)}
+            "cpu_2proc_zero2.yaml": ("DEEPSPEED", 2, 2), "cpu_2proc_zero3.yaml": ("DEEPSPEED", 3, 2),
+            "cpu_2proc_zero3_offload.yaml": ("DEEPSPEED", 3, 2)}
     for name, (kind, stage, n) in want.items():
         raw = yaml.safe_load((ACCEL / name).read_text())
         assert raw["distributed_type"] == kind and raw["num_processes"] == n, name

@@ -321,6 +321,51 @@ def test_per_turn_cap_continues_the_turn():
     assert len(gen_b.calls) > 3 * len(gen_a.calls)
 
 
+def test_collective_rounds_pad_to_the_agreed_row_count_and_drop_the_dummies():
+    """``round_rows`` (the trainer's cross-process agreement; here a stand-in for a busier other process): every
+    round the generator gets exactly the agreed number of rows -- this process's active rows, then dummy rows (its
+    first prompt, 1 new token) -- and the episodes equal the unpadded run's. A process with no active row left
+    keeps generating dummy rows while the other process is busy, and the loop ends when the agreement says 0."""
+    tok = CharTok()
+    scripts = [_script(0), _script(1), _script(3)]
+    plain, plain_retriever, plain_gen, _ = _run(scripts, EpisodeSettings(max_calls=8, k=5))
+    assert plain_gen.calls == [3, 2, 1, 1]
+    other = [4, 4, 3, 3, 2, 0]  # the other process's active rows in each round (5 busy rounds)
+    asked = []
+
+    def round_rows(n_local):
+        asked.append(n_local)
+        return max(n_local, other[len(asked) - 1])
+
+    class Recording(ScriptedGenerator):
+        seen: list = []
+
+        def generate(self, rows, max_new_tokens):
+            type(self).seen.append((rows, list(max_new_tokens)))
+            return super().generate(rows, max_new_tokens)
+
+    prompts = ("P0#", "P1#", "P2#")
+    gen = Recording(scripts, tok.encode, tok.decode, pick=lambda text, _: int(text[1]),
+                    split=lambda text: text.split("#", 1)[1])
+    retriever = FakeRetriever()
+    histories = [[0, 1], [2], [3, 4, 5]]
+    eps = run_episodes([tok.encode(p) for p in prompts], histories, [[h[0]] for h in histories], gen, retriever,
+                       CATALOG.display, tok.encode, tok.decode, {tok.eos}, EpisodeSettings(max_calls=8, k=5),
+                       round_rows=round_rows)
+    assert asked == [3, 2, 1, 1, 0, 0]  # this process's active rows; it is done after round 4
+    assert gen.calls == [4, 4, 3, 3, 2]  # every round: the agreed count
+    for (rows, caps), n_real in zip(Recording.seen, [3, 2, 1, 1, 0]):
+        assert all(r == tok.encode("P0#") for r in rows[n_real:])  # the dummy rows: the first prompt
+        assert caps[n_real:] == [1] * (len(rows) - n_real)
+    for a, b in zip(eps, plain):  # the dummies' outputs were dropped: the same episodes as unpadded
+        assert (a.completion_ids, a.env_mask, a.text, a.n_calls, a.end_reason) == \
+            (b.completion_ids, b.env_mask, b.text, b.n_calls, b.end_reason)
+    assert retriever.calls == plain_retriever.calls  # no retrieval for a dummy row
+    with pytest.raises(RuntimeError, match="round_rows returned 1 rows for a round with 3 active rows"):
+        run_episodes([tok.encode(p) for p in prompts], histories, None, gen, retriever, CATALOG.display,
+                     tok.encode, tok.decode, {tok.eos}, EpisodeSettings(), round_rows=lambda n: 1)
+
+
 def test_cut_at_stop():
     tok = CharTok()
     ids, why = cut_at_stop(tok.encode("abc" + END_PREFERENCE + "xyz"), tok.decode, {0})

@@ -512,6 +512,7 @@ def test_a_nonfinite_loss_never_reaches_the_optimiser(tmp_path):
         def __init__(self):
             self.state = type("S", (), {"global_step": 7})()
             self._metrics = {"train": __import__("collections").defaultdict(list)}
+            self.accelerator = type("A", (), {"num_processes": 1})()  # 2 processes: tests/test_multiprocess.py
             self.model = torch.nn.Linear(3, 1)
             self.model.train()
 

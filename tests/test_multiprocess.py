@@ -198,7 +198,7 @@ def test_two_process_rank_grpo_split_groups_get_their_own_rows_advantages(tiny_m
 
 
 # =====================================================================================================================
-# PARITY: a 2-process run (gloo DDP, and DeepSpeed ZeRO-2 on CPU) equals a 1-process run with the same global batch
+# PARITY: a 2-process run (gloo DDP; DeepSpeed ZeRO-2, ZeRO-3, ZeRO-3 + offload on CPU) equals a 1-process run
 # =====================================================================================================================
 # Every trainer (SFT through train_sft.py itself; Rank-GRPO, RecPO, DeepRec through tests/mp_parity_probe.py with
 # canned completions chosen by GLOBAL row index) runs PARITY_STEPS optimizer steps twice: 2 processes x B_LOCAL rows
@@ -212,11 +212,19 @@ def test_two_process_rank_grpo_split_groups_get_their_own_rows_advantages(tiny_m
 # differ by float noise, which RecPO's cosine / 0.02 rewards amplify: measured 1.8e-4 on an advantage), losses 1e-6 abs + 1e-4 rel (<= 2e-6 rel), weights
 # 2e-4 x the largest weight change of the 1-process update (measured <= 3e-5; the two defects these tests found
 # were 4.0 for RecPO and 0.076 for DeepRec). Runtime: ~35 s (1 process, all three RL trainers in one process) +
-# ~45 s per 2-process launch + ~25-35 s per SFT launch.
+# ~45 s per 2-process launch + ~25-35 s per SFT launch. The DeepSpeed launches are marked `dist` (`make test-dist`).
 RL_METHODS = ("rank_grpo", "recpo", "deeprec")
 B_PARITY, G_PARITY, STEPS_PARITY = 6, 4, 2  # 2 x 6 = 12 rows = 3 prompt groups a step; group 1 spans both processes
 REWARD_TOL, ADV_TOL, LOSS_ABS, LOSS_REL, WEIGHT_REL = 1e-5, 1e-4, 1e-6, 1e-4, 2e-4
-LAUNCH_CONFIGS = ["cpu_2proc.yaml", "cpu_2proc_zero2.yaml"]
+dist = pytest.mark.dist  # registered in conftest.py: the slow DeepSpeed runs (`make test-dist`)
+# ZeRO-3 with optimizer offload: accelerate replaces the Trainer's optimizer by DeepSpeed's CPU Adam (AdamW, lr and
+# weight decay kept), whatever --optim says, so its parity test compares AdamW with AdamW (OFFLOAD_OPTIM)
+LAUNCH_CONFIGS = ["cpu_2proc.yaml", *(pytest.param(c, marks=dist) for c in ("cpu_2proc_zero2.yaml",
+                                                                            "cpu_2proc_zero3.yaml"))]
+# weights: Adam's first step is lr * g / (|g| + eps) per element, so where |g| is near eps (1e-8) the float noise of
+# the gradient (another reduction order) moves the update by a share of lr: measured <= 4.0e-3 x the largest weight
+# change on 0.15% of the elements (SGD elsewhere: <= 3e-5)
+OFFLOAD_CONFIG, OFFLOAD_OPTIM, OFFLOAD_WEIGHT_REL = "cpu_2proc_zero3_offload.yaml", ("adamw_torch", 0.01), 1e-2
 
 
 def _clean_env() -> dict:
@@ -256,8 +264,8 @@ def _skip_unless_launchable(launch_config: str | None):
     reason = _launch_impossible()
     if reason:
         pytest.skip(f"multi-process launch impossible on this machine: {reason}")
-    if launch_config and "zero2" in launch_config and importlib.util.find_spec("deepspeed") is None:
-        pytest.skip("deepspeed is not installed (requirements-gpu.txt); the ZeRO-2 CPU run needs it")
+    if launch_config and "zero" in launch_config and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (requirements.txt); the ZeRO CPU runs need it")
 
 
 @pytest.fixture(scope="module")
@@ -297,10 +305,10 @@ def _rl_probe(root, out, n_proc_batch: int) -> list[str]:
             "--max_steps", str(STEPS_PARITY)]
 
 
-def _sft_args(root, out, batch: int) -> list[str]:
+def _sft_args(root, out, batch: int, optim: str = "sgd", lr: float = 0.5) -> list[str]:
     return [str(REPO / "train_sft.py"), "--dataset_path", str(root / "data"), "--model_name", str(root / "model"),
             "--output_dir", str(out), "--per_device_train_batch_size", str(batch), "--max_steps", str(STEPS_PARITY),
-            "--optim", "sgd", "--learning_rate", "0.5", "--lr_scheduler_type", "constant", "--save_strategy",
+            "--optim", optim, "--learning_rate", str(lr), "--lr_scheduler_type", "constant", "--save_strategy",
             "steps", "--save_steps", "1", "--save_only_model", "true", "--logging_steps", "1", "--report_to", "none",
             "--eval_strategy", "no", "--max_length", "256", "--seed", "0", "--dataloader_num_workers", "0",
             "--activation_checkpointing", "false"]
@@ -331,7 +339,7 @@ def _assert_same_losses(two: list[float], one: list[float], what: str):
         assert math.isfinite(a) and abs(a - b) <= LOSS_ABS + LOSS_REL * abs(b), (what, s, two, one)
 
 
-def _assert_same_updates(base_model, one_dir, two_dir, what: str):
+def _assert_same_updates(base_model, one_dir, two_dir, what: str, rel: float = WEIGHT_REL):
     """checkpoint-k weights of the 2-process run = the 1-process run's, within WEIGHT_REL x the largest 1-process
     weight change of that step; and every update moved the weights."""
     from safetensors.torch import load_file
@@ -347,7 +355,7 @@ def _assert_same_updates(base_model, one_dir, two_dir, what: str):
         change = max((w1[n] - before[n]).abs().max().item() for n in w1 if n in before)
         worst = max((w1[n] - w2[n]).abs().max().item() for n in w1)
         assert change > 1e-3, (what, k, change)  # the step moved the weights
-        assert worst <= WEIGHT_REL * change, f"{what}: checkpoint-{k} weights differ by {worst:.3g} (largest " \
+        assert worst <= rel * change, f"{what}: checkpoint-{k} weights differ by {worst:.3g} (largest " \
                                              f"1-process weight change {change:.3g})"
         before = w1
 
@@ -356,10 +364,14 @@ def _assert_same_updates(base_model, one_dir, two_dir, what: str):
 @pytest.mark.parametrize("launch_config", LAUNCH_CONFIGS)
 def test_two_process_rl_trainers_equal_one_process(parity_setup, rl_one_process, launch_config, tmp_path):
     """Rank-GRPO, RecPO and DeepRec: own rows, own advantages, same losses and updates as one process."""
-    import numpy as np
-
     _skip_unless_launchable(launch_config)
     _launch(_rl_probe(parity_setup, tmp_path, B_PARITY), tmp_path, launch_config)
+    _check_rl_parity(parity_setup, rl_one_process, tmp_path, launch_config)
+
+
+def _check_rl_parity(parity_setup, rl_one_process, tmp_path, launch_config, weight_rel=WEIGHT_REL):  # noqa: F811
+    import numpy as np
+
     for method in RL_METHODS:
         one = json.loads((rl_one_process / "records" / method / "rank0.json").read_text())
         two = [json.loads((tmp_path / "records" / method / f"rank{r}.json").read_text()) for r in range(N_PROC)]
@@ -393,7 +405,33 @@ def test_two_process_rl_trainers_equal_one_process(parity_setup, rl_one_process,
         for t in two:
             _assert_same_losses(_losses(t["log_history"]), loss_one, f"{method} ({launch_config})")
         _assert_same_updates(parity_setup / "model", rl_one_process / "out" / method, tmp_path / "out" / method,
-                             f"{method} ({launch_config})")
+                             f"{method} ({launch_config})", weight_rel)
+
+
+@multiprocess
+@dist
+def test_zero3_offload_equals_one_process_with_adamw(parity_setup, tmp_path):
+    """cpu_2proc_zero3_offload.yaml (parameters and optimizer state in CPU RAM): every trainer's losses and weights
+    after two AdamW updates equal a 1-process AdamW run's (the parity checks above)."""
+    from safetensors.torch import load_file
+
+    _skip_unless_launchable(OFFLOAD_CONFIG)
+    optim, lr = OFFLOAD_OPTIM
+    flags = ["--optim", optim, "--learning_rate", str(lr)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch(_rl_probe(parity_setup, one, 2 * B_PARITY) + flags, tmp_path, None)
+    _launch(_rl_probe(parity_setup, two, B_PARITY) + flags, tmp_path, OFFLOAD_CONFIG)
+    _check_rl_parity(parity_setup, one, two, OFFLOAD_CONFIG, OFFLOAD_WEIGHT_REL)
+    base = load_file(str(parity_setup / "model" / "model.safetensors"))
+    w1 = load_file(str(two / "out" / "rank_grpo" / "checkpoint-1" / "model.safetensors"))
+    assert max((w1[n] - base[n]).abs().max().item() for n in base) == pytest.approx(lr, rel=1e-2)  # Adam step 1
+    _launch(_sft_args(parity_setup, one / "sft", 2 * B_PARITY, optim, lr), tmp_path, None)
+    _launch(_sft_args(parity_setup, two / "sft", B_PARITY, optim, lr), tmp_path, OFFLOAD_CONFIG)
+    one_log = json.loads((one / "sft" / "trainer_state.json").read_text())["log_history"]
+    two_log = json.loads((two / "sft" / "trainer_state.json").read_text())["log_history"]
+    _assert_same_losses(_losses(two_log), _losses(one_log), f"sft ({OFFLOAD_CONFIG})")
+    _assert_same_updates(parity_setup / "model", one / "sft", two / "sft", f"sft ({OFFLOAD_CONFIG})",
+                         OFFLOAD_WEIGHT_REL)
 
 
 @multiprocess
@@ -407,3 +445,67 @@ def test_two_process_sft_equals_one_process(parity_setup, sft_one_process, launc
     two = json.loads((out / "trainer_state.json").read_text())["log_history"]
     _assert_same_losses(_losses(two), _losses(one), f"sft ({launch_config})")
     _assert_same_updates(parity_setup / "model", sft_one_process, out, f"sft ({launch_config})")
+
+
+@multiprocess
+@pytest.mark.parametrize("launch_config", ["cpu_2proc.yaml", pytest.param("cpu_2proc_zero2.yaml", marks=dist),
+                                           pytest.param("cpu_2proc_zero3.yaml", marks=dist)])
+def test_a_nonfinite_loss_on_one_process_skips_the_step_on_every_process(parity_setup, launch_config, tmp_path):
+    """RecRLTrainer.compute_loss's guard under 2 processes (tests/mp_nonfinite_probe.py: Rank-GRPO, the loss NaN on
+    process 1 at step 0 only, its backward NaN too): both processes skip step 0 together -- the weights after it are
+    exactly the initial ones (a process skipping alone would let data parallelism average the other's gradient in,
+    or crash: ZeRO-3's partitioned parameters) -- and step 1 trains, with finite weights."""
+    from safetensors.torch import load_file
+
+    _skip_unless_launchable(launch_config)
+    args = [str(REPO / "tests" / "mp_nonfinite_probe.py"), *_rl_probe(parity_setup, tmp_path, B_PARITY)[1:]]
+    args[args.index("--methods") + 1] = "rank_grpo"
+    _launch(args, tmp_path, launch_config)
+    recs = [json.loads((tmp_path / "records" / f"nonfinite_rank{r}.json").read_text()) for r in range(N_PROC)]
+    assert [r["skipped"] for r in recs] == [1, 1]  # process 0's loss was finite: it skipped with process 1
+    for r in recs:
+        losses = _losses(r["log_history"])
+        assert len(losses) == STEPS_PARITY and losses[0] == 0.0 and math.isfinite(losses[1]) and losses[1] != 0
+    base = load_file(str(parity_setup / "model" / "model.safetensors"))
+    ckpt = tmp_path / "out" / "rank_grpo"
+    w1, w2 = (load_file(str(ckpt / f"checkpoint-{k}" / "model.safetensors")) for k in (1, 2))
+    assert max((w1[n] - base[n]).abs().max().item() for n in base) == 0.0  # step 0: no update anywhere
+    assert all(torch.isfinite(v).all() for v in w2.values())
+    assert max((w2[n] - w1[n]).abs().max().item() for n in base) > 1e-3  # step 1 trained
+
+
+@multiprocess
+@dist
+def test_zero3_resume_equals_the_uninterrupted_run(parity_setup, tmp_path):
+    """Rank-GRPO under DeepSpeed ZeRO-3 (2 CPU processes), AdamW (its moments must come back: a fresh optimizer's
+    second step differs), full checkpoints: 2 steps straight vs 1 step, then a resume from checkpoint-1 in a new
+    launch. The resumed run trains step 1 only, on the same rows, and its weights after it equal the uninterrupted
+    run's checkpoint-2 (tolerance: WEIGHT_REL of the step's largest weight change)."""
+    from safetensors.torch import load_file
+
+    _skip_unless_launchable("cpu_2proc_zero3.yaml")
+    flags = ["--full_checkpoints", "--optim", "adamw_torch", "--learning_rate", "0.01"]
+
+    def probe(out, extra=()):
+        args = _rl_probe(parity_setup, out, B_PARITY) + flags + list(extra)
+        args[args.index("--methods") + 1] = "rank_grpo"
+        _launch(args, tmp_path, "cpu_2proc_zero3.yaml")
+        return [json.loads((out / "records" / "rank_grpo" / f"rank{r}.json").read_text()) for r in range(N_PROC)]
+
+    straight = probe(tmp_path / "straight")
+    first = tmp_path / "straight" / "out" / "rank_grpo" / "checkpoint-1"
+    assert any(p.name.startswith("global_step") for p in first.iterdir()), sorted(p.name for p in first.iterdir())
+    resumed = probe(tmp_path / "resumed", ["--resume_from_checkpoint", str(first)])
+    for s, r in zip(straight, resumed):
+        assert [x["global_step"] for x in s["steps"]] == [0, 1] and [x["global_step"] for x in r["steps"]] == [1]
+        assert r["steps"][0]["sample_ids"] == s["steps"][1]["sample_ids"]
+        assert r["steps"][0]["canned_index"] == s["steps"][1]["canned_index"]
+        # the resumed run's log_history starts with the checkpoint's (step 1), then logs step 2 itself
+        _assert_same_losses(_losses(r["log_history"]), _losses(s["log_history"]), "zero3 resume")
+    w1 = load_file(str(first / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "straight" / "out" / "rank_grpo" / "checkpoint-2" / "model.safetensors"))
+    w2_resumed = load_file(str(tmp_path / "resumed" / "out" / "rank_grpo" / "checkpoint-2" / "model.safetensors"))
+    change = max((w2[n] - w1[n]).abs().max().item() for n in w1)
+    worst = max((w2[n] - w2_resumed[n]).abs().max().item() for n in w2)
+    assert change > 1e-3 and set(w2) == set(w2_resumed)
+    assert worst <= WEIGHT_REL * change, f"resumed checkpoint-2 differs by {worst:.3g} (step change {change:.3g})"

@@ -211,17 +211,42 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """TRL's loss, with a guard: a non-finite loss (e.g. NaN logits at a real position) must not reach the
-        optimiser. The micro-batch is skipped -- its loss is replaced by an exact zero still connected to the
-        trainable parameters, so backward (and every data-parallel reduction) runs as usual with zero gradients --
-        and counted in ``nonfinite_loss_skipped`` with a warning."""
+        optimiser. The decision is collective -- every process learns whether ANY process's loss is non-finite
+        (one all-reduce per micro-batch) -- and then EVERY process skips the micro-batch: its loss is replaced by
+        an exact zero with no path to the parameters, so backward adds nothing to any gradient on any process
+        (the data-parallel reductions see zeros everywhere or run on no process at all) and the micro-batch is
+        counted in ``nonfinite_loss_skipped`` with a warning. No parameter is touched, which keeps it valid under
+        ZeRO-3, whose parameters are partitioned (empty) outside their module's forward; a zero connected to the
+        loss's own graph would not do: its backward multiplies the NaN / inf inside that graph by zero."""
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if torch.isfinite(loss.detach()).all():
+        local_bad = not bool(torch.isfinite(loss.detach()).all())
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.gather(torch.tensor([int(local_bad)], device=loss.device))
+            bad_processes = [i for i, f in enumerate(flags.tolist()) if f]
+        else:
+            bad_processes = [0] if local_bad else []
+        if not bad_processes:
             return loss
         self.nonfinite_loss_skipped = getattr(self, "nonfinite_loss_skipped", 0) + 1
-        logger.warning("non-finite loss (%s) at step %d: micro-batch skipped (%d so far)", loss.detach().item(),
-                       self.state.global_step, self.nonfinite_loss_skipped)
+        logger.warning("non-finite loss (%s here; non-finite on process(es) %s) at step %d: micro-batch skipped on "
+                       "every process (%d so far)", loss.detach().item(), bad_processes, self.state.global_step,
+                       self.nonfinite_loss_skipped)
         self.log_metrics({"nonfinite_loss_skipped": float(self.nonfinite_loss_skipped)})
-        return sum((p.sum() * 0.0 for p in model.parameters() if p.requires_grad), loss.new_zeros(()))
+        return self._zero_loss(model, loss)
+
+    @staticmethod
+    def _zero_loss(model, loss: torch.Tensor) -> torch.Tensor:
+        """An exact zero loss that gives every trainable parameter an exact zero gradient (or none), never through
+        the loss's own graph. Whole parameters (1 process, DDP, ZeRO-1/2): sum(p.sum() * 0), so every gradient hook
+        and bucket reduction runs as on any step (ZeRO-2's reduction epilogue fails on a backward that reached no
+        parameter). ZeRO-3 (parameters partitioned, ``ds_id``; empty outside their module's forward, so p.sum()
+        fails in backward): a zero with no path to the model -- no hook fires on any process, and DeepSpeed steps
+        on zero gradients. DeepSpeed's ``engine.backward`` needs a ``grad_fn``: hence ``* 1.0`` on a leaf."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        zero = torch.zeros((), dtype=loss.dtype, device=loss.device, requires_grad=True) * 1.0
+        if any(hasattr(p, "ds_id") for p in params):  # DeepSpeed ZeRO-3
+            return zero
+        return sum((p.sum() * 0.0 for p in params), zero)
 
     # ------------------------------------------------------------------------------------------ helpers
     def policy_logps(self, model, inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

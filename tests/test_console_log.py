@@ -89,3 +89,28 @@ def test_compose_run_name_and_sft_default():
     assert args.run_name == "sft_Qwen2.5-0.5B-Instruct_lr5e-05_lora"
     _, args = train_sft.parse_args(["--dataset_path", "d", "--model_name", "m", "--run_name", "mine"])
     assert args.run_name == "mine"  # an explicit name wins
+
+
+def test_script_logging_follows_the_current_stderr(monkeypatch):
+    """The scripts' log handler writes to the sys.stderr of each record: one made while an earlier stream (a test
+    capture, tee_output) was current must not fail with "--- Logging error ---" once that stream is closed."""
+    import io
+    import logging
+    import sys
+
+    from trainers.script_args import CurrentStderrHandler
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler = CurrentStderrHandler()
+    log = logging.getLogger("test_current_stderr")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        log.warning("hello")
+        assert "hello" in second.getvalue() and "Logging error" not in second.getvalue()
+    finally:
+        log.removeHandler(handler)

@@ -18,6 +18,8 @@ uniform random subset of N rows kept in split order (`evaluation.evaluate.subset
 """
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass, field
 
 from evaluation.evaluate import DEFAULT_SEED, subset_rows, take_subset
@@ -255,6 +257,23 @@ def unknown_deepspeed_config_keys(keys) -> list[str]:
     return sorted(str(k) for k in keys if k not in known)
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """A StreamHandler that writes to whatever ``sys.stderr`` is at each record, not the stream it was made with:
+    ``tee_output`` and test captures swap ``sys.stderr``, and a handler bound to a swapped-out (closed) stream
+    prints "--- Logging error ---" with a traceback on every later record."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):  # StreamHandler.__init__ / setStream assign it; the property always reads sys.stderr
+        pass
+
+
 def start_rl_run(script_args, config, logger) -> None:
     """What every RL script does first: INFO logging (re-configured when output is tee'd to --log_file); on a
     machine without CUDA, ``use_vllm`` switched off with a warning (generation falls back to transformers); then
@@ -266,7 +285,7 @@ def start_rl_run(script_args, config, logger) -> None:
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        force=bool(getattr(script_args, "log_file", None)))
+                        force=bool(getattr(script_args, "log_file", None)), handlers=[CurrentStderrHandler()])
     if getattr(config, "use_vllm", False) and not torch.cuda.is_available():
         logger.warning("--use_vllm needs a GPU; no CUDA device here, generating with transformers instead")
         config.use_vllm = False

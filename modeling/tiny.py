@@ -185,10 +185,11 @@ def method_markers() -> list[str]:
 
 
 def _byte_level_form(text: str) -> str:
-    from trainers.token_map import bytes_to_unicode
+    """``text`` in the byte alphabet (each UTF-8 byte one character), as the ByteLevel pre-tokenizer writes it."""
+    from tokenizers import pre_tokenizers
 
-    table = bytes_to_unicode()
-    return "".join(table[b] for b in text.encode("utf-8"))
+    return "".join(piece for piece, _ in pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+                   .pre_tokenize_str(text))
 
 
 def add_unit_tokens(tokenizer, units: list[str]) -> int:
@@ -198,11 +199,9 @@ def add_unit_tokens(tokenizer, units: list[str]) -> int:
     garbles a space-free non-ASCII unit (``Amélie`` -> b"Am\\xe9lie"). For those units a ``Replace`` step in front
     of the decoder rewrites the token into its byte-level spelling first (a valid-UTF-8 BPE token can never
     contain such a unit, so nothing else is rewritten)."""
-    from tokenizers import AddedToken, decoders
+    from tokenizers import AddedToken, decoders, pre_tokenizers
 
-    from trainers.token_map import bytes_to_unicode
-
-    alphabet = set(bytes_to_unicode().values())
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
     units = [u for u in dict.fromkeys(units) if u and u not in tokenizer.get_vocab()]
     added = tokenizer.add_tokens([AddedToken(u, single_word=False, lstrip=False, rstrip=False, normalized=False,
                                              special=False) for u in units])

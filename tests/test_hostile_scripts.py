@@ -121,19 +121,13 @@ def test_eval_test_refuses_a_checkpoint_of_another_model_type(env, capsys, tmp_p
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_train_rank_grpo_refuses_another_model_type_before_the_run_folder(env, capsys, tmp_path):
-    other = env["other"]["llama"]
-    _refused(capsys, "train_rank_grpo", ["--model_name", other, "--dataset_path", env["data"], "--output_dir",
-                                         tmp_path / "run", "--report_to", "none"],
-             f"checkpoint {other}:", "weights unexpected")
-    assert not (tmp_path / "run").exists()
-
-
-def test_train_recpo_refuses_another_model_type(env, capsys, tmp_path):
-    other = env["other"]["gpt2"]
-    _refused(capsys, "train_recpo", ["--model_name", other, "--dataset_path", env["data"], "--output_dir",
-                                     tmp_path / "run", "--report_to", "none"],
-             f"checkpoint {other}:", "weights missing")
+@pytest.mark.parametrize("script,kind,expected", [("train_rank_grpo", "llama", "weights unexpected"),
+                                                    ("train_recpo", "gpt2", "weights missing")])
+def test_rl_scripts_refuse_another_model_type_before_the_run_folder(env, capsys, tmp_path, script, kind, expected):
+    other = env["other"][kind]
+    _refused(capsys, script, ["--model_name", other, "--dataset_path", env["data"], "--output_dir",
+                              tmp_path / "run", "--report_to", "none"],
+             f"checkpoint {other}:", expected)
     assert not (tmp_path / "run").exists()
 
 

@@ -209,7 +209,7 @@ def test_two_process_rank_grpo_split_groups_get_their_own_rows_advantages(tiny_m
 #     the 1-process run's.
 # Tolerances (float32, different batch shapes and reduction orders; measured on 2 CPU cores): rewards 1e-5 abs
 # (measured <= 5e-7), advantages 1e-4 abs (z-scores; <= 5e-6), both x 10 from the second step on (the weights then
-# differ by float noise, which RecPO's cosine / 0.02 rewards amplify: measured 1.8e-4 on an advantage), losses 1e-6 abs + 1e-4 rel (<= 2e-6 rel), weights
+# differ by float noise, which RecPO's cosine / 0.02 rewards amplify: measured 1.8e-4 on an advantage), losses 1e-6 abs + 1e-4 rel (<= 2e-6 rel at the first step; RecPO's second under ZeRO-3: 1.4e-4 rel), x 10 from the second step on, weights
 # 2e-4 x the largest weight change of the 1-process update, x 10 from the second update on (measured <= 3.2e-5 at
 # the first, RecPO's 9.9e-4 at the second: its item prompts carry a Year line, so their padded batch shapes differ
 # between 1 and 2 processes, and cosines of nearly parallel vectors / 0.02 amplify that float noise; Rank-GRPO and
@@ -338,7 +338,8 @@ def _losses(log_history) -> list[float]:
 def _assert_same_losses(two: list[float], one: list[float], what: str):
     assert len(two) == len(one) == STEPS_PARITY, (what, two, one)
     for s, (a, b) in enumerate(zip(two, one)):
-        assert math.isfinite(a) and abs(a - b) <= LOSS_ABS + LOSS_REL * abs(b), (what, s, two, one)
+        later = 1 if s == 0 else 10  # as for rewards and weights: step 2 starts from weights that differ by noise
+        assert math.isfinite(a) and abs(a - b) <= later * (LOSS_ABS + LOSS_REL * abs(b)), (what, s, two, one)
 
 
 def _assert_same_updates(base_model, one_dir, two_dir, what: str, rel: float = WEIGHT_REL):

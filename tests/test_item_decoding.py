@@ -208,3 +208,19 @@ def test_item_aware_decoding_refused_where_it_does_not_apply(tmp_path):
 
     with pytest.raises(SystemExit, match="--decoding item_aware applies to a text model"):
         eval_test.main(["--dataset_path", str(tmp_path), "--baseline", "popularity", "--decoding", "item_aware"])
+
+
+def test_item_aware_rollouts_refused_where_they_do_not_apply(unit_model, tmp_path):
+    """RecPO's completion is reasoning, not the list: the option is refused there (and with vLLM) before any
+    model work, naming the trainer."""
+    from datasets import Dataset
+
+    from trainers.recpo import RecPOConfig, RecPOTrainer
+
+    model, tok, dd, catalog = unit_model
+    cfg = RecPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+                      per_device_train_batch_size=2, num_generations=2, max_steps=1, item_aware_decoding=True,
+                      gradient_checkpointing=False, dataloader_num_workers=0)
+    with pytest.raises(ValueError, match="not RecPOTrainer"):
+        RecPOTrainer(model=model, args=cfg, processing_class=tok, catalog=catalog,
+                     train_dataset=Dataset.from_list([dict(r) for r in dd["train"].select(range(2))]))

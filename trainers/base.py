@@ -107,6 +107,8 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
     helpers for per-process rows and named metrics. Subclasses override ``build_reward_funcs`` and, for their own
     advantages / loss, TRL's ``_generate_and_score_completions`` / ``_compute_loss``."""
 
+    supports_item_aware_decoding = False  # the list methods (ListGRPOTrainer) set it: their completion is the list
+
     def __init__(self, model, args: RecRLConfig, train_dataset=None, eval_dataset=None, processing_class=None,
                  catalog=None, **kwargs):
         if not isinstance(args, RecRLConfig):
@@ -131,6 +133,13 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
             else:
                 eval_dataset = truncate_dataset_prompts(eval_dataset, processing_class, args.max_prompt_length,
                                                         "eval")
+        if args.item_aware_decoding:  # refused before the model loads
+            if not self.supports_item_aware_decoding:
+                raise ValueError(f"item_aware_decoding is for methods whose completion is the item list (Rank-GRPO, "
+                                 f"GRPO, GSPO), not {type(self).__name__}")
+            if args.use_vllm or args.use_transformers_continuous_batching:
+                raise ValueError("item_aware_decoding is built for transformers `generate` only; set use_vllm and "
+                                 "use_transformers_continuous_batching false")
         self.args = args  # build_reward_funcs may read it before TRL sets it
         super().__init__(model=model, reward_funcs=self.build_reward_funcs(), args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
@@ -144,8 +153,6 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         self._eos_ids = set(self.eos_token_ids) | {self._tokenizer.pad_token_id}
         self._item_tokens = self._rollout_seen = None
         if args.item_aware_decoding:
-            if args.use_vllm:
-                raise ValueError("item_aware_decoding is built for transformers generation only; set use_vllm false")
             from modeling.item_decoding import ItemTokens
             from preprocess.common import catalog_items_of
 

@@ -207,6 +207,8 @@ class ListGRPOTrainer(RecRLTrainer):
     (``catalog=`` or ``args.catalog_path``).
     """
 
+    supports_item_aware_decoding = True
+
     def __init__(self, model, args: RankGRPOConfig, *a, **kw):
         if not isinstance(args, RankGRPOConfig):
             raise TypeError(f"{type(self).__name__} needs a RankGRPOConfig")

@@ -220,11 +220,10 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         """TRL's loss, with a guard: a non-finite loss (e.g. NaN logits at a real position) must not reach the
         optimiser. The decision is collective -- every process learns whether ANY process's loss is non-finite
         (one all-reduce per micro-batch) -- and then EVERY process skips the micro-batch: its loss is replaced by
-        an exact zero with no path to the parameters, so backward adds nothing to any gradient on any process
-        (the data-parallel reductions see zeros everywhere or run on no process at all) and the micro-batch is
-        counted in ``nonfinite_loss_skipped`` with a warning. No parameter is touched, which keeps it valid under
-        ZeRO-3, whose parameters are partitioned (empty) outside their module's forward; a zero connected to the
-        loss's own graph would not do: its backward multiplies the NaN / inf inside that graph by zero."""
+        an exact zero (``_zero_loss``: zero gradients on whole parameters, or no path to the partitioned ZeRO-3
+        ones), so backward adds nothing to any gradient on any process, and the micro-batch is counted in
+        ``nonfinite_loss_skipped`` with a warning. A zero connected to the loss's own graph would not do: its
+        backward multiplies the NaN / inf inside that graph by zero."""
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         local_bad = not bool(torch.isfinite(loss.detach()).all())
         if self.accelerator.num_processes > 1:

@@ -128,7 +128,7 @@ def make_recommender(args, model_path: str | None, data, provenance: dict):
             provenance.update(backend=None, decoding=None, recommender="trm")
             return TRMRecommender.from_pretrained(model_path, n_items=args.n_items)
         if args.recommender == "deeprec":
-            from evaluation.deeprec import DeepRecRecommender, EpisodeSettings
+            from methods.deeprec.rollout import DeepRecRecommender, EpisodeSettings
             from modeling.loading import load_model_and_tokenizer
             from retrieval.retriever import TRMRetriever
 
@@ -145,7 +145,7 @@ def make_recommender(args, model_path: str | None, data, provenance: dict):
                                       data.catalog, settings, prompt_style=args.prompt_style, category=args.category,
                                       batch_size=args.batch_size)
         if args.recommender == "recpo":
-            from evaluation.recpo import RecPORecommender
+            from methods.recpo.recommender import RecPORecommender
 
             provenance.update(backend="transformers", recommender="recpo", category=args.category,
                               reasoning=not args.no_reasoning)
@@ -187,7 +187,7 @@ def episode_defaults(path: str) -> dict:
 
     import yaml
 
-    from trainers.deeprec import DeepRecConfig
+    from methods.deeprec.trainer import DeepRecConfig
 
     try:
         with open(path, encoding="utf-8") as fh:
@@ -266,7 +266,7 @@ def run(args) -> dict:
     recommender = make_recommender(args, model_path, data, provenance)
     dataset = data.dataset
     if args.target_only:  # groundtruth = [target]: the next item only
-        from evaluation.deeprec import target_only
+        from methods.deeprec.rollout import target_only
 
         dataset = target_only(dataset)
         provenance["groundtruth"] = "target"

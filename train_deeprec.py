@@ -16,7 +16,7 @@ Stage ``rec`` starts from a stage-1 run: ``--init_from <stage-1 output_dir>`` (i
 ``checkpoint-N`` when it has no final model yet) or a model folder. The difficulty-based selection's counts are
 written to ``<output_dir>/data_selection.json``. ``--warmstart_gate report|require --eval_split validation`` checks,
 before RL, that the warm-started model writes valid episodes (greedy >= 90%, sampled >= 30%), prints the shares and
-writes ``<output_dir>/warmstart_gate.json``. Evaluate with the seam's ``evaluation.deeprec.DeepRecRecommender``.
+writes ``<output_dir>/warmstart_gate.json``. Evaluate with the seam's ``methods.deeprec.rollout.DeepRecRecommender``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import TrlParser
 
-from trainers.deeprec import DeepRecConfig, DeepRecTrainer, ItemEmbeddings, format_gate, warmstart_gate, \
+from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer, ItemEmbeddings, format_gate, warmstart_gate, \
     warmstart_records
 from trainers.cli import run_script
 from trainers.run_logging import compose_run_name, configure_wandb, tee_output
@@ -53,7 +53,7 @@ class ScriptArguments(CommonScriptArguments):
     eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on during training."})
     warmstart_gate: str = field(default="off", metadata={
         "help": "Before RL, run greedy and sampled (the stage's temperature) episodes on --warmstart_gate_rows rows of "
-                "--eval_split and print the share of valid ones (trainers.deeprec.warmstart_gate: greedy >= 0.9 and "
+                "--eval_split and print the share of valid ones (methods.deeprec.trainer.warmstart_gate: greedy >= 0.9 and "
                 "sampled >= 0.3 pass). off; report (print, write warmstart_gate.json, train anyway); require (stop "
                 "with an error when it does not pass).", "choices": ["off", "report", "require"]})
     warmstart_gate_rows: int = field(default=32, metadata={"help": "Validation rows the warm-start gate runs on."})

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import TrlParser
 
-from trainers.rank_grpo import RankGRPOConfig, trainer_class
+from methods.rank_grpo.trainer import RankGRPOConfig, trainer_class
 from trainers.cli import run_script
 from trainers.run_logging import compose_run_name, configure_wandb, tee_output
 from trainers.script_args import (CommonScriptArguments, OptionError, parse_config, start_rl_run, take_subset,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import TrlParser
 
-from trainers.recpo import RecPOConfig, RecPOTrainer
+from methods.recpo.trainer import RecPOConfig, RecPOTrainer
 from trainers.cli import run_script
 from trainers.run_logging import compose_run_name, configure_wandb, tee_output
 from trainers.script_args import (CommonScriptArguments, OptionError, parse_config, start_rl_run, take_subset,

@@ -65,7 +65,7 @@ class ScriptedCostGenerator:
         self.encode = lambda text: tok(text, add_special_tokens=False)["input_ids"]
 
     def _segment(self, text: str) -> str:
-        from rewards.deeprec_format import BEGIN_ITEM_LIST, END_ITEM_LIST
+        from preprocess.deeprec_prompts import BEGIN_ITEM_LIST, END_ITEM_LIST
 
         opener, boundary = "\n" + BEGIN_ITEM_LIST + "\n", END_ITEM_LIST + "\n"
         completion = text.split(COMPLETION_START, 1)[1]
@@ -76,7 +76,7 @@ class ScriptedCostGenerator:
         return segment[len(done):] if segment.startswith(done) else segment
 
     def _full_segment(self, text: str, completion: str, turn: int, opener: str) -> str:
-        from rewards.deeprec_format import BEGIN_PREFERENCE, END_ITEM_LIST, END_PREFERENCE, THINK_CLOSE, answer_text
+        from preprocess.deeprec_prompts import BEGIN_PREFERENCE, END_ITEM_LIST, END_PREFERENCE, THINK_CLOSE, answer_text
 
         filler = " ".join(["the user keeps coming back to long story-driven games with open worlds"] * 4)
         filler = " ".join(filler.split()[:TURN_WORDS])
@@ -133,7 +133,7 @@ def bench_rollout(workdir: Path) -> dict:
     from modeling.text_encoder import load_text_encoder
     from modeling.tiny import build_tiny_model
     from preprocess.common import load_processed
-    from trainers.deeprec import DeepRecConfig, DeepRecTrainer
+    from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer
 
     if not (GAMES_DATA / "catalog.json").exists():
         return {"skipped": f"{GAMES_DATA} absent (python -m preprocess.amazon --format atomic ... --category Games)"}

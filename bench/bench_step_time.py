@@ -25,7 +25,7 @@ from modeling.tiny import build_tiny_model
 from preprocess.common import load_processed
 from rewards.judge import judge
 from rewards.rank_rewards import sequence_ndcg
-from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 
 STEPS, BATCH, G, COMPLETION, ROUNDS = 6, 8, 4, 96, 3
 

@@ -178,7 +178,7 @@ def catalog_units(dataset_path: str | os.PathLike) -> list[str]:
 def method_markers() -> list[str]:
     """Every marker a method's prompts or parsers look for (RecPO's answer tags, DeepRec's tool and answer tags)."""
     from preprocess.recpo_prompts import ANSWER_END, ANSWER_MARKER
-    from rewards import deeprec_format as d
+    from preprocess import deeprec_prompts as d
 
     return list(dict.fromkeys([ANSWER_MARKER, ANSWER_END, d.THINK_OPEN, d.THINK_CLOSE, *d.TOOL_MARKERS,
                                d.ANSWER_OPEN, d.ANSWER_CLOSE]))

@@ -8,7 +8,7 @@ builders' own constants):
 
 * ``movielens``: ``... Here is the conversation: USER: I have watched these movies, oldest first: A; B; C. Which
   movies should I watch next?`` -- whole titles are dropped from the front of the list;
-* ``deeprec`` (``rewards.deeprec_format.build_prompt``, both styles): the numbered lines after ``I have interacted
+* ``deeprec`` (``preprocess.deeprec_prompts.build_prompt``, both styles): the numbered lines after ``I have interacted
   with these <category>, oldest first:`` -- whole lines dropped, the rest renumbered from 1, the completion-style
   tail ``Assistant:\\n<think>\\n`` kept;
 * ``recpo`` (``preprocess.recpo_prompts.user_prompt``): the item lines after the ``Below is my historical ...:``
@@ -28,9 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from preprocess import movielens, recpo_prompts
+from preprocess import deeprec_prompts, movielens, recpo_prompts
 from preprocess.common import CONVERSATION_MARKER
-from rewards import deeprec_format
 
 
 class PromptFitError(ValueError):
@@ -59,7 +58,7 @@ def _template_regex(template: str) -> str:
 HISTORY_LAYOUTS = (
     HistoryLayout("movielens", re.compile(re.escape(CONVERSATION_MARKER + movielens.HISTORY_OPENER)),
                   movielens.HISTORY_SEPARATOR, re.compile(re.escape(movielens.HISTORY_CLOSER))),
-    HistoryLayout("deeprec", re.compile(_template_regex(deeprec_format.HISTORY_INTRO) + "\n"), "\n",
+    HistoryLayout("deeprec", re.compile(_template_regex(deeprec_prompts.HISTORY_INTRO) + "\n"), "\n",
                   re.compile(re.escape("\nAssistant:\n")), numbered=True),
     HistoryLayout("recpo", re.compile(_template_regex(recpo_prompts.HISTORY_INTRO) + r"[^\n]*:\n"), "\n"),
     HistoryLayout("conversation", re.compile(re.escape(CONVERSATION_MARKER))),

@@ -1,6 +1,6 @@
 """RecPO (R²ec) prompt templates, docs/methods.md §3.1: the one renderer of the user prompt the policy reasons on and of
-the item prompt that encodes a catalog item. Builders (``preprocess.amazon``), the trainer (``trainers.recpo``) and
-the evaluator (``evaluation.recpo``) all render through this module, so a model is trained and evaluated on the
+the item prompt that encodes a catalog item. Builders (``preprocess.amazon``), the trainer (``methods.recpo.trainer``) and
+the evaluator (``methods.recpo.recommender``) all render through this module, so a model is trained and evaluated on the
 text a data set stores.
 
 Wording: docs/methods.md §3.1; where it leaves the layout open, R²ec's released prompts (line breaks, ``Title`` /

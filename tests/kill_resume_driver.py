@@ -62,7 +62,7 @@ def canned_rank_grpo():
     """Rank-GRPO's rollouts: each completion drawn (torch RNG) from a few ranked lists of the test catalog, so the
     rewards vary within a group and the loss / gradient are not zero."""
     from test_train_rank_grpo import N_ITEMS, TITLES
-    from trainers.rank_grpo import ListGRPOTrainer
+    from methods.rank_grpo.trainer import ListGRPOTrainer
 
     lists = ["\n".join(f"{t} ({y})" for t, y in TITLES[s:s + N_ITEMS]) for s in range(0, 8, 2)]
     lists.append("Here you go:\n" + lists[0] + "\nAnd one more: Heat (1995)")
@@ -84,7 +84,7 @@ def scripted_deeprec():
     import re
 
     from test_deeprec import ScriptedGenerator, _scripts_for_trainer
-    from trainers.deeprec import DeepRecTrainer
+    from methods.deeprec.trainer import DeepRecTrainer
 
     def generator(self):
         scripts = _scripts_for_trainer()

@@ -39,7 +39,7 @@ def main():
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
     from retrieval import TRMRetriever
-    from trainers.deeprec import DeepRecConfig, DeepRecTrainer
+    from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer
 
     tok = load_tokenizer(a.model, padding_side="left")
     dsd, catalog = load_processed(a.data)

@@ -12,7 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import mp_parity_probe  # noqa: E402
-import trainers.rank_grpo as rg  # noqa: E402
+import methods.rank_grpo.trainer as rg  # noqa: E402
 
 _orig = rg.RankGRPOTrainer._compute_loss
 SKIP_COUNTS: dict = {}

@@ -99,7 +99,7 @@ def recording(cls):
 
 
 def build_rank_grpo(a, tok, dsd, catalog, common):
-    from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+    from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     canned = [tok.encode(pre + "\n".join(catalog.display(i) for i in ids)) + ([eos] if with_eos else [])
@@ -118,7 +118,7 @@ def build_rank_grpo(a, tok, dsd, catalog, common):
 
 
 def build_recpo(a, tok, dsd, catalog, common):
-    from trainers.recpo import RecPOConfig, RecPOTrainer
+    from methods.recpo.trainer import RecPOConfig, RecPOTrainer
 
     canned = [tok(t, add_special_tokens=False)["input_ids"] for t in RECPO_TEXTS]
 
@@ -136,7 +136,7 @@ def build_recpo(a, tok, dsd, catalog, common):
 def build_deeprec(a, tok, dsd, catalog, common):
     from retrieval import TRMRetriever
     from test_deeprec import ScriptedGenerator, _scripts_for_trainer
-    from trainers.deeprec import DeepRecConfig, DeepRecTrainer
+    from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer
 
     scripts = _scripts_for_trainer()  # 0, 1, 2 and 3 tool calls; answers with / without most rows' targets
 

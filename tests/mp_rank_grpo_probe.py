@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from rewards.rank_rewards import batch_rank_rewards
-from trainers import rank_grpo
-from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+from methods.rank_grpo import trainer as rank_grpo
+from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 
 torch.set_num_threads(1)
 

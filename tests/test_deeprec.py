@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from conftest import REPO
-from evaluation.deeprec import EpisodeSettings, answer_item_ids, cut_at_stop, run_episodes
+from methods.deeprec.rollout import EpisodeSettings, answer_item_ids, cut_at_stop, run_episodes
 from rewards.catalog import Catalog
-from rewards.deeprec_format import (
+from preprocess.deeprec_prompts import (
     ANSWER_CLOSE,
     BEGIN_ITEM_LIST,
     BEGIN_PREFERENCE,
@@ -23,9 +23,11 @@ from rewards.deeprec_format import (
     END_PREFERENCE,
     THINK_CLOSE,
     answer_text,
+    item_list_text,
+)
+from methods.deeprec.rewards import (
     diversity_reward,
     invocation_reward,
-    item_list_text,
     outcome_reward,
     parse_trajectory,
     similarity_reward,
@@ -176,7 +178,7 @@ class FakeRetriever:
 
 
 def test_judge_rewards_on_crafted_episodes():
-    from trainers.deeprec import DeepRecJudge, ItemEmbeddings
+    from methods.deeprec.trainer import DeepRecJudge, ItemEmbeddings
 
     enc = FakeEncoder({"a": [1, 0, 0, 0, 0, 0, 0, 0], "b": [0, 1, 0, 0, 0, 0, 0, 0], "c": [1, 1, 0, 0, 0, 0, 0, 0]})
     V = len(TITLES)
@@ -379,7 +381,7 @@ def test_cut_at_stop():
 
 # ============================================================================================ loss / masks
 def test_injected_tokens_get_zero_gradient_and_no_kl():
-    from trainers.deeprec import deeprec_policy_loss
+    from methods.deeprec.trainer import deeprec_policy_loss
 
     torch.manual_seed(0)
     B, T, V = 3, 9, 11
@@ -462,7 +464,7 @@ def _scripts_for_trainer():
 
 
 def _scripted_trainer_class(tokenizer, seed=0):
-    from trainers.deeprec import DeepRecTrainer
+    from methods.deeprec.trainer import DeepRecTrainer
 
     rng = random.Random(seed)
 
@@ -488,7 +490,7 @@ def _scripted_trainer_class(tokenizer, seed=0):
 
 
 def _config(tmp_path, **kw):
-    from trainers.deeprec import DeepRecConfig
+    from methods.deeprec.trainer import DeepRecConfig
 
     base = dict(output_dir=str(tmp_path / "out"), num_generations=4, per_device_train_batch_size=8,
                 gradient_accumulation_steps=1, max_steps=1, learning_rate=1e-2, logging_steps=1, save_strategy="no",
@@ -568,7 +570,7 @@ def test_stage_cold_and_rec_runs_resume_and_difficulty_selection(tiny_setup, tmp
     import json
 
     import train_deeprec
-    import trainers.deeprec as td
+    import methods.deeprec.trainer as td
     from modeling.loading import load_tokenizer
 
     _, data, model, trm = tiny_setup
@@ -617,7 +619,7 @@ def test_real_hf_generation_run(tiny_setup, tmp_path):
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
     from retrieval import TRMRetriever
-    from trainers.deeprec import DeepRecTrainer
+    from methods.deeprec.trainer import DeepRecTrainer
 
     _, data, model, trm = tiny_setup
     tok = load_tokenizer(model)
@@ -634,7 +636,7 @@ def test_real_hf_generation_run(tiny_setup, tmp_path):
 
 def test_recommender_through_the_seam(tiny_setup, tmp_path):
     """DeepRecRecommender: scripted greedy policy, failed episodes are misses, predictions hold the trajectory."""
-    from evaluation.deeprec import DeepRecRecommender, target_only
+    from methods.deeprec.rollout import DeepRecRecommender, target_only
     from evaluation.recommenders import evaluate_recommender
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
@@ -675,7 +677,7 @@ def test_recommender_through_the_seam(tiny_setup, tmp_path):
 
 def test_warmstart_records_are_valid_trajectories(tiny_setup, tmp_path):
     from preprocess.common import load_processed, save_processed
-    from trainers.deeprec import warmstart_records
+    from methods.deeprec.trainer import warmstart_records
 
     _, data, _, _ = tiny_setup
     dsd, catalog = load_processed(data)
@@ -696,7 +698,7 @@ def test_configs_parse():
     from trl import TrlParser
 
     from train_deeprec import ScriptArguments
-    from trainers.deeprec import DeepRecConfig
+    from methods.deeprec.trainer import DeepRecConfig
 
     for name, stage in (("deeprec_qwen25_7b_stage1.yaml", "cold"), ("deeprec_qwen25_7b_stage2.yaml", "rec"),
                         ("tiny/deeprec_ml100k_stage1.yaml", "cold"), ("tiny/deeprec_ml100k_stage2.yaml", "rec")):

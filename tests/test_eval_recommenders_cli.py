@@ -82,7 +82,7 @@ def test_eval_test_deeprec_episode_budgets_reach_the_loop(trm_setup, monkeypatch
     """--retrieve_k / --max_turn_tokens / --max_calls are the episode settings the loop runs with (a model trained
     with 10-item calls must be evaluated with 10-item calls), and are recorded in metrics.json."""
     import eval_test
-    import evaluation.deeprec as deeprec
+    import methods.deeprec.rollout as deeprec
 
     seen = []
     real = deeprec.run_episodes

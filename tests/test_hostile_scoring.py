@@ -134,7 +134,7 @@ def test_duplicate_titles_are_one_item_for_text_and_ids():
 
 
 def test_training_rewards_use_the_same_rules():
-    from trainers.list_rewards import ListJudge, rank_reward_sum_func, score_completion, sequence_reward_func
+    from methods.rank_grpo.list_judge import ListJudge, rank_reward_sum_func, score_completion, sequence_reward_func
 
     text = f"{LONG}\n#10 Solid Rubber Stopper\nRacing Wheel Stand Pro for Logitech G29"
     s = score_completion(text, PRODUCTS, [2, 5], [], ended_with_eos=True, n_items=3, require_year=False)
@@ -145,7 +145,7 @@ def test_training_rewards_use_the_same_rules():
     kw = dict(prompts=[None], completions=[None], completion_ids=[[1, 99]], groundtruth=[[2, 5]], seen=[[]])
     assert sequence_reward_func(lj, "ndcg")(**kw) == [pytest.approx(ndcg([0, 1, 1], 2, 3))]
     assert rank_reward_sum_func(lj, "exp_inf")(**kw) == [2.0]
-    from evaluation.deeprec import answer_item_ids
+    from methods.deeprec.rollout import answer_item_ids
     from evaluation.recommenders import text_item_ids
 
     assert text_item_ids(text, PRODUCTS, False) == answer_item_ids(text.split("\n"), PRODUCTS, False) == [0, 2, 4]
@@ -154,7 +154,7 @@ def test_training_rewards_use_the_same_rules():
 
 def test_deeprec_outcome_reward_reaches_a_duplicate_title_target():
     from test_deeprec import valid_text
-    from trainers.deeprec import DeepRecJudge
+    from methods.deeprec.trainer import DeepRecJudge
 
     cat = Catalog([{"id": i, "title": f"Game Number {i}", "year": None} for i in range(10)]
                   + [{"id": 10, "title": "Game Number 3", "year": None}])  # 10 is a twin of 3

@@ -366,9 +366,9 @@ def test_validate_options_table_matches_the_documented_defaults():
     from trl import SFTConfig
 
     import train_trm
-    from trainers.deeprec import DeepRecConfig
-    from trainers.rank_grpo import RankGRPOConfig
-    from trainers.recpo import RecPOConfig
+    from methods.deeprec.trainer import DeepRecConfig
+    from methods.rank_grpo.trainer import RankGRPOConfig
+    from methods.recpo.trainer import RecPOConfig
     from trainers.script_args import validate_options
 
     validate_options(train_trm.TRMScriptArguments(dataset_path="x"))
@@ -500,7 +500,7 @@ def test_train_sft_names_a_missing_completion_column(env, capsys, tmp_path):
 def test_the_recpo_projection_saved_in_the_policy_is_an_expected_extra_weight():
     """RecPO saves its projection as a submodule of the policy: allowed by name, and only that name."""
     from modeling.loading import POLICY_EXTRA_MODULES
-    from trainers.recpo import PROJECTION_MODULE
+    from methods.recpo.trainer import PROJECTION_MODULE
 
     assert POLICY_EXTRA_MODULES == (PROJECTION_MODULE,)
 

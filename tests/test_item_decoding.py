@@ -119,7 +119,7 @@ def test_rank_grpo_rollouts_use_item_aware_decoding(unit_model, tmp_path, monkey
 
     from preprocess.common import catalog_items_of
     from trainers.base import RecRLTrainer
-    from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+    from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 
     model, tok, dd, catalog = unit_model
     items = ItemTokens.from_catalog(tok, catalog_items_of(catalog), model.config.vocab_size)
@@ -215,7 +215,7 @@ def test_item_aware_rollouts_refused_where_they_do_not_apply(unit_model, tmp_pat
     model work, naming the trainer."""
     from datasets import Dataset
 
-    from trainers.recpo import RecPOConfig, RecPOTrainer
+    from methods.recpo.trainer import RecPOConfig, RecPOTrainer
 
     model, tok, dd, catalog = unit_model
     cfg = RecPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to="none", save_strategy="no",

@@ -297,7 +297,7 @@ def test_rl_trainer_warns_when_checkpoints_split_a_generation_batch(tmp_path, ca
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
     from test_train_rank_grpo import tiny_setup
-    from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+    from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 
     _, data, model = tiny_setup.__wrapped__(_Factory(tmp_path))
     dsd, catalog = load_processed(data)

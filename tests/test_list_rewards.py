@@ -1,4 +1,4 @@
-"""trainers/list_rewards.py: the list rewards as TRL reward functions -- one judgement per batch shared by all of
+"""methods/rank_grpo/list_judge.py: the list rewards as TRL reward functions -- one judgement per batch shared by all of
 them, the sums they return against hand-computed values, the one require_year rule, and the trainer's wiring."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from rewards.catalog import Catalog, resolve_require_year
-from trainers.list_rewards import (
+from methods.rank_grpo.list_judge import (
     ListJudge,
     length_shaping_func,
     rank_reward_sum_func,

@@ -25,9 +25,9 @@ OLD_REFERENCE = "METHODS" + ".md"
 #: ``...Config`` fails until it is added here (after issue 21's package move, update the module paths).
 CONFIG_MODULES = {
     "RecRLConfig": "trainers.base",
-    "RankGRPOConfig": "trainers.rank_grpo",
-    "RecPOConfig": "trainers.recpo",
-    "DeepRecConfig": "trainers.deeprec",
+    "RankGRPOConfig": "methods.rank_grpo.trainer",
+    "RecPOConfig": "methods.recpo.trainer",
+    "DeepRecConfig": "methods.deeprec.trainer",
     "TRMConfig": "retrieval.model",
 }
 
@@ -120,7 +120,7 @@ def test_every_named_anchor_bug_is_defined():
     doc = _doc()
     mentioned = {(name, letter.lower()) for name, text in _texts() if name != "docs/methods.md"
                  for letter in _ANCHOR_BUG.findall(text)}
-    assert {letter for _, letter in mentioned} >= {"a", "b", "d"}  # trainers/recpo.py names these
+    assert {letter for _, letter in mentioned} >= {"a", "b", "d"}  # methods/recpo/trainer.py names these
     undefined = sorted(f"{name}: anchor bug {letter}" for name, letter in mentioned
                        if f"**Anchor bug {letter}**" not in doc)
     assert not undefined, f"anchor bugs named in the code but not defined in docs/methods.md: {undefined}"

@@ -11,7 +11,7 @@ from preprocess.common import RANK_GRPO_INSTRUCTION, build_prompt, format_comple
 from preprocess.movielens import conversation_text
 from preprocess.prompting import PromptFitError, fit_prompt, fit_prompts, prompt_token_count
 from preprocess.recpo_prompts import user_prompt
-from rewards.deeprec_format import ANSWER_OPEN, ITEM_PLACEHOLDER, build_prompt as deeprec_prompt, instructions
+from preprocess.deeprec_prompts import ANSWER_OPEN, ITEM_PLACEHOLDER, build_prompt as deeprec_prompt, instructions
 
 TITLES = [f"Film Number {i} ({1950 + i})" for i in range(40)]  # distinct, numbered oldest -> newest
 

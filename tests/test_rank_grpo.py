@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REDDIT_DIR, require
-from trainers.rank_grpo import (
+from methods.rank_grpo.trainer import (
     RankGRPOConfig,
     RankGRPOTrainer,
     build_advantages,

@@ -23,7 +23,7 @@ from modeling.hidden_states import (
 from preprocess.recpo_prompts import ANSWER_MARKER, item_prompt, user_prompt
 from rewards.embedding_rewards import cosine_scores, rank_ndcg, target_ranks, target_softmax_prob, top_k_items
 from trainers.core_algos import group_zscore
-from trainers.recpo import recommendation_loss, recommendation_weights
+from methods.recpo.trainer import recommendation_loss, recommendation_weights
 
 torch.set_num_threads(1)
 
@@ -217,7 +217,7 @@ def test_recommendation_loss_with_logit_offsets_matches_a_slow_reference(kind):
 
 
 def test_target_shares_logq_offsets_and_uniform_negatives_match_slow_references():
-    from trainers.recpo import logq_offsets, target_shares, uniform_negatives
+    from methods.recpo.trainer import logq_offsets, target_shares, uniform_negatives
 
     index_of = {100 + i: i for i in range(6)}
     targets = [100, 100, 103, 105, 100, 103]
@@ -273,7 +273,7 @@ def tiny_recpo(tmp_path_factory):
 def _trainer(tiny_recpo, tmp_path, canned=None, **kw):
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
-    from trainers.recpo import RecPOConfig, RecPOTrainer
+    from methods.recpo.trainer import RecPOConfig, RecPOTrainer
 
     _, data, model = tiny_recpo
     tok = load_tokenizer(model)
@@ -394,7 +394,7 @@ def test_train_recpo_runs_updates_the_table_and_resumes(tiny_recpo, tmp_path):
 
 def test_recpo_recommender_equals_a_slow_full_catalog_reference_and_never_ranks_history(tiny_recpo):
     from evaluation.recommenders import evaluate_recommender
-    from evaluation.recpo import RecPORecommender
+    from methods.recpo.recommender import RecPORecommender
     from preprocess.common import load_processed
     from preprocess.recpo_prompts import record_user_prompt
 
@@ -444,7 +444,7 @@ def test_recpo_configs_parse_with_the_released_settings(path):
 
     from conftest import REPO
     from train_recpo import ScriptArguments
-    from trainers.recpo import RecPOConfig
+    from methods.recpo.trainer import RecPOConfig
 
     extra = [] if "tiny" in path else ["--use_cpu", "true", "--bf16", "false"]  # parse the GPU file on CPU
     script, cfg = TrlParser((ScriptArguments, RecPOConfig)).parse_args_and_config(
@@ -460,9 +460,9 @@ def test_recpo_configs_parse_with_the_released_settings(path):
 
 def test_learned_projection_is_trained_saved_and_used_by_evaluation(tiny_recpo, tmp_path):
     import train_recpo
-    from evaluation.recpo import PROJECTION_FILE, RecPORecommender
+    from methods.recpo.recommender import PROJECTION_FILE, RecPORecommender
     from preprocess.common import load_processed
-    from trainers.recpo import make_projection
+    from methods.recpo.trainer import make_projection
 
     eye = make_projection(6, 6).weight
     assert torch.equal(eye, torch.eye(6))
@@ -498,7 +498,7 @@ def test_projection_is_saved_whole_and_resumes_under_zero3(tiny_recpo, tmp_path)
     from safetensors.torch import load_file
     from test_multiprocess import REPO, _launch, _skip_unless_launchable
 
-    from trainers.recpo import make_projection
+    from methods.recpo.trainer import make_projection
 
     _skip_unless_launchable("cpu_2proc_zero2.yaml")  # gloo and deepspeed
     # ZeRO-3 leaves parameters under stage3_param_persistence_threshold (1e5 elements) whole on every process; this
@@ -592,7 +592,7 @@ def test_uniform_negatives_and_logq_in_the_trainer_match_a_slow_reference(tiny_r
 
 
 def test_negative_options_are_checked():
-    from trainers.recpo import RecPOConfig
+    from methods.recpo.trainer import RecPOConfig
 
     common = dict(output_dir="unused", use_cpu=True, bf16=False, report_to="none")
     with pytest.raises(ValueError, match="rec_negatives"):

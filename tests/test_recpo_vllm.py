@@ -125,7 +125,7 @@ def tiny_recpo(tmp_path_factory):
 def _vllm_trainer(root, tmp_path, fake, **kw):
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
-    from trainers.recpo import RecPOConfig, RecPOTrainer
+    from methods.recpo.trainer import RecPOConfig, RecPOTrainer
 
     tok = load_tokenizer(root / "model")
     dsd, catalog = load_processed(root / "data")

@@ -91,7 +91,7 @@ def test_off_policy_rank_grpo_run_with_canned_lists(tiny_setup, tmp_path):
     (our item_index / (B, N+1) advantages must follow), and the item ratios move away from 1."""
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
-    from trainers.rank_grpo import RankGRPOConfig, RankGRPOTrainer
+    from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 
     _, data, model = tiny_setup
     tok = load_tokenizer(model)
@@ -129,7 +129,7 @@ def test_configs_parse():
     from trl import TrlParser
 
     from train_rank_grpo import ScriptArguments
-    from trainers.rank_grpo import RankGRPOConfig
+    from methods.rank_grpo.trainer import RankGRPOConfig
 
     for name in ("rank_grpo_qwen25_0.5b.yaml", "rank_grpo_llama32_3b.yaml", "tiny/rank_grpo_ml100k.yaml",
                  "tiny/rank_grpo_redial.yaml"):

@@ -1,6 +1,6 @@
 """DeepRec's multi-turn episode loop (LLM <-> TRM) and its recommender for the evaluation seam.
 
-One loop serves training (``trainers.deeprec``: sampled, TRL's vLLM on GPU) and evaluation (greedy HF here):
+One loop serves training (``methods.deeprec.trainer``: sampled, TRL's vLLM on GPU) and evaluation (greedy HF here):
 
     episodes = run_episodes(prompt_ids, histories, excludes, generator, retriever, title_of, encode, decode,
                             eos_ids, EpisodeSettings(max_calls=8, max_tokens=16384))
@@ -29,19 +29,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from rewards.deeprec_format import (
+from preprocess.deeprec_prompts import (
+
     ANSWER_CLOSE,
+
     END_PREFERENCE,
+
     MAX_CALLS,
+
     N_ANSWER,
+
     RETRIEVE_K,
+
     STOP_STRINGS,
+
     build_prompt,
-    format_check_shares,
+
     item_list_text,
+
     last_preference,
-    parse_trajectory,
+
 )
+
+from methods.deeprec.rewards import format_check_shares, parse_trajectory
 
 END_REASONS = ("answer", "eos", "call_limit", "budget")
 

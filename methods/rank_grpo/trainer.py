@@ -35,7 +35,7 @@ Design decisions (documented in the config help too):
 
 The equations are the method layer's (``trainers.core_algos``: ``rank_zscore``, the ``item`` ratio,
 ``clipped_surrogate``, the ``paper`` / ``token`` aggregations, ``k3_kl``); rewards go through TRL's reward-function
-path (``trainers.list_rewards``). Classes: ``ListGRPOTrainer`` -- the GRPO / GSPO baselines, TRL's own advantages and
+path (``methods.rank_grpo.list_judge``). Classes: ``ListGRPOTrainer`` -- the GRPO / GSPO baselines, TRL's own advantages and
 loss on the sequence reward; ``RankGRPOTrainer`` -- adds the rank advantages and the item-level loss.
 ``trainer_class(algorithm)`` picks one.
 """
@@ -57,7 +57,7 @@ from trainers.core_algos import (
     rank_zscore,
     sequence_mean,
 )
-from trainers.list_rewards import (  # noqa: F401 (re-exported: the scoring of one completion)
+from methods.rank_grpo.list_judge import (  # noqa: F401 (re-exported: the scoring of one completion)
     CompletionScore,
     ListJudge,
     length_shaping_func,

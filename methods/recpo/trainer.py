@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from evaluation.recpo import PROJECTION_FILE  # the optional learned projection, saved beside the model
+from methods.recpo.recommender import PROJECTION_FILE  # the optional learned projection, saved beside the model
 from modeling.hidden_states import (
     capture_last_hidden_state,
     chat_ids,

@@ -6,7 +6,7 @@ the one matcher in ``rewards/``); every reward function of the batch reads that 
 
 * ``ndcg`` -- NDCG@N of the list (the GRPO / GSPO baselines' sequence reward);
 * ``rank_<scheme>`` -- the rank rewards of ``rewards.rank_rewards`` summed over the N ranks (Rank-GRPO logs it; its
-  advantages use the per-rank values, see ``trainers.rank_grpo``);
+  advantages use the per-rank values, see ``methods.rank_grpo.trainer``);
 * ``length_shaping`` -- the tail rank's penalties (eps_o / eps_u / EOS bonus, docs/methods.md §2.6).
 
 List statistics (hit rate, parsed items, catalog-hit and valid-item ratios, overflow / early-stop / EOS rates, NDCG)

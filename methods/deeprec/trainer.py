@@ -1,7 +1,7 @@
 """DeepRec (Zheng et al. 2025) on TRL's GRPOTrainer: the LLM queries a traditional recommender (TRM) several times
 while it reasons, then answers with a ranked top 10. Spec: docs/methods.md §4.
 
-* Rollout: TRL's ``rollout_func`` running ``evaluation.deeprec.run_episodes`` (the loop evaluation runs too):
+* Rollout: TRL's ``rollout_func`` running ``methods.deeprec.rollout.run_episodes`` (the loop evaluation runs too):
   generate until ``<|end_of_preference|>``, retrieve the top 20 for (history, preference text) with the in-process
   TRM (``retrieval.TRMRetriever``), append the item list as environment tokens (``env_mask`` 0 -> TRL's
   ``tool_mask``: no policy gradient, no KL), continue; at most ``max_calls`` calls, ``max_trajectory_tokens``
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from evaluation.deeprec import (
+from methods.deeprec.rollout import (
     END_REASONS,
     EpisodeSettings,
     HFTokenGenerator,
@@ -48,9 +48,8 @@ from evaluation.deeprec import (
     render_prompt,
     run_episodes,
 )
-from rewards.deeprec_format import (
-    PROMPT_STYLES,
-    STOP_STRINGS,
+from preprocess.deeprec_prompts import PROMPT_STYLES, STOP_STRINGS
+from methods.deeprec.rewards import (
     diversity_reward,
     format_check_shares,
     format_reward,
@@ -546,7 +545,7 @@ def warmstart_records(dataset, catalog, retriever, args: DeepRecConfig, split: s
     prompt/completion form (``train_sft.py`` trains on it): two TRM calls with preference texts from the history
     (its top genres, its last two items), the REAL retrieved lists, and a final top 10 interleaving the two lists.
     The target is never inserted: this teaches the protocol, not the answer."""
-    from rewards.deeprec_format import (
+    from preprocess.deeprec_prompts import (
         BEGIN_PREFERENCE,
         END_PREFERENCE,
         THINK_CLOSE,
@@ -588,10 +587,10 @@ def warmstart_records(dataset, catalog, retriever, args: DeepRecConfig, split: s
 def warmstart_sft_tokens(tokenizer, prompt: list[dict], completion: list[dict]) -> dict:
     """Token ids and loss mask of one warm-start SFT example, tokenized as the RL rollout builds a trajectory: the
     chat-templated prompt (generation prompt appended), then the completion segment by segment -- each injected TRM
-    list (``rewards.deeprec_format.injected_spans``) encoded on its own, as ``run_episodes`` appends it -- then the
+    list (``preprocess.deeprec_prompts.injected_spans``) encoded on its own, as ``run_episodes`` appends it -- then the
     template's end of the turn. ``completion_mask`` (TRL's column): 1 on the policy text and the end of the turn, 0
     on the prompt and on every token of an injected list, so the model is not trained to write the lists itself."""
-    from rewards.deeprec_format import injected_spans
+    from preprocess.deeprec_prompts import injected_spans
 
     if not (isinstance(completion, list) and len(completion) == 1 and completion[0].get("role") == "assistant"):
         raise ValueError(f"the completion must be one assistant message, got {completion!r}")
@@ -629,13 +628,13 @@ GATE_MIN_SAMPLED_VALID = 0.3
 def warmstart_gate(model, tokenizer, rows, catalog, retriever, args: DeepRecConfig,
                    min_greedy: float = GATE_MIN_GREEDY_VALID, min_sampled: float = GATE_MIN_SAMPLED_VALID,
                    batch_size: int = 16, generators=None) -> dict:
-    """Run DeepRec episodes (the evaluation loop, ``evaluation.deeprec.DeepRecRecommender``) on ``rows`` greedily and
+    """Run DeepRec episodes (the evaluation loop, ``methods.deeprec.rollout.DeepRecRecommender``) on ``rows`` greedily and
     sampled with ``rollout_sampling(args)``; return the share of valid episodes of each, every failing check's
     share, and ``passed`` (greedy >= min_greedy and sampled >= min_sampled). ``generators``: an optional
     (greedy, sampled) pair of token generators (tests); default HF ``generate`` on ``model``."""
     import torch
 
-    from evaluation.deeprec import DeepRecRecommender
+    from methods.deeprec.rollout import DeepRecRecommender
 
     rows = [dict(r) for r in rows]
     if not rows:

@@ -19,7 +19,7 @@ from modeling.hidden_states import chat_ids, encode_id_rows, end_with_marker, le
 from preprocess.recpo_prompts import ANSWER_MARKER, ITEM_PREFILL, MAX_HISTORY, item_prompt, record_user_prompt
 from rewards.embedding_rewards import cosine_scores, top_k_items
 
-PROJECTION_FILE = "recpo_projection.safetensors"  # written by trainers.recpo.RecPOTrainer.save_model
+PROJECTION_FILE = "recpo_projection.safetensors"  # written by methods.recpo.trainer.RecPOTrainer.save_model
 
 
 class RecPORecommender:

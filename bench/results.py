@@ -726,8 +726,9 @@ def write_results(parts: dict[str, dict], mode: str, settings: Settings, started
         note = f" (cached from a run with {json.dumps(diff)})" if diff else ""
         lines.append(f"| {k}{note} | {p.get('cpu_s', 0) / 60:.1f} | {p.get('wall_s', 0) / 60:.1f} |")
     notes = REPO / "docs" / "results" / "NOTES.md"
-    if notes.exists():
-        lines += ["", notes.read_text().strip()]
+    if notes.exists():  # linked, not copied: the notes are kept in one file
+        link = Path(os.path.relpath(notes, out.resolve().parent)).as_posix()
+        lines += ["", f"What was tuned on validation, what each run showed and why: [{link}]({link})."]
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

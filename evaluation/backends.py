@@ -214,7 +214,7 @@ class VLLMBackend:
         except ImportError as err:  # ModuleNotFoundError, or a broken install (CUDA libraries missing)
             raise ImportError(
                 f"--backend vllm needs the `vllm` package, which cannot be imported here ({err}). Install it on a "
-                "CUDA machine (see README 'Install', requirements-gpu.txt), or use --backend hf."
+                "CUDA machine (see docs/install.md, requirements-gpu.txt), or use --backend hf."
             ) from err
         self.max_new_tokens = int(max_new_tokens)
         self.max_prompt_length = max_prompt_length

@@ -376,7 +376,7 @@ def find_2023_files(raw: Path, category: str) -> tuple[Path, Path]:
     meta = _find_one(raw, [f"meta_{category}"], [".jsonl", ".jsonl.gz"])
     if reviews is None or meta is None:
         raise DataError(raw, reason=f"expected {category}.jsonl(.gz) (or the rating-only {category}.csv(.gz)) and "
-                                    f"meta_{category}.jsonl(.gz) (Amazon Reviews 2023; see README 'Amazon data')")
+                                    f"meta_{category}.jsonl(.gz) (Amazon Reviews 2023; see docs/data.md 'Amazon data')")
     return reviews, meta
 
 

@@ -82,8 +82,8 @@ $PY eval_test.py --baseline popularity --output_dir results/demo/popularity_next
 step "results (test split, a seeded subset of $EVAL_N samples, packed protocol)"
 MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))"
 {
-  echo "What \`make demo\` wrote on $MACHINE, $(date -u '+%Y-%m-%d %H:%M') UTC, in $((SECONDS / 60)) min $((SECONDS % 60)) s"
-  echo "(load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)); test split, $EVAL_N samples, packed protocol."
+  echo "What \`make demo\` wrote on $MACHINE, $(date -u '+%Y-%m-%d %H:%M') UTC, in $((SECONDS / 60)) min $((SECONDS % 60)) s;"
+  echo "test split, $EVAL_N samples, packed protocol."
   echo
   echo "List protocol (the 10 held-out items):"
   $PY scripts/results_table.py results/demo/popularity results/demo/untrained results/demo/untrained_item_aware \
@@ -93,4 +93,6 @@ MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | 
   $PY scripts/results_table.py results/demo/popularity_next results/demo/trm results/demo/recpo results/demo/deeprec
 } | tee results/demo/RESULTS.md
 echo
+# the load goes to the log, not the table (a table others copy should not carry one moment's load)
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "demo table written to $PWD/results/demo/RESULTS.md (full log: $PWD/logs/demo.log)"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# GPU smoke check: ONE command for a machine with one NVIDIA GPU (README "Running at scale: GPU smoke check").
+# GPU smoke check: ONE command for a machine with one NVIDIA GPU (docs/scaling.md "GPU smoke check").
 #   bash scripts/gpu_smoke.sh [gpu_smoke.py options, e.g. --steps 5 --backends hf]
 # bf16; SFT, Rank-GRPO, RecPO and DeepRec a few steps each on a tiny random model (and SmolLM2-135M-Instruct when
 # its wheel is installed), with transformers generation and, when vllm imports, TRL's colocated vLLM; every result
 # evaluated; results/gpu_smoke/gpu_smoke.json and a table (what ran, seconds, peak GPU memory).
 # The interpreter: $PY, else .venv/bin/python (bash INSTALL.sh), else python3 (e.g. a CUDA PyTorch image with the
-# wheels of README "no internet" installed).
+# wheels of docs/install.md "No internet on the GPU machine" installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ -z "${PY:-}" ]]; then

@@ -171,7 +171,7 @@ def test_batch_arithmetic(path):
                          ids=lambda p: p.name)
 def test_colocated_vllm_tensor_parallel_size_divides_the_process_counts(path):
     """TRL's colocated vLLM needs vllm_tensor_parallel_size to divide the process count: on the YAML's documented
-    launch line, and on every count the README's "fewer GPUs" advice implies (1, 2, 3 and 8 processes)."""
+    launch line, and on every count docs/scaling.md's "fewer GPUs" advice implies (1, 2, 3 and 8 processes)."""
     from trainers.script_args import check_generation_settings
 
     _, config = parse(path)
@@ -320,7 +320,7 @@ def test_a_misspelt_nested_deepspeed_key_is_caught(tmp_path):
 
 
 def test_the_documented_setups_exist():
-    """The configs the README's "Running at scale" table names, with their process counts."""
+    """The configs docs/scaling.md's "Launch configs" table names, with their process counts."""
     want = {"zero2.yaml": ("DEEPSPEED", 2, 3), "zero3.yaml": ("DEEPSPEED", 3, 4),
             "zero3_offload.yaml": ("DEEPSPEED", 3, 4), "multinode_2x4.yaml": ("DEEPSPEED", 3, 8),
             "single_gpu.yaml": ("NO", None, 1), "cpu.yaml": ("NO", None, 1), "cpu_2proc.yaml": ("MULTI_GPU", None, 2),
@@ -337,23 +337,22 @@ def test_the_documented_setups_exist():
     assert yaml.safe_load((ACCEL / "cpu_2proc.yaml").read_text()).get("use_cpu") in (None, False)
 
 
-# ---------------------------------------------------------------------------------------------- README launch lines
-def _readme_launch_lines() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Running at scale", 1)[1].split("\n## ", 1)[0]
+# ------------------------------------------------------------------------------------ docs/scaling.md launch lines
+def _scaling_doc_launch_lines() -> list[str]:
+    section = (REPO / "docs" / "scaling.md").read_text()  # the whole page is about running at scale
     joined = re.sub(r"\\\n\s*", " ", section)  # shell line continuations
     return [ln.split("#", 1)[0].strip() for ln in joined.splitlines()
             if re.search(r"(accelerate launch|^python) .*train_\w+\.py", ln.split("#", 1)[0].strip())]
 
 
-def test_readme_running_at_scale_launch_lines_parse_and_keep_the_batch():
-    """Every `accelerate launch ... train_X.py ARGS` line of the README's "Running at scale" section: the accelerate
+def test_scaling_doc_launch_lines_parse_and_keep_the_batch():
+    """Every `accelerate launch ... train_X.py ARGS` line of docs/scaling.md (running at scale): the accelerate
     config exists, the script's parser accepts ARGS, and an RL line's completions per step are whole groups of G
     (and 384 for Rank-GRPO, 1024 or the documented 768 for DeepRec)."""
     import importlib
     import shlex
 
-    lines = _readme_launch_lines()
+    lines = _scaling_doc_launch_lines()
     assert len(lines) >= 9, lines
     seen_scripts = set()
     for line in lines:

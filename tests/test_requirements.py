@@ -8,7 +8,7 @@ INSTALL.sh installs INSTEAD of requirements.txt on an NVIDIA machine. Checked he
 * the GPU pins against tests/fixtures/gpu_stack_constraints.json, recorded from a real ``pip install --dry-run
   --report`` of requirements-gpu.txt (source and date in the file; ``scripts/gpu_stack_constraints.py record``);
 * where the GPU wheels are on this machine (``RECRL_WHEELS=folder``, or ``wheels/`` in the checkout: the offline
-  install folder of README "Running at scale"), pip's own resolver over them, offline; skipped with the reason
+  install folder of docs/install.md), pip's own resolver over them, offline; skipped with the reason
   otherwise (vLLM's metadata is not on a CPU machine).
 
 Each check is also run on the stack this commit replaced (requirements.txt + vllm==0.31.0) and must find its conflict.
@@ -152,7 +152,7 @@ def test_pip_resolves_the_gpu_stack_from_the_real_wheels(tmp_path):
     folder = _wheel_folder()
     if folder is None:
         pytest.skip(f"vllm {GPU['vllm']}'s real metadata is not on this machine (no vllm-{GPU['vllm']}-*.whl in "
-                    "RECRL_WHEELS or ./wheels; README 'Running at scale' says how to fill that folder); the GPU pins "
+                    "RECRL_WHEELS or ./wheels; docs/install.md says how to fill that folder); the GPU pins "
                     f"are checked against the recorded table ({FIXTURE.relative_to(REPO)}) instead")
     report, stack = tmp_path / "report.json", tmp_path / "gpu_stack.txt"
     stack.write_text("".join(f"{name}=={version}\n" for name, version in GPU_STACK.items()))

@@ -1,4 +1,4 @@
-"""The arguments every root script shares, with ONE meaning each (README "Common arguments").
+"""The arguments every root script shares, with ONE meaning each (docs/evaluation.md "Common arguments").
 
 * Training scripts (TrlParser + YAML configs): subclass `CommonScriptArguments` (a plain dataclass) and pass it to
   `TrlParser((YourScriptArguments, YourConfig))`; cut the splits with `take_subset`.

@@ -33,34 +33,28 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from cli.args import OptionError, add_common_script_arguments, require_year_arg, validate_options
+from cli.run import run_script
+from cli.run_logging import configure_wandb, tee_output
 from evaluation.checkpoints import (
     TrainLogReplay,
     catalog_fingerprint,
     checkpoint_problem,
+    checkpoint_series,
     csv_row,
     data_fingerprint,
     finished_metrics,
     free_recommender,
     latest_trainer_state,
-    list_checkpoints,
     merge_csv,
     number,
     train_log_events,
 )
-from evaluation.evaluate import (
-    add_evaluation_arguments,
-    backend_options,
-    format_metrics,
-    load_split,
-    metric_keys,
-    normalize_split,
-    output_tag,
-)
+from evaluation.evaluate import evaluate_recommender, format_metrics, metric_keys
+from evaluation.options import add_evaluation_arguments, output_tag
 from evaluation.plots import plot_curves, plot_trainer_state
-from evaluation.recommenders import TextRecommender, evaluate_recommender
-from trainers.cli import run_script
-from trainers.run_logging import configure_wandb, tee_output
-from trainers.script_args import add_common_script_arguments, require_year_arg, validate_options
+from evaluation.predictions import load_split, normalize_split
+from evaluation.recommenders import TextRecommender
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +111,7 @@ class CheckpointLoadError(RuntimeError):
 
 def evaluate_checkpoint(args, step: int, ckpt: Path, data, settings: dict, backend_name: str, out_dir: Path):
     """Greedy generation from one checkpoint, scored and written to <checkpoint>/eval_<split>/."""
-    from evaluation.backends import make_backend
+    from evaluation.backends import backend_options, make_backend
 
     t0 = time.time()
     try:
@@ -152,10 +146,9 @@ def run(args) -> dict[int, dict]:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise SystemExit(f"error: run folder not found: {run_dir}")
-    validate_options(args)  # OptionError naming the option (trainers.script_args)
+    validate_options(args)  # OptionError naming the option (cli.args)
     from evaluation.evaluate import check_evaluation_options
     from preprocess.common import check_output_dir
-    from trainers.script_args import OptionError
 
     try:
         check_evaluation_options(args.ks, args.n_items, args.max_samples)
@@ -164,7 +157,7 @@ def run(args) -> dict[int, dict]:
     check_output_dir(run_dir, option="--run_dir")  # eval_<split>.csv/png and checkpoint-N/eval_<split>/ go there
     split = normalize_split(args.split)
     tag = output_tag(split, args.protocol, args.decoding)
-    checkpoints = list_checkpoints(run_dir, args.step_interval)
+    checkpoints = checkpoint_series(run_dir, args.step_interval)
     if not checkpoints:
         print(f"[eval_val] no checkpoint-<N> folders under {run_dir}"
               + (f" with step % {args.step_interval} == 0" if args.step_interval else ""), flush=True)

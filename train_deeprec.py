@@ -30,17 +30,18 @@ from trl import TrlParser
 
 from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer, ItemEmbeddings, format_gate, warmstart_gate, \
     warmstart_records
-from trainers.cli import run_script
-from trainers.run_logging import compose_run_name, configure_wandb, tee_output
-from trainers.script_args import (CommonScriptArguments, OptionError, parse_config, start_rl_run, take_subset,
-                                  train_and_save)
+from cli.args import CommonScriptArguments, OptionError, parse_config
+from cli.run import run_script
+from cli.run_logging import compose_run_name, configure_wandb, tee_output
+from cli.training import start_rl_run, train_and_save
+from evaluation.predictions import take_subset
 
 logger = logging.getLogger("train_deeprec")
 
 
 @dataclass
 class ScriptArguments(CommonScriptArguments):
-    """DeepRec's own script fields (the common ones: trainers.script_args.CommonScriptArguments)."""
+    """DeepRec's own script fields (the common ones: cli.args.CommonScriptArguments)."""
 
     init_from: str | None = field(default=None, metadata={
         "help": "Stage rec: the stage-1 run folder (its final model or highest checkpoint) or a model folder; "
@@ -106,7 +107,7 @@ def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
 
     from modeling.loading import check_model_source, check_weights_load, load_tokenizer, run_name
     from preprocess.common import check_output_dir, load_processed, save_processed
-    from retrieval import TRMRetriever
+    from retrieval.retriever import TRMRetriever
     from retrieval.text import encode_texts
 
     # ---- where the run writes, checked before the data, the TRM and the encoder load

@@ -24,10 +24,11 @@ import torch
 from trl import TrlParser
 
 from methods.rank_grpo.trainer import RankGRPOConfig, trainer_class
-from trainers.cli import run_script
-from trainers.run_logging import compose_run_name, configure_wandb, tee_output
-from trainers.script_args import (CommonScriptArguments, OptionError, parse_config, start_rl_run, take_subset,
-                                  train_and_save)
+from cli.args import CommonScriptArguments, OptionError, parse_config
+from cli.run import run_script
+from cli.run_logging import compose_run_name, configure_wandb, tee_output
+from cli.training import start_rl_run, train_and_save
+from evaluation.predictions import take_subset
 
 logger = logging.getLogger("train_rank_grpo")
 
@@ -35,7 +36,7 @@ logger = logging.getLogger("train_rank_grpo")
 @dataclass
 class ScriptArguments(CommonScriptArguments):
     """Rank-GRPO's own fields; dataset_path, model_name, max_train_samples / max_eval_samples (seeded random
-    subsets, seed = --seed), wandb_project and log_file come from trainers.script_args.CommonScriptArguments."""
+    subsets, seed = --seed), wandb_project and log_file come from cli.args.CommonScriptArguments."""
 
     train_path: str | None = field(default=None, metadata={"help": "Alias of --dataset_path (released README)."})
     sft_checkpoint: str | None = field(

@@ -20,17 +20,18 @@ import torch
 from trl import TrlParser
 
 from methods.recpo.trainer import RecPOConfig, RecPOTrainer
-from trainers.cli import run_script
-from trainers.run_logging import compose_run_name, configure_wandb, tee_output
-from trainers.script_args import (CommonScriptArguments, OptionError, parse_config, start_rl_run, take_subset,
-                                  train_and_save)
+from cli.args import CommonScriptArguments, OptionError, parse_config
+from cli.run import run_script
+from cli.run_logging import compose_run_name, configure_wandb, tee_output
+from cli.training import start_rl_run, train_and_save
+from evaluation.predictions import take_subset
 
 logger = logging.getLogger("train_recpo")
 
 
 @dataclass
 class ScriptArguments(CommonScriptArguments):
-    """RecPO's own script fields (the common ones: trainers.script_args.CommonScriptArguments)."""
+    """RecPO's own script fields (the common ones: cli.args.CommonScriptArguments)."""
 
     eval_split: str | None = field(
         default=None, metadata={"help": "Split to evaluate on during training (e.g. validation); default none."})

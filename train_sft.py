@@ -26,16 +26,18 @@ import torch
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from trainers.checkpointing import KillSafeCheckpointMixin
-from trainers.cli import run_script
-from trainers.run_logging import compose_run_name, configure_wandb, install_compact_console, tee_output
-from trainers.script_args import CommonScriptArguments, OptionError, parse_config, take_subset
+from cli.args import CommonScriptArguments, OptionError, parse_config
+from cli.run import run_script
+from cli.run_logging import compose_run_name, configure_wandb, tee_output
+from evaluation.predictions import take_subset
+from trainers.console import install_compact_console
 
 
 # ================================================================================================ 1. arguments
 @dataclass
 class SFTScriptArguments(CommonScriptArguments):
     """SFT's own fields; dataset_path, model_name, max_train_samples / max_eval_samples (seeded random subsets, seed =
-    --seed), wandb_project and log_file come from trainers.script_args.CommonScriptArguments (one meaning each)."""
+    --seed), wandb_project and log_file come from cli.args.CommonScriptArguments (one meaning each)."""
 
     catalog_path: str | None = field(
         default=None, metadata={"help": "optional catalog.json; only checked against the data set's catalog"})

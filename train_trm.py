@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 from trl import TrlParser
 
-from trainers.cli import run_script
-from trainers.run_logging import tee_output
-from trainers.script_args import COMMON_HELP, DEFAULT_SEED, parse_config, take_subset
+from cli.args import COMMON_HELP, parse_config
+from cli.run import run_script
+from cli.run_logging import tee_output
+from evaluation.predictions import DEFAULT_SEED, take_subset
 
 
 # ================================================================================================ 1. arguments
@@ -104,7 +105,7 @@ def run(args: TRMScriptArguments, encoder=None) -> dict:
     `--text_encoder` names."""
     from tqdm.auto import tqdm
 
-    from evaluation.evaluate import normalize_split
+    from evaluation.predictions import normalize_split
     from evaluation.recommenders import PopularityRecommender
     from preprocess.common import catalog_items_of, load_processed
     from retrieval.retriever import TRMRetriever

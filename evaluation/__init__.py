@@ -1,56 +1,11 @@
-"""Evaluation: recommenders (text generation + the one matcher, predictions files, baselines) scored through
-`rewards` and written to metrics.json / predictions.jsonl.
+"""Evaluation: every recommender scored through `rewards` and written to metrics.json / predictions.jsonl.
 
-    from evaluation import TextRecommender, evaluate_recommender, make_backend, load_split
+* `evaluate` -- scoring and the one entry point, `evaluate_recommender`;
+* `recommenders` -- what is scored (text generation, predictions files, the baselines, the TRM alone);
+* `registry` -- recommenders by name, each registered where it is defined (eval_test.py builds from it);
+* `predictions` -- the split and its subset in, the predictions file out (and back);
+* `backends` -- text generation (transformers, vLLM, fixed texts); `options` -- the eval scripts' flags;
+* `checkpoints`, `plots` -- eval_val.py's checkpoint series and its curves.
 
-Heavy dependencies (torch, transformers, vllm, datasets) are imported only when used.
+Import the submodules; heavy dependencies (torch, transformers, vllm, datasets) are imported only when used.
 """
-from evaluation.backends import (
-    GenerationBackend,
-    HFBackend,
-    StaticBackend,
-    VLLMBackend,
-    make_backend,
-    prompt_key,
-    resolve_backend_name,
-)
-from evaluation.evaluate import (
-    DEFAULT_KS,
-    PROTOCOLS,
-    LoadedSplit,
-    Predictions,
-    PredictionsError,
-    evaluate,
-    format_metrics,
-    generate_completions,
-    groundtruth_completions,
-    load_split,
-    metric_keys,
-    popularity_completions,
-    read_prediction_records,
-    read_predictions,
-    score_completions,
-    subset_rows,
-    take_subset,
-    write_outputs,
-)
-from evaluation.recommenders import (
-    GroundtruthRecommender,
-    PopularityRecommender,
-    Recommendation,
-    Recommender,
-    StaticPredictions,
-    TextRecommender,
-    evaluate_recommender,
-    score_recommendations,
-    text_item_ids,
-)
-
-__all__ = [
-    "DEFAULT_KS", "PROTOCOLS", "GenerationBackend", "GroundtruthRecommender", "HFBackend", "LoadedSplit",
-    "PopularityRecommender", "Predictions", "PredictionsError", "Recommendation", "Recommender", "StaticBackend",
-    "StaticPredictions", "TextRecommender", "VLLMBackend", "evaluate", "evaluate_recommender", "format_metrics",
-    "generate_completions", "groundtruth_completions", "load_split", "make_backend", "metric_keys",
-    "popularity_completions", "prompt_key", "read_prediction_records", "read_predictions", "resolve_backend_name",
-    "score_completions", "score_recommendations", "subset_rows", "take_subset", "text_item_ids", "write_outputs",
-]

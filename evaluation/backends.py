@@ -353,3 +353,13 @@ def make_backend(name: str, model_path: str, **options) -> GenerationBackend:
     except StopIteration:  # a model without parameters (never in practice)
         pass
     return HFBackend(model, tokenizer, **{k: v for k, v in options.items() if k in _HF_OPTIONS})
+
+
+def backend_options(args) -> dict:
+    """`make_backend` options from the parsed command line (`evaluation.options.add_evaluation_arguments`)."""
+    return dict(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code or None,
+        tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len, show_progress=not args.no_progress,
+    )

@@ -9,27 +9,23 @@ import hashlib
 import json
 import math
 import os
-import re
 from pathlib import Path
 
 from modeling import checkpoint_integrity as integrity
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Settings that must match for a finished checkpoint evaluation to be reused.
 REUSE_KEYS = ("split", "protocol", "n_items", "ks", "num_samples", "max_new_tokens", "max_prompt_length",
               "require_year_arg", "data_fingerprint", "catalog_fingerprint")
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
-def list_checkpoints(run_dir: Path, step_interval: int | None = None) -> list[tuple[int, Path]]:
-    """`(step, path)` of every checkpoint-<N> folder, by step; multiples of step_interval only when given."""
+def checkpoint_series(run_dir: Path, step_interval: int | None = None) -> list[tuple[int, Path]]:
+    """`(step, path)` of every checkpoint-<N> folder, by step (`modeling.loading.list_checkpoints`, partial ones
+    included: the sweep reports them, `checkpoint_problem`); multiples of step_interval only when given."""
+    from modeling.loading import list_checkpoints
+
     run_dir = Path(run_dir)
-    out = []
-    for child in run_dir.iterdir() if run_dir.is_dir() else []:
-        m = CHECKPOINT_RE.match(child.name)
-        if m and child.is_dir():
-            out.append((int(m.group(1)), child))
-    out.sort()
+    out = [(step, run_dir / f"checkpoint-{step}") for step in list_checkpoints(run_dir, complete_only=False)]
     if step_interval:
         if step_interval < 1:
             raise SystemExit(f"error: --step_interval must be >= 1, got {step_interval}")

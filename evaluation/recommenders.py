@@ -1,22 +1,26 @@
-"""The recommender-level evaluation seam: anything that returns a ranked list of catalog ids per sample.
+"""What evaluation scores: anything that returns a ranked list of catalog ids per sample.
 
     recommender.recommend(dataset) -> list[Recommendation]      # one per row, in row order
-    evaluate_recommender(recommender, dataset, catalog, output_dir, ks=..., protocol=..., n_items=...)
 
 A `Recommendation` is `item_ids` (ranked, as listed; `None` = a listed entry that matched no catalog item, so the
 catalog-hit ratio still counts it) and, for recommenders that write text, `text` (the completion). Every
-recommender is scored by the same code (`score_recommendations`: relevance statuses from `rewards.judge`, metrics
-from `rewards.metrics`) and written to the same `metrics.json` / `predictions.jsonl`, so a text model, a
-hidden-state ranker (RecPO) and a multi-turn agent (DeepRec) are compared on one table.
+recommender is scored by the same code (`evaluation.evaluate.evaluate_recommender`) and written to the same
+`metrics.json` / `predictions.jsonl`, so a text model, a hidden-state ranker (RecPO) and a multi-turn agent
+(DeepRec) are compared on one table.
 
-Implementations here:
+Implementations here (the methods' own live in their packages, e.g. `methods.recpo.recommender`); each registers
+itself by name (`evaluation.registry`), which is how eval_test.py finds it:
 
-* `TextRecommender(backend, catalog, require_year=None)`: greedy generation (one call per distinct prompt) and THE
-  text -> ids step (`text_item_ids`: `rewards.parse` + `Catalog.match`, the matcher training rewards use).
+* `TextRecommender(backend, catalog, require_year=None)` ("text"): greedy generation (one call per distinct
+  prompt) and THE text -> ids step (`text_item_ids`: `rewards.parse` + `Catalog.match`, the matcher training
+  rewards use).
 * `StaticPredictions`: a predictions file or a list of completions / id lists (no model).
-* `PopularityRecommender(train_dataset, catalog, n_items, as_text=False)`: the most popular unseen training items.
-* `GroundtruthRecommender(catalog, n_items, as_text=False)`: the oracle (each sample's unseen ground truth).
-  With `as_text=True` both write their list as `Title (Year)` lines and parse it back, like a model would.
+* `PopularityRecommender(train_dataset, catalog, n_items, as_text=False)` ("popularity"): the most popular unseen
+  training items.
+* `GroundtruthRecommender(catalog, n_items, as_text=False)` ("groundtruth"): the oracle (each sample's unseen
+  ground truth). Both baselines can write their list as `Title (Year)` lines (`completions`), and with
+  `as_text=True` they parse those lines back, like a model would.
+* `TRMRecommender(retriever, n_items)` ("trm"): DeepRec's traditional recommender alone (history only).
 
 Text and ids: a text recommendation is scored by the ids parsed from its text, ALL of them (not cut to N: the
 packed protocol moves items listed past N up when earlier ones are dropped), exactly as
@@ -25,25 +29,17 @@ packed protocol moves items listed past N up when earlier ones are dropped), exa
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from evaluation.backends import GenerationBackend
-from evaluation.evaluate import (
-    DEFAULT_KS,
-    PROTOCOLS,
-    PredictionsError,
-    _column,
-    check_evaluation_options,
-    count_distinct_prompts,
-    generate_completions,
-    popularity_ranking,
-    read_prediction_records,
-    summarize_scores,
-    write_outputs,
-)
+from evaluation.backends import GenerationBackend, clean_messages, prompt_key
+from evaluation.predictions import PredictionsError, column, read_prediction_records
+from evaluation.registry import BuildRequest, register_recommender
+
+if TYPE_CHECKING:
+    from retrieval.retriever import TRMRetriever
 
 
 @dataclass
@@ -59,7 +55,9 @@ class Recommendation:
 class Recommender(Protocol):
     """Returns one `Recommendation` per row of `dataset` (a `datasets.Dataset` or a list of dicts), in order.
 
-    `require_year` (optional attribute) is recorded in metrics.json for recommenders that parse text."""
+    `require_year` (optional attribute) is recorded in metrics.json for recommenders that parse text. A recommender
+    eval_test.py can build is registered (`evaluation.registry.register_recommender`) and has a
+    `from_cli(request)` classmethod."""
 
     def recommend(self, dataset) -> list[Recommendation]: ...
 
@@ -85,6 +83,49 @@ def _resolve_require_year(catalog, require_year: bool | None) -> bool:
     return resolve_require_year(catalog, require_year)
 
 
+def generate_completions(backend: GenerationBackend, dataset, prompt_column: str = "prompt",
+                         item_tokens=None) -> list[str]:
+    """One greedy completion per row, generating ONCE per distinct prompt and fanning the text out.
+
+    Several samples can share a prompt (Reddit-v2: answers from several users to one request are separate
+    samples); under greedy decoding they would get the same text, so it is generated once. With ``item_tokens``
+    (a ``modeling.item_decoding.ItemTokens``) decoding is item-aware: each row's ``seen`` items are banned, so rows
+    are shared only when prompt AND seen list are the same.
+    """
+    prompts = column(dataset, prompt_column)
+    if prompts is None:
+        raise KeyError(f"the data set has no {prompt_column!r} column")
+    seen_rows = None
+    if item_tokens is not None:
+        seen_rows = column(dataset, "seen")
+        if seen_rows is None:
+            raise KeyError("item-aware decoding needs the data set's `seen` column")
+    slot_of: dict[str, int] = {}
+    unique: list[list[dict]] = []
+    unique_seen: list[list[int]] = []
+    slots: list[int] = []
+    for r, prompt in enumerate(prompts):
+        key = prompt_key(prompt)
+        if seen_rows is not None:
+            key += "\x00" + ",".join(map(str, seen_rows[r] or []))
+        if key not in slot_of:
+            slot_of[key] = len(unique)
+            unique.append(clean_messages(prompt))
+            unique_seen.append(list(seen_rows[r] or []) if seen_rows is not None else [])
+        slots.append(slot_of[key])
+    if not unique:
+        texts = []
+    elif item_tokens is not None:
+        texts = backend.generate(unique, seen=unique_seen, item_tokens=item_tokens)
+    else:
+        texts = backend.generate(unique)
+    if len(texts) != len(unique):
+        raise RuntimeError(f"the backend returned {len(texts)} completions for {len(unique)} prompts")
+    return [texts[s] for s in slots]
+
+
+
+@register_recommender("text", help="generate a list and match its lines (SFT, Rank-GRPO, GRPO)", decodes=True)
 class TextRecommender:
     """A generation backend (evaluation.backends) + the one matcher: greedy text, parsed into catalog ids.
 
@@ -120,6 +161,16 @@ class TextRecommender:
         if callable(close):
             close()
 
+    @classmethod
+    def from_cli(cls, request: BuildRequest) -> "TextRecommender":
+        from evaluation.backends import backend_options, make_backend, resolve_backend_name
+
+        args = request.args
+        backend_name = resolve_backend_name(args.backend)
+        request.provenance.update(backend=backend_name)
+        backend = make_backend(backend_name, request.model_path, **backend_options(args))
+        return cls(backend, request.data.catalog, request.require_year, decoding=args.decoding)
+
 
 # ------------------------------------------------------------------------------------------------- static
 class StaticPredictions:
@@ -145,7 +196,7 @@ class StaticPredictions:
     @classmethod
     def from_file(cls, path, catalog, n_rows: int, sample_ids: Sequence[str] | None = None,
                   rows: Sequence[int] | None = None, require_year: bool | None = None) -> "StaticPredictions":
-        """Read a predictions file (`evaluation.evaluate.read_prediction_records`: `{"index", "completion"}` or
+        """Read a predictions file (`evaluation.predictions.read_prediction_records`: `{"index", "completion"}` or
         `{"index", "item_ids"}` lines; `completion` wins when both are there) and keep `rows` (default: all), in
         that order. `index` is the row in the full split, so a file made on a subset scores the same rows; with
         `sample_ids` (the full split's) every line must carry the `sample_id` of its row."""
@@ -170,7 +221,7 @@ class StaticPredictions:
         return cls(recs, missing, str(path), require_year)
 
     def recommend(self, dataset) -> list[Recommendation]:
-        n = len(_column(dataset, "groundtruth") or [])
+        n = len(column(dataset, "groundtruth") or [])
         if len(self.recommendations) != n:
             raise ValueError(f"{len(self.recommendations)} predictions for {n} samples"
                              + (f" ({self.path})" if self.path else ""))
@@ -178,17 +229,51 @@ class StaticPredictions:
 
 
 # ---------------------------------------------------------------------------------------------- baselines
+def popularity_ranking(train_dataset) -> list[int]:
+    """Catalog ids by training popularity (most frequent first; ties by id): each train row counts its
+    `target` when it has one, else every id of its `groundtruth`."""
+    counts: Counter = Counter()
+    targets = column(train_dataset, "target")
+    groundtruths = column(train_dataset, "groundtruth") or []
+    for i, gt in enumerate(groundtruths):
+        target = targets[i] if targets is not None else None
+        if target is not None:
+            counts[target] += 1
+        else:
+            counts.update(gt or [])
+    return [item for item, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def _seen_sets(dataset) -> list[set]:
-    n = len(_column(dataset, "groundtruth") or [])
-    seens = _column(dataset, "seen")
+    n = len(column(dataset, "groundtruth") or [])
+    seens = column(dataset, "seen")
     return [set(seens[i] or []) if seens is not None else set() for i in range(n)]
 
 
-class PopularityRecommender:
-    """The `n_items` most popular training items (`evaluation.evaluate.popularity_ranking`) not in each
-    sample's `seen`, as catalog ids. `as_text=True`: written as `Title (Year)` lines
-    (`evaluation.evaluate.popularity_completions`) and parsed back, i.e. what a model writing exactly these
-    titles would score (eval_test.py's `--baseline popularity`)."""
+class _ListedBaseline:
+    """A baseline whose ids can also be written as `Title (Year)` lines (`completions`) and, with `as_text`, scored
+    from those lines parsed back: what a model writing exactly these titles would score. Subclasses set
+    `catalog`, `as_text` and `require_year`."""
+
+    def ranked_ids(self, dataset) -> list[list[int]]:
+        raise NotImplementedError
+
+    def completions(self, dataset) -> list[str]:
+        """One `Title (Year)` per line, per row: the ids of `ranked_ids` in catalog display form."""
+        return ["\n".join(self.catalog.display(i) for i in ids) for ids in self.ranked_ids(dataset)]
+
+    def recommend(self, dataset) -> list[Recommendation]:
+        if self.as_text:
+            texts = self.completions(dataset)
+            return StaticPredictions.from_texts(texts, self.catalog, self.require_year).recommend(dataset)
+        return [Recommendation(list(ids)) for ids in self.ranked_ids(dataset)]
+
+
+@register_recommender("popularity", source="baseline", help="the most popular training items")
+class PopularityRecommender(_ListedBaseline):
+    """The `n_items` most popular training items (`popularity_ranking`) not in each sample's `seen`, as catalog ids.
+    `as_text=True`: written as `Title (Year)` lines (`completions`) and parsed back (eval_test.py's
+    `--baseline popularity`)."""
 
     def __init__(self, train_dataset, catalog, n_items: int = 20, as_text: bool = False,
                  require_year: bool | None = None):
@@ -198,124 +283,80 @@ class PopularityRecommender:
             raise ValueError("the training split has no ground-truth items to rank by popularity")
         self.require_year = _resolve_require_year(catalog, require_year) if as_text else None
 
-    def recommend(self, dataset) -> list[Recommendation]:
-        if self.as_text:
-            from evaluation.evaluate import popularity_completions
+    @classmethod
+    def from_cli(cls, request: BuildRequest) -> "PopularityRecommender":
+        if "train" not in request.data.splits:
+            raise SystemExit(f"error: --baseline popularity needs a train split in {request.args.dataset_path}")
+        return cls(request.data.splits["train"], request.data.catalog, request.args.n_items, as_text=True,
+                   require_year=request.require_year)
 
-            texts = popularity_completions(self.train_dataset, dataset, self.catalog, n_items=self.n_items)
-            return StaticPredictions.from_texts(texts, self.catalog, self.require_year).recommend(dataset)
+    def ranked_ids(self, dataset) -> list[list[int]]:
         out = []
         for seen in _seen_sets(dataset):
-            picked: list[int | None] = []
+            picked: list[int] = []
             for item in self.ranking:
                 if item not in seen:
                     picked.append(item)
                     if len(picked) >= self.n_items:
                         break
-            out.append(Recommendation(picked))
+            out.append(picked)
         return out
 
 
-class GroundtruthRecommender:
+@register_recommender("groundtruth", source="baseline", help="oracle (sanity check)")
+class GroundtruthRecommender(_ListedBaseline):
     """Oracle: each sample's ground-truth ids (distinct, in order, seen ones left out), cut to `n_items`; 1 on
-    every metric by construction. `as_text=True`: written as `Title (Year)` lines
-    (`evaluation.evaluate.groundtruth_completions`) and parsed back, a check of the whole text chain (parse +
-    match + metrics) that a model's answer goes through (eval_test.py's `--baseline groundtruth`)."""
+    every metric by construction. `as_text=True`: written as `Title (Year)` lines (`completions`) and parsed back,
+    a check of the whole text chain (parse + match + metrics) that a model's answer goes through (eval_test.py's
+    `--baseline groundtruth`)."""
 
     def __init__(self, catalog, n_items: int = 20, as_text: bool = False, require_year: bool | None = None):
         self.catalog, self.n_items, self.as_text = catalog, int(n_items), as_text
         self.require_year = _resolve_require_year(catalog, require_year) if as_text else None
 
-    def recommend(self, dataset) -> list[Recommendation]:
-        if self.as_text:
-            from evaluation.evaluate import groundtruth_completions
+    @classmethod
+    def from_cli(cls, request: BuildRequest) -> "GroundtruthRecommender":
+        return cls(request.data.catalog, request.args.n_items, as_text=True, require_year=request.require_year)
 
-            texts = groundtruth_completions(dataset, self.catalog, n_items=self.n_items)
-            return StaticPredictions.from_texts(texts, self.catalog, self.require_year).recommend(dataset)
-        groundtruths = _column(dataset, "groundtruth") or []
-        return [Recommendation([g for g in dict.fromkeys(gt or []) if g not in seen][: self.n_items])
+    def ranked_ids(self, dataset) -> list[list[int]]:
+        groundtruths = column(dataset, "groundtruth") or []
+        return [[g for g in dict.fromkeys(gt or []) if g not in seen][: self.n_items]
                 for gt, seen in zip(groundtruths, _seen_sets(dataset))]
 
 
-# ---------------------------------------------------------------------------------------------------- scoring
-def _score_ids(id_lists, groundtruths, seens, ks, protocol: str, n_items: int) -> tuple[list[dict], list[list]]:
-    """`(per-sample metrics, per-sample statuses)` of ranked id lists: THE one place the seam calls the shared
-    scoring (`rewards.metrics.score_id_lists`: the status rule, then the batch metrics -- the path
-    `score_completions` takes after matching its texts)."""
-    from rewards.metrics import score_id_lists
+# ---------------------------------------------------------------------------------------------------- TRM
+@register_recommender("trm", help="the traditional recommender alone (--model_path = a train_trm.py folder)",
+                      hf_model=False)
+class TRMRecommender:
+    """DeepRec's TRM alone (`retrieval.retriever.TRMRetriever`), history only (no preference text): each row's top
+    `n_items` catalog ids for its `history`, with the history and the row's `seen` excluded. DeepRec's "TRM alone"
+    baseline."""
 
-    scores = score_id_lists(id_lists, groundtruths, seens, ks=ks, protocol=protocol, n_items=n_items)
-    return scores.rows(), [list(s) for s in scores.judged.status]
+    require_year = None  # ids, not text: nothing is parsed
 
+    def __init__(self, retriever: "TRMRetriever", n_items: int = 20, batch_size: int = 512):
+        self.retriever, self.n_items, self.batch_size = retriever, int(n_items), int(batch_size)
 
-def _check_ids(rec: Recommendation, index: int, catalog) -> None:
-    if not isinstance(rec, Recommendation):
-        raise TypeError(f"row {index}: a recommender must return Recommendation objects, got {type(rec).__name__}")
-    for position, iid in enumerate(rec.item_ids):
-        if iid is not None and (isinstance(iid, bool) or not isinstance(iid, (int, str)) or iid not in catalog):
-            # (a string is an id only in a catalog that has string ids: `iid not in catalog` refuses it elsewhere)
-            raise ValueError(f"row {index}: item_ids[{position}] = {iid!r} is not a catalog id (or None)")
+    @classmethod
+    def from_pretrained(cls, folder, n_items: int = 20, device: str = "cpu") -> "TRMRecommender":
+        from retrieval.retriever import TRMRetriever
 
+        return cls(TRMRetriever.load(folder, device=device), n_items=n_items)
 
-def score_recommendations(dataset, catalog, recommendations: Sequence[Recommendation],
-                          ks: Sequence[int] = DEFAULT_KS, protocol: str = "packed",
-                          n_items: int = 20) -> tuple[dict, list[dict]]:
-    """`(metrics, per_sample)` with the keys of `score_completions`: mean metrics + `num_samples`, `protocol`,
-    `n_items`, `ks`; per sample `index`, `sample_id`, its metrics, `statuses` and `item_ids`."""
-    from rewards.metrics import mean_metrics
+    @classmethod
+    def from_cli(cls, request: BuildRequest) -> "TRMRecommender":
+        request.provenance.update(backend=None, decoding=None, recommender="trm")
+        return cls.from_pretrained(request.model_path, n_items=request.args.n_items)
 
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}: choose one of {PROTOCOLS}")
-    groundtruths = _column(dataset, "groundtruth")
-    if groundtruths is None:
-        raise KeyError("the data set has no 'groundtruth' column")
-    if len(recommendations) != len(groundtruths):
-        raise ValueError(f"{len(recommendations)} recommendations for {len(groundtruths)} samples")
-    seens = _column(dataset, "seen") or [[] for _ in groundtruths]
-    sample_ids = _column(dataset, "sample_id") or [str(i) for i in range(len(groundtruths))]
-    for index, rec in enumerate(recommendations):
-        _check_ids(rec, index, catalog)
-    ks = check_evaluation_options(ks, n_items)
-    from rewards.judge import canonical_targets
+    def recommend(self, dataset) -> list[Recommendation]:
+        from retrieval.training import retrieve_split
 
-    # entries the matcher cannot tell apart are one item (rewards.catalog.Catalog.canonical_id), for ids as for text
-    groundtruths, seens = canonical_targets(catalog, groundtruths, seens)
-    id_lists = [[None if i is None else catalog.canonical_id(i) for i in r.item_ids] for r in recommendations]
-    rows, statuses = _score_ids(id_lists, groundtruths, seens, ks, protocol, n_items)
-    per_sample = []
-    for index, (m, st, rec, sid) in enumerate(zip(rows, statuses, recommendations, sample_ids)):
-        per_sample.append({"index": index, "sample_id": sid, **m, "statuses": st, "item_ids": list(rec.item_ids)})
-    metrics: dict[str, Any] = summarize_scores(per_sample, groundtruths, ks, lambda: mean_metrics(rows), seens)
-    metrics.update(protocol=protocol, n_items=n_items, ks=list(ks))
-    return metrics, per_sample
+        rows = dataset if hasattr(dataset, "column_names") else _history_columns(dataset)
+        id_lists = retrieve_split(self.retriever, rows, k=self.n_items, batch_size=self.batch_size)
+        return [Recommendation([int(i) for i in ids]) for ids in id_lists]
 
 
-def evaluate_recommender(recommender: Recommender, dataset, catalog, output_dir=None, *,
-                         ks: Sequence[int] = DEFAULT_KS, protocol: str = "packed", n_items: int = 20,
-                         provenance: dict | None = None, row_indices: Sequence[int] | None = None) -> dict:
-    """Recommend, score (`score_recommendations`), write `predictions.jsonl` + `metrics.json` (when
-    `output_dir` is given); returns the metrics. `row_indices[i]` is row i's index in the full split (a
-    subset keeps its split indices in `index`, so the file stays valid `--predictions` input); default 0..n-1.
-    The options are range-checked before anything is generated (a bad --n_items must not cost a generation run)."""
-    check_evaluation_options(ks, n_items)
-    t0 = time.time()
-    recommendations = recommender.recommend(dataset)
-    t1 = time.time()
-    metrics, per_sample = score_recommendations(dataset, catalog, recommendations, ks, protocol, n_items)
-    if row_indices is not None:
-        if len(row_indices) != len(per_sample):
-            raise ValueError(f"{len(row_indices)} row indices for {len(per_sample)} samples")
-        for row, index in zip(per_sample, row_indices):
-            row["index"] = int(index)
-    metrics["require_year"] = getattr(recommender, "require_year", None)
-    metrics["num_distinct_prompts"] = count_distinct_prompts(dataset)
-    metrics.update(provenance or {})
-    metrics.update(getattr(recommender, "episode_stats", None) or {})  # e.g. DeepRec: TRM calls per episode
-    generation = getattr(recommender, "generation_seconds", None)
-    metrics["generation_seconds"] = generation
-    metrics["recommend_seconds"] = round(t1 - t0, 3)
-    metrics["scoring_seconds"] = round(time.time() - t1, 3)
-    metrics["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    if output_dir is not None:
-        write_outputs(Path(output_dir), metrics, per_sample, [r.text for r in recommendations])
-    return metrics
+def _history_columns(rows) -> dict:
+    """A list of record dicts -> the two columns retrieval reads."""
+    rows = list(rows)
+    return {"history": [r.get("history") or [] for r in rows], "seen": [r.get("seen") or [] for r in rows]}

@@ -14,7 +14,7 @@ description), variants 1.. keep each word of it with probability `preference_wor
 description, closer to what an LLM writes than the exact title). All are encoded once (cached), never per step.
 Why this works: the adaptor learns to move u towards items whose text resembles the preference, and because half
 the samples have no preference (the dropout) the history path must predict on its own, which is what
-`TRMRecommender` (history only) and the first DeepRec call rely on.
+`evaluation.recommenders.TRMRecommender` (history only) and the first DeepRec call rely on.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def main():
 
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
-    from retrieval import TRMRetriever
+    from retrieval.retriever import TRMRetriever
     from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer
 
     tok = load_tokenizer(a.model, padding_side="left")

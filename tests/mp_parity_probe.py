@@ -134,7 +134,7 @@ def build_recpo(a, tok, dsd, catalog, common):
 
 
 def build_deeprec(a, tok, dsd, catalog, common):
-    from retrieval import TRMRetriever
+    from retrieval.retriever import TRMRetriever
     from test_deeprec import ScriptedGenerator, _scripts_for_trainer
     from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer
 

@@ -13,7 +13,7 @@
   with consistent process counts, DeepSpeed stages and multi-node fields; every key nested under
   ``deepspeed_config`` is one ``accelerate launch`` reads (it copies them by name: a misspelt key is ignored).
 * Generation fields, parsed WITH vLLM on (its fields parse without the package) and put through the scripts' own
-  start-up check (``trainers.script_args.check_generation_settings``) at the documented process count: ``vllm_mode``
+  start-up check (``cli.training.check_generation_settings``) at the documented process count: ``vllm_mode``
   is colocate or server, colocated ``vllm_tensor_parallel_size`` divides the processes, ``generation_kwargs`` of a
   vLLM config are vLLM 0.31.0 sampling parameters, and a config on the transformers path has none of the vLLM-only
   ones (``stop``) that transformers would ignore silently.
@@ -172,7 +172,7 @@ def test_batch_arithmetic(path):
 def test_colocated_vllm_tensor_parallel_size_divides_the_process_counts(path):
     """TRL's colocated vLLM needs vllm_tensor_parallel_size to divide the process count: on the YAML's documented
     launch line, and on every count docs/scaling.md's "fewer GPUs" advice implies (1, 2, 3 and 8 processes)."""
-    from trainers.script_args import check_generation_settings
+    from cli.training import check_generation_settings
 
     _, config = parse(path)
     for processes in sorted({launch_processes(path)[1], 1, 2, 3, 8}):
@@ -195,7 +195,7 @@ RL_YAMLS = [p for p in METHOD_YAMLS if script_for(p) not in ("train_sft", "train
 def lint_generation(config, processes: int) -> list[str]:
     """The problems of an RL config's generation fields at ``processes`` training processes: the scripts' own
     start-up check, then generation_kwargs of a vLLM config against vLLM 0.31.0's sampling parameters."""
-    from trainers.script_args import check_generation_settings
+    from cli.training import check_generation_settings
 
     problems = []
     try:
@@ -296,7 +296,7 @@ def test_accelerate_config_parses_and_names_a_valid_distributed_type(path):
 
 
 def deepspeed_key_problems(path) -> list[str]:
-    from trainers.script_args import unknown_deepspeed_config_keys
+    from cli.training import unknown_deepspeed_config_keys
 
     nested = yaml.safe_load(Path(path).read_text()).get("deepspeed_config") or {}
     unknown = unknown_deepspeed_config_keys(nested)
@@ -390,7 +390,7 @@ def test_scaling_doc_launch_lines_parse_and_keep_the_batch():
 
 # ---------------------------------------------------------------------------------------------- start-up checks
 def test_start_up_check_reads_the_process_count_accelerate_sets(monkeypatch):
-    from trainers.script_args import check_generation_settings
+    from cli.training import check_generation_settings
 
     _, config = parse(CONFIGS / "rank_grpo_qwen25_0.5b.yaml", "--vllm_tensor_parallel_size", "4")
     monkeypatch.setenv("WORLD_SIZE", "4")
@@ -407,7 +407,7 @@ def test_start_up_refuses_vllm_only_generation_kwargs_after_the_cpu_fallback(mon
 
     import torch
 
-    from trainers.script_args import start_rl_run
+    from cli.training import start_rl_run
 
     script_args, config = parse(CONFIGS / "recpo_qwen25_3b.yaml")
     assert config.use_vllm and config.generation_kwargs["stop"] == ["<answer>"]
@@ -423,7 +423,7 @@ def test_start_up_refuses_vllm_only_generation_kwargs_after_the_cpu_fallback(mon
 def test_start_up_refuses_a_misspelt_deepspeed_key_accelerate_passed_on(monkeypatch):
     import logging
 
-    from trainers.script_args import start_rl_run
+    from cli.training import start_rl_run
 
     script_args, config = parse(CONFIGS / "tiny" / "rank_grpo_ml100k.yaml")
     monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", "deepspeed_multinode_launcher,offload_optimizer_device,"

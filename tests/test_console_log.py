@@ -1,4 +1,4 @@
-"""One compact console line per logging step (trainers/run_logging.py), the full metrics dict still in
+"""One compact console line per logging step (trainers/console.py), the full metrics dict still in
 `trainer.state.log_history` and in the --log_file; run names from `compose_run_name`."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from trainers.run_logging import CompactLineFormatter, compose_run_name
+from cli.run_logging import compose_run_name
+from trainers.console import CompactLineFormatter
 
 torch.set_num_threads(1)
 
@@ -98,7 +99,7 @@ def test_script_logging_follows_the_current_stderr(monkeypatch):
     import logging
     import sys
 
-    from trainers.script_args import CurrentStderrHandler
+    from cli.run_logging import CurrentStderrHandler
 
     first = io.StringIO()
     monkeypatch.setattr(sys, "stderr", first)

@@ -434,7 +434,7 @@ def tiny_setup(tmp_path_factory):
     (untrained) TRM with the fake encoder."""
     from modeling.tiny import build_tiny_model
     from preprocess.common import build_prompt, format_completion, save_processed
-    from retrieval import TRMRetriever
+    from retrieval.retriever import TRMRetriever
 
     root = tmp_path_factory.mktemp("deeprec")
     recs = []
@@ -510,7 +510,7 @@ def test_rollout_func_sees_each_prompt_G_times_and_env_tokens_get_no_gradient(ti
     from preprocess.common import load_processed
 
     _, data, model, trm = tiny_setup
-    from retrieval import TRMRetriever
+    from retrieval.retriever import TRMRetriever
 
     tok = load_tokenizer(model)
     dsd, catalog = load_processed(data)
@@ -618,7 +618,7 @@ def test_real_hf_generation_run(tiny_setup, tmp_path):
     finite, and over-long rows are masked out entirely."""
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
-    from retrieval import TRMRetriever
+    from retrieval.retriever import TRMRetriever
     from methods.deeprec.trainer import DeepRecTrainer
 
     _, data, model, trm = tiny_setup
@@ -636,8 +636,9 @@ def test_real_hf_generation_run(tiny_setup, tmp_path):
 
 def test_recommender_through_the_seam(tiny_setup, tmp_path):
     """DeepRecRecommender: scripted greedy policy, failed episodes are misses, predictions hold the trajectory."""
-    from methods.deeprec.rollout import DeepRecRecommender, target_only
-    from evaluation.recommenders import evaluate_recommender
+    from evaluation.predictions import target_only
+    from methods.deeprec.rollout import DeepRecRecommender
+    from evaluation.evaluate import evaluate_recommender
     from modeling.loading import load_tokenizer
     from preprocess.common import load_processed
 

@@ -94,7 +94,7 @@ def test_rollout_records_feed_the_judge_real_calls():
 # ============================================================================================ per-step logging
 def test_judge_logs_share_of_valid_episodes_and_of_each_failing_check():
     from methods.deeprec.trainer import DeepRecJudge
-    from trainers.run_logging import CompactLineFormatter
+    from trainers.console import CompactLineFormatter
 
     texts = [valid_text(1), valid_text(2),
              "x\n" + pref("p") + tool() + "r\n" + THINK_CLOSE + "\n" + answer_text(TEN[:9]),  # lines

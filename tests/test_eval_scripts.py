@@ -95,10 +95,10 @@ def test_generation_and_predictions_give_identical_metrics(env, tmp_path):
 
     # The same completions with real answers swapped in: --predictions scores them like the oracle.
     from preprocess.common import load_processed
-    from evaluation.evaluate import groundtruth_completions
+    from evaluation.recommenders import GroundtruthRecommender
 
     dd, catalog = load_processed(env["dataset"])
-    oracle = groundtruth_completions(dd["test"], catalog)
+    oracle = GroundtruthRecommender(catalog).completions(dd["test"])
     lines = [json.dumps({"index": i, "sample_id": r["sample_id"], "completion": oracle[i]})
              for i, r in enumerate(gen_rows) if i != 4]  # row 4 left out: counted, scored 0
     (tmp_path / "oracle.jsonl").write_text("\n".join(lines) + "\n")
@@ -187,7 +187,7 @@ def test_common_arguments_have_one_help_text_in_every_script():
 
     import eval_test
     import eval_val
-    from trainers.script_args import COMMON_HELP
+    from cli.args import COMMON_HELP
 
     def words(text: str) -> str:
         return re.sub(r"\s+", " ", text)

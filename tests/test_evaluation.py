@@ -12,17 +12,13 @@ from pathlib import Path
 import pytest
 
 from evaluation.backends import HFBackend, StaticBackend, make_backend, prompt_key, resolve_backend_name
-from evaluation.evaluate import (
-    PredictionsError,
-    evaluate,
+from evaluation.evaluate import evaluate, metric_keys, score_completions
+from evaluation.predictions import PredictionsError, read_predictions, write_outputs
+from evaluation.recommenders import (
+    GroundtruthRecommender,
+    PopularityRecommender,
     generate_completions,
-    groundtruth_completions,
-    metric_keys,
-    popularity_completions,
     popularity_ranking,
-    read_predictions,
-    score_completions,
-    write_outputs,
 )
 from tests.conftest import REDDIT_DIR, require
 
@@ -102,7 +98,7 @@ def contract(tmp_path_factory):
 def oracle_backend(dataset, catalog) -> StaticBackend:
     """Answers each prompt with its sample's ground truth (distinct prompts only), decorated as chat models do."""
     answers = {}
-    for row, text in zip(dataset, groundtruth_completions(dataset, catalog)):
+    for row, text in zip(dataset, GroundtruthRecommender(catalog).completions(dataset)):
         lines = [f"{i + 1}. **{line}**" for i, line in enumerate(text.splitlines())]
         answers[prompt_key(row["prompt"])] = "Sure! Here are my picks:\n" + "\n".join(lines)
     return StaticBackend(answers, default=None)
@@ -143,7 +139,7 @@ def test_oracle_on_real_reddit_slice():
         assert None not in gt, s["sample_id"]
         rows.append({"sample_id": s["sample_id"], "prompt": s["prompt"], "groundtruth": gt, "seen": seen})
     assert all(len(r["groundtruth"]) <= 20 for r in rows)
-    completions = groundtruth_completions(rows, catalog)
+    completions = GroundtruthRecommender(catalog).completions(rows)
     for protocol in ("packed", "strict"):
         metrics, per_sample = score_completions(rows, catalog, completions, protocol=protocol)
         assert metrics["recall@20"] == 1.0 and metrics["ndcg@20"] == 1.0, protocol
@@ -240,7 +236,7 @@ def test_predictions_errors_name_file_and_line(tmp_path, lines, line_no, fragmen
 def test_predictions_missing_rows_counted_and_scored_empty(contract, tmp_path):
     _, dd, catalog = contract
     ds = dd["validation"]
-    gt = groundtruth_completions(ds, catalog)
+    gt = GroundtruthRecommender(catalog).completions(ds)
     path = _write(tmp_path / "p.jsonl", [
         json.dumps({"index": 2, "sample_id": ds[2]["sample_id"], "completion": gt[2], "extra": 1}),
         json.dumps({"index": 0, "sample_id": "v0", "completion": [{"role": "assistant", "content": gt[0]}]}),
@@ -254,7 +250,7 @@ def test_predictions_missing_rows_counted_and_scored_empty(contract, tmp_path):
 def test_write_outputs_roundtrip(contract, tmp_path):
     _, dd, catalog = contract
     ds = dd["test"]
-    completions = groundtruth_completions(ds, catalog)
+    completions = GroundtruthRecommender(catalog).completions(ds)
     completions[1] = "Ünïcode ☃ line\n" + completions[1]
     metrics, per_sample = score_completions(ds, catalog, completions)
     write_outputs(tmp_path, metrics, per_sample, completions)
@@ -269,7 +265,7 @@ def test_popularity_baseline(contract):
     ranking = popularity_ranking(dd["train"])
     assert ranking[:3] == [3, 0, 14] and 7 in ranking and 25 not in ranking  # t5 counts its target only
     ds = dd["test"]
-    completions = popularity_completions(dd["train"], ds, catalog, n_items=5)
+    completions = PopularityRecommender(dd["train"], catalog, n_items=5).completions(ds)
     lines = [c.splitlines() for c in completions]
     assert all(len(x) == 5 for x in lines)
     assert lines[0][:3] == ["Fargo (1996)", "The Matrix (1999)", "Pulp Fiction (1994)"]

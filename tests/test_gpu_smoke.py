@@ -61,7 +61,7 @@ def test_the_train_command_lines_parse_through_each_scripts_parser(monkeypatch, 
             assert config.use_vllm is (backend == "vllm"), step.name
             if backend == "vllm":
                 assert config.vllm_mode == "colocate" and config.vllm_tensor_parallel_size == 1
-            from trainers.script_args import check_generation_settings
+            from cli.training import check_generation_settings
 
             check_generation_settings(config, world_size=1)
     evals = {s.name: s.cmd for s in steps if s.name.endswith("/eval")}

@@ -209,13 +209,13 @@ def test_load_processed_validates_the_records_it_loads(contract, tmp_path, split
 
 def test_rows_without_groundtruth_are_counted_not_averaged_as_zero(contract):
     """A data set given as records (not through load_processed) can still hold such rows: they are reported."""
-    from evaluation.evaluate import groundtruth_completions, score_completions
-    from evaluation.recommenders import GroundtruthRecommender, evaluate_recommender
+    from evaluation.evaluate import evaluate_recommender, score_completions
+    from evaluation.recommenders import GroundtruthRecommender
 
     _, dd, catalog = contract
     rows = [dict(r) for r in dd["test"]]
     rows[1]["groundtruth"] = []
-    texts = groundtruth_completions(rows, catalog)
+    texts = GroundtruthRecommender(catalog).completions(rows)
     metrics, per_sample = score_completions(rows, catalog, texts)
     assert metrics["recall@20"] == 1.0 and metrics["num_samples"] == 5 and metrics["num_unscorable"] == 1
     assert metrics["unscorable_sample_ids"] == [rows[1]["sample_id"]] and per_sample[1]["unscorable"]
@@ -231,12 +231,12 @@ def _preds(tmp_path: Path, lines: list) -> Path:
 
 def test_predictions_shifted_by_one_row_without_sample_id_are_refused(contract, tmp_path):
     """Before: scored 0.09 instead of 1 with no warning. Now: refused, naming the line and the missing field."""
-    from evaluation.evaluate import PredictionsError, groundtruth_completions
-    from evaluation.recommenders import StaticPredictions
+    from evaluation.predictions import PredictionsError
+    from evaluation.recommenders import GroundtruthRecommender, StaticPredictions
 
     _, dd, catalog = contract
     ds = dd["test"]
-    texts = groundtruth_completions(ds, catalog)
+    texts = GroundtruthRecommender(catalog).completions(ds)
     shifted = [json.dumps({"index": i + 1, "completion": t}) for i, t in enumerate(texts[:-1])]
     path = _preds(tmp_path, shifted)
     with pytest.raises(PredictionsError, match=r"preds\.jsonl: line 1: missing field 'sample_id'"):
@@ -244,12 +244,12 @@ def test_predictions_shifted_by_one_row_without_sample_id_are_refused(contract, 
 
 
 def test_predictions_shifted_by_one_row_with_sample_id_are_refused(contract, tmp_path):
-    from evaluation.evaluate import PredictionsError, groundtruth_completions
-    from evaluation.recommenders import StaticPredictions
+    from evaluation.predictions import PredictionsError
+    from evaluation.recommenders import GroundtruthRecommender, StaticPredictions
 
     _, dd, catalog = contract
     ds = dd["test"]
-    texts = groundtruth_completions(ds, catalog)
+    texts = GroundtruthRecommender(catalog).completions(ds)
     shifted = [json.dumps({"index": i + 1, "sample_id": ds[i]["sample_id"], "completion": t})
                for i, t in enumerate(texts[:-1])]
     with pytest.raises(PredictionsError, match=r"line 1: sample_id 's0' does not match row 1"):
@@ -268,7 +268,7 @@ def test_predictions_shifted_by_one_row_with_sample_id_are_refused(contract, tmp
      2, "duplicate index 0"),
 ])
 def test_bad_prediction_lines_name_file_and_line(contract, tmp_path, lines, line_no, fragment):
-    from evaluation.evaluate import PredictionsError
+    from evaluation.predictions import PredictionsError
     from evaluation.recommenders import StaticPredictions
 
     _, dd, catalog = contract
@@ -281,12 +281,12 @@ def test_bad_prediction_lines_name_file_and_line(contract, tmp_path, lines, line
 
 
 def test_predictions_with_crlf_line_ends_score_like_lf(contract, tmp_path):
-    from evaluation.evaluate import groundtruth_completions
-    from evaluation.recommenders import StaticPredictions, evaluate_recommender
+    from evaluation.evaluate import evaluate_recommender
+    from evaluation.recommenders import GroundtruthRecommender, StaticPredictions
 
     _, dd, catalog = contract
     ds = dd["test"]
-    texts = groundtruth_completions(ds, catalog)
+    texts = GroundtruthRecommender(catalog).completions(ds)
     body = "".join(json.dumps({"index": i, "sample_id": ds[i]["sample_id"], "completion": t.replace("\n", "\r\n")})
                    + "\r\n" for i, t in enumerate(texts))
     path = _write(tmp_path / "crlf.jsonl", body)

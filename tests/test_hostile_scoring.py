@@ -125,7 +125,8 @@ def test_duplicate_titles_are_one_item_for_text_and_ids():
     assert PRODUCTS.canonical_groundtruth([5, 7, 5]) == [4, 7]  # a pair the mapping made is one item
     assert PRODUCTS.canonical_groundtruth([7, 7]) == [7, 7]  # other repeats stay (the multiset rule)
     assert judge(line, PRODUCTS, [7], seen=[5], require_year=False).status == ["seen"]
-    from evaluation.recommenders import Recommendation, score_recommendations
+    from evaluation.evaluate import score_recommendations
+    from evaluation.recommenders import Recommendation
 
     rows = [{"sample_id": "a", "groundtruth": [5], "seen": []}, {"sample_id": "b", "groundtruth": [4], "seen": []}]
     metrics, per = score_recommendations(rows, PRODUCTS, [Recommendation([5]), Recommendation([5, 4])], ks=(1,))
@@ -170,7 +171,8 @@ def test_fixture_oracle_and_popularity_by_text_equal_by_ids(tmp_path, capsys):
     by text 0.2107 vs 0.4137 by ids (NDCG@20)."""
     from preprocess.amazon import build_csv
     from preprocess.common import load_processed
-    from evaluation.recommenders import GroundtruthRecommender, PopularityRecommender, evaluate_recommender
+    from evaluation.evaluate import evaluate_recommender
+    from evaluation.recommenders import GroundtruthRecommender, PopularityRecommender
 
     build_csv(FIXTURE_CSV, tmp_path / "out", category="Video_Games", progress=False, quiet=True,
               item_index=str(FIXTURE_CSV / "Video_Games.item.json"))
@@ -301,7 +303,8 @@ def _entity_map(tmp_path, mapping) -> Path:
 
 
 def test_a_title_to_string_id_map_is_a_catalog_and_keeps_its_ids(tmp_path):
-    from evaluation.recommenders import StaticPredictions, evaluate_recommender
+    from evaluation.evaluate import evaluate_recommender
+    from evaluation.recommenders import StaticPredictions
 
     path = _entity_map(tmp_path, {"Heat (1995)": "m_0007", "Alien (1979)": "00042", "Fargo (1996)": "Q222720",
                                   "The Mummy": "m_9"})
@@ -339,7 +342,7 @@ def test_bad_title_maps_are_refused_naming_the_file_and_key(tmp_path, mapping, f
 
 
 def test_string_ids_in_predictions_need_a_catalog_with_string_ids(tmp_path):
-    from evaluation.evaluate import PredictionsError, read_prediction_records
+    from evaluation.predictions import PredictionsError, read_prediction_records
 
     cat = load_catalog(_entity_map(tmp_path, {"Heat (1995)": "m1"}))
     int_cat = Catalog([{"id": 1, "title": "Heat", "year": 1995}])

@@ -1,6 +1,6 @@
 """Hostile input to the root scripts (issue 20 items 10-15): each case asserts the exact refusal -- exit status 2
 and ONE `error:` line naming the file, the checkpoint or the option -- or, where nothing is wrong, that the run goes
-on. Scripts run in-process through the one entry point they share (trainers.cli.run_script) so that a start-up
+on. Scripts run in-process through the one entry point they share (cli.run.run_script) so that a start-up
 refusal costs milliseconds; a few run as real subprocesses to show the `__main__` wiring and RECRL_DEBUG.
 
 Inputs: checkpoints whose config.json names another model_type (10); an --output_dir that is a file, under a file,
@@ -65,7 +65,7 @@ def _main(script: str):
 
 def _refused(capsys, script: str, argv: list[str], *fragments: str) -> str:
     """Run `script`.main(argv) through run_script: exit 2 and one `error:` line containing every fragment."""
-    from trainers.cli import run_script
+    from cli.run import run_script
 
     capsys.readouterr()
     rc = run_script(_main(script), [str(a) for a in argv])
@@ -369,7 +369,7 @@ def test_validate_options_table_matches_the_documented_defaults():
     from methods.deeprec.trainer import DeepRecConfig
     from methods.rank_grpo.trainer import RankGRPOConfig
     from methods.recpo.trainer import RecPOConfig
-    from trainers.script_args import validate_options
+    from cli.args import validate_options
 
     validate_options(train_trm.TRMScriptArguments(dataset_path="x"))
     for cls in (SFTConfig, RankGRPOConfig, RecPOConfig, DeepRecConfig):
@@ -409,7 +409,7 @@ def test_a_train_script_run_as_a_program_prints_one_line(env, tmp_path):
 
 
 def test_a_bug_keeps_its_traceback(capsys):
-    from trainers.cli import run_script
+    from cli.run import run_script
 
     def broken(argv):
         raise KeyError("a bug, not bad input")
@@ -443,7 +443,7 @@ def test_predictions_for_none_of_the_evaluated_rows_are_refused(env, capsys, tmp
     """A file made on another subset: every evaluated row would score zero."""
     from datasets import load_from_disk
 
-    from evaluation.evaluate import subset_rows
+    from evaluation.predictions import subset_rows
 
     test = load_from_disk(str(Path(env["data"]) / "test"))
     rows = subset_rows(len(test), 2, 0)

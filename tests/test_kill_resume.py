@@ -256,7 +256,7 @@ def test_recpo_kill_and_resume_keeps_the_item_table(tmp_path):
 
 
 def test_deeprec_kill_and_resume_keeps_stage_and_trm(tmp_path):
-    from retrieval import TRMRetriever
+    from retrieval.retriever import TRMRetriever
     from test_deeprec import CATALOG_ITEMS, tiny_setup
 
     _, data, model, _ = tiny_setup.__wrapped__(_Factory(tmp_path))

@@ -281,7 +281,7 @@ def parity_setup(tmp_path_factory):
 
     from modeling.tiny import build_tiny_model
     from preprocess.common import build_prompt, format_completion, save_processed
-    from retrieval import TRMRetriever
+    from retrieval.retriever import TRMRetriever
 
     root = tmp_path_factory.mktemp("parity")
     recs = []

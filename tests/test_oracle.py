@@ -1,6 +1,6 @@
 """The ground-truth oracle scores the ideal value on every data set a builder produces.
 
-`evaluation.evaluate.groundtruth_completions` writes each sample's ground-truth items in their catalog display
+`evaluation.recommenders.GroundtruthRecommender.completions` writes each sample's ground-truth items in their catalog display
 form (`Title (Year)`, or `Title` for a yearless catalog item), one per line. Scored by the one matcher, every K,
 both protocols, it must give NDCG@K = 1 and Recall@K = min(|GT|, K) / |GT| on every sample that can be scored:
 any shortfall is a catalog item that no line can ever hit (ReDial's 616 yearless movies scored 0.93 before; the
@@ -125,14 +125,15 @@ def built(request, tmp_path_factory):
 
 @pytest.mark.parametrize("protocol", ["packed", "strict"])
 def test_groundtruth_oracle_scores_the_ideal_value(built, protocol):
-    from evaluation.evaluate import groundtruth_completions, score_completions
+    from evaluation.evaluate import score_completions
+    from evaluation.recommenders import GroundtruthRecommender
 
     name, dd, catalog = built
     for split in dd:
         ds = dd[split]
         if len(ds) > MAX_ROWS:  # ML-100k's 76k train rows: the first MAX_ROWS say the same and keep the test short
             ds = ds.select(range(MAX_ROWS))
-        metrics, rows = score_completions(ds, catalog, groundtruth_completions(ds, catalog), ks=KS,
+        metrics, rows = score_completions(ds, catalog, GroundtruthRecommender(catalog).completions(ds), ks=KS,
                                           protocol=protocol, n_items=20)
         gts, seens = list(ds["groundtruth"]), list(ds["seen"])
         scored = [r for r in rows if "unscorable" not in r]

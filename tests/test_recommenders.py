@@ -10,23 +10,14 @@ from pathlib import Path
 import pytest
 
 from evaluation.backends import StaticBackend
-from evaluation.evaluate import (
-    PredictionsError,
-    groundtruth_completions,
-    load_split,
-    metric_keys,
-    popularity_completions,
-    score_completions,
-    subset_rows,
-)
+from evaluation.evaluate import evaluate_recommender, metric_keys, score_completions, score_recommendations
+from evaluation.predictions import PredictionsError, load_split, subset_rows
 from evaluation.recommenders import (
     GroundtruthRecommender,
     PopularityRecommender,
     Recommendation,
     StaticPredictions,
     TextRecommender,
-    evaluate_recommender,
-    score_recommendations,
     text_item_ids,
 )
 from tests.conftest import REDDIT_DIR, require
@@ -161,7 +152,7 @@ def test_oracle_ids_score_one_and_its_text_form_is_today_oracle(contract, protoc
     assert rows[1]["item_ids"] == [11] and rows[1]["statuses"] == ["hit"]  # v1: gt [11], seen [10]
     as_text = evaluate_recommender(GroundtruthRecommender(catalog, as_text=True), ds, catalog, None,
                                    protocol=protocol)
-    today, _ = score_completions(ds, catalog, groundtruth_completions(ds, catalog), protocol=protocol)
+    today, _ = score_completions(ds, catalog, GroundtruthRecommender(catalog).completions(ds), protocol=protocol)
     assert all(as_text[k] == today[k] for k in metric_keys(KS))
 
 
@@ -172,7 +163,7 @@ def test_popularity_ids_equal_its_text_form(contract):
     # train counts 4, 3, 2 for items 3, 0, 14, then ties by id; s2 has seen [0]
     assert ids[0].item_ids == [3, 0, 14, 7, 9] and 0 not in ids[2].item_ids
     by_ids, _ = score_recommendations(ds, catalog, ids)
-    today, _ = score_completions(ds, catalog, popularity_completions(dd["train"], ds, catalog, n_items=5))
+    today, _ = score_completions(ds, catalog, PopularityRecommender(dd["train"], catalog, n_items=5).completions(ds))
     text, _ = score_recommendations(ds, catalog,
                                     PopularityRecommender(dd["train"], catalog, 5, as_text=True).recommend(ds))
     assert all(by_ids[k] == today[k] == text[k] for k in metric_keys(KS))
@@ -273,7 +264,7 @@ def test_subset_predictions_keep_split_indices(contract, tmp_path):
     common = ["--dataset_path", str(path), "--split", "test", "--max_samples", "3", "--seed", "1"]
     full = tmp_path / "full.jsonl"
     full.write_text("".join(json.dumps({"index": i, "sample_id": dd["test"][i]["sample_id"], "completion": t}) + "\n"
-                            for i, t in enumerate(groundtruth_completions(dd["test"], catalog))))
+                            for i, t in enumerate(GroundtruthRecommender(catalog).completions(dd["test"]))))
     sub = eval_test.main(["--predictions", str(full), "--output_dir", str(tmp_path / "sub"), *common])
     rows = [json.loads(line) for line in (tmp_path / "sub" / "predictions.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == subset_rows(6, 3, seed=1)

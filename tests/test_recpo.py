@@ -393,7 +393,7 @@ def test_train_recpo_runs_updates_the_table_and_resumes(tiny_recpo, tmp_path):
 
 
 def test_recpo_recommender_equals_a_slow_full_catalog_reference_and_never_ranks_history(tiny_recpo):
-    from evaluation.recommenders import evaluate_recommender
+    from evaluation.evaluate import evaluate_recommender
     from methods.recpo.recommender import RecPORecommender
     from preprocess.common import load_processed
     from preprocess.recpo_prompts import record_user_prompt

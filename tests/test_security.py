@@ -156,7 +156,7 @@ def test_loaders_pass_trust_remote_code_false_unless_asked(monkeypatch, tmp_path
 
 def test_eval_cli_trust_remote_code_defaults_off():
     import eval_test
-    from evaluation.evaluate import backend_options
+    from evaluation.backends import backend_options
 
     args = eval_test.build_parser().parse_args(["--baseline", "popularity", "--dataset_path", "x"])
     assert args.trust_remote_code is False and not backend_options(args)["trust_remote_code"]

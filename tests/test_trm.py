@@ -16,7 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retrieval import TRM, TRMConfig, TRMRecommender, TRMRetriever
+from evaluation.recommenders import TRMRecommender
+from retrieval.model import TRM, TRMConfig
+from retrieval.retriever import TRMRetriever
 from retrieval.text import encode_texts, item_text
 from retrieval.training import PreferenceBank, next_item_loss, next_item_samples, retrieve_split, score_split
 
@@ -310,7 +312,8 @@ def test_relevant_preference_text_raises_the_target_rank():
 
 
 def test_trm_recommender_through_the_evaluation_seam(tmp_path):
-    from evaluation.recommenders import Recommendation, Recommender, evaluate_recommender
+    from evaluation.evaluate import evaluate_recommender
+    from evaluation.recommenders import Recommendation, Recommender
     from rewards.catalog import Catalog
 
     retriever = tiny_retriever()

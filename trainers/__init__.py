@@ -1,4 +1,5 @@
 """The RL layer every method stands on: ``base`` (``RecRLConfig`` / ``RecRLTrainer``, TRL's ``GRPOTrainer`` with the
 catalog, prompt fitting, the shared loss template and named metrics), ``core_algos`` (advantage estimators, ratios,
-policy losses and aggregations, registered by name), ``checkpointing`` and ``token_map`` (token -> item spans).
+policy losses and aggregations, registered by name), ``checkpointing``, ``token_map`` (token -> item spans) and
+``console`` (the compact log line). It imports nothing of ``cli/`` (the scripts' layer above it).
 The methods themselves are packages under ``methods/``."""

@@ -16,7 +16,7 @@
 * kill-safe checkpoints (``trainers.checkpointing.KillSafeCheckpointMixin``) that also record the run's identity
   (``RESUME_IDENTITY_FIELDS``: a resume with another algorithm / stage / TRM is an error, not a silent mix), and
   ``save_run_state`` / ``load_run_state`` hooks for method state transformers does not save (RecPO's item table);
-* a compact console line per logging step (``trainers.run_logging.install_compact_console``); the full metrics
+* a compact console line per logging step (``trainers.console.install_compact_console``); the full metrics
   still go to ``state.log_history``, wandb and the --log_file.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from rewards.catalog import resolve_require_year
 from trainers.checkpointing import KillSafeCheckpointMixin
-from trainers.run_logging import install_compact_console
+from trainers.console import install_compact_console
 from trainers.token_map import ByteTable, build_byte_table, decode_bytes
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ terminated), ``eos``, ``call_limit`` (the model asks for call max_calls + 1: no 
 trainer masks it out entirely).
 
 ``DeepRecRecommender`` runs the same loop greedily; an episode whose format fails is a miss (empty list); its
-prediction text is the whole trajectory.
+prediction text is the whole trajectory. It registers itself as eval_test.py's ``--recommender deeprec``, with its
+flags (``DeepRecOptions``) and ``--episode_config`` (the training YAML's episode settings as defaults).
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ from preprocess.deeprec_prompts import (
 
 )
 
+from evaluation.recommenders import Recommendation
+from evaluation.registry import BuildRequest, register_recommender
 from methods.deeprec.rewards import format_check_shares, parse_trajectory
 
 END_REASONS = ("answer", "eos", "call_limit", "budget")
@@ -334,17 +337,63 @@ def answer_item_ids(answer_lines: Sequence[str] | None, catalog, require_year: b
     return out
 
 
-def target_only(dataset) -> list[dict]:
-    """Rows with ``groundtruth = [target]``: DeepRec's protocol scores the next item only."""
-    rows = [dict(r) for r in dataset]
-    for r in rows:
-        if r.get("target") is None:
-            raise ValueError(f"sample {r.get('sample_id')!r}: no `target`")
-        r["groundtruth"] = [r["target"]]
-    return rows
-
-
 # ------------------------------------------------------------------------------------------------- recommender
+# eval_test.py option <- train_deeprec.py config field: the episode a DeepRec model was trained on
+EPISODE_KEYS = {"prompt_style": "prompt_style", "category": "category", "max_calls": "max_calls",
+                "retrieve_k": "retrieve_k", "max_turn_tokens": "max_turn_tokens",
+                "max_new_tokens": "max_trajectory_tokens"}
+
+
+@dataclass
+class DeepRecOptions:
+    """eval_test.py's flags for ``--recommender deeprec``."""
+
+    category: str = field(default="items", metadata={"help": "the item category named in prompts"})
+    trm_path: str | None = field(default=None, metadata={"help": "the TRM folder (train_trm.py output)"})
+    prompt_style: str = field(default="completion", metadata={
+        "choices": ("completion", "chat"),
+        "help": "the paper's base-model completion prompt, or the model's chat template"})
+    max_calls: int = field(default=8, metadata={"help": "TRM calls per episode (paper: 8)"})
+    retrieve_k: int = field(default=20, metadata={
+        "help": "items per TRM call (paper: 20; use the value the model was trained with)"})
+    max_turn_tokens: int | None = field(default=None, metadata={
+        "help": "new tokens per generation turn (default: the remaining --max_new_tokens)"})
+    episode_config: str | None = field(default=None, metadata={
+        "help": "a train_deeprec.py YAML; its " + ", ".join(EPISODE_KEYS) + " (max_new_tokens = its "
+                "max_trajectory_tokens) become the defaults, so the episodes are those the model was trained with (a "
+                "field it leaves out: train_deeprec.py's default); flags on the command line still win"})
+
+
+def episode_presets(parsed) -> dict:
+    """The EPISODE_KEYS of ``--episode_config`` (a train_deeprec.py YAML) as eval_test.py defaults; a field the file
+    leaves out is DeepRecConfig's default, the value train_deeprec.py trained with (SystemExit naming the file when
+    it cannot be read). Nothing without --episode_config."""
+    path = getattr(parsed, "episode_config", None)
+    if not path:
+        return {}
+    import dataclasses
+
+    import yaml
+
+    from methods.deeprec.trainer import DeepRecConfig
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except OSError as err:
+        raise SystemExit(f"error: --episode_config {path}: {err.strerror}")
+    if not isinstance(config, dict):
+        raise SystemExit(f"error: --episode_config {path}: expected a YAML mapping of train_deeprec.py options")
+    defaults = {f.name: f.default for f in dataclasses.fields(DeepRecConfig)}
+    missing = [key for key in EPISODE_KEYS.values() if key not in config]
+    if missing:
+        print(f"[eval_test] --episode_config {path}: {', '.join(f'{k}={defaults[k]!r}' for k in missing)} "
+              "(train_deeprec.py's defaults: not in the file)")
+    return {option: config.get(key, defaults[key]) for option, key in EPISODE_KEYS.items()}
+
+
+@register_recommender("deeprec", options=DeepRecOptions, presets=episode_presets,
+                      help="the multi-turn LLM <-> TRM loop, greedy (--model_path = the LLM, --trm_path = the TRM)")
 class DeepRecRecommender:
     """The DeepRec loop with greedy decoding as a seam recommender: ``recommend(dataset)`` -> one
     ``Recommendation`` per row (item ids of the final list; [] when the format fails: a miss), ``text`` = the
@@ -366,6 +415,24 @@ class DeepRecRecommender:
         self.episode_stats: dict = {}
         self.episodes: list[Episode] = []
 
+    @classmethod
+    def from_cli(cls, request: BuildRequest) -> "DeepRecRecommender":
+        from modeling.loading import load_model_and_tokenizer
+        from retrieval.retriever import TRMRetriever
+
+        opts, args = request.options, request.args
+        if not opts.trm_path:
+            raise SystemExit("error: --recommender deeprec needs --trm_path (a train_trm.py folder)")
+        model, tokenizer = load_model_and_tokenizer(request.model_path)
+        model.eval()
+        request.provenance.update(backend="transformers", recommender="deeprec", trm_path=opts.trm_path,
+                                  prompt_style=opts.prompt_style, max_calls=opts.max_calls,
+                                  retrieve_k=opts.retrieve_k, max_turn_tokens=opts.max_turn_tokens)
+        settings = EpisodeSettings(max_calls=opts.max_calls, max_tokens=args.max_new_tokens,
+                                   max_turn_tokens=opts.max_turn_tokens, k=opts.retrieve_k)
+        return cls(model, tokenizer, TRMRetriever.load(opts.trm_path, encoder="auto"), request.data.catalog,
+                   settings, prompt_style=opts.prompt_style, category=opts.category, batch_size=args.batch_size)
+
     def prompt_ids(self, prompts) -> list[list[int]]:
         tok = self.tokenizer
         if self.prompt_style == "chat":
@@ -373,9 +440,7 @@ class DeepRecRecommender:
                          ["input_ids"]) for p in prompts]
         return [list(tok(p)["input_ids"]) for p in prompts]
 
-    def recommend(self, dataset) -> list:
-        from evaluation.recommenders import Recommendation
-
+    def recommend(self, dataset) -> list[Recommendation]:
         rows = [dict(r) for r in dataset]
         tok = self.tokenizer
         eos = {tok.eos_token_id} if tok.eos_token_id is not None else set()

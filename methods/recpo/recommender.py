@@ -10,11 +10,13 @@ against the item table (every catalog item encoded with the item prompt by the s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from evaluation.recommenders import Recommendation
+from evaluation.registry import BuildRequest, register_recommender
 from modeling.hidden_states import chat_ids, encode_id_rows, end_with_marker, left_pad
 from preprocess.recpo_prompts import ANSWER_MARKER, ITEM_PREFILL, MAX_HISTORY, item_prompt, record_user_prompt
 from rewards.embedding_rewards import cosine_scores, top_k_items
@@ -22,6 +24,17 @@ from rewards.embedding_rewards import cosine_scores, top_k_items
 PROJECTION_FILE = "recpo_projection.safetensors"  # written by methods.recpo.trainer.RecPOTrainer.save_model
 
 
+@dataclass
+class RecPOOptions:
+    """eval_test.py's flags for ``--recommender recpo``."""
+
+    category: str = field(default="items", metadata={"help": "the item category named in prompts"})
+    no_reasoning: bool = field(default=False, metadata={"help": "the no-reasoning ablation"})
+
+
+@register_recommender("recpo", options=RecPOOptions,
+                      help="reason, then rank the whole catalog with the hidden state at <answer> (train_recpo.py "
+                           "models)")
 class RecPORecommender:
     """Greedy reasoning + full-catalog ranking with the model's hidden state (history and ``seen`` masked)."""
 
@@ -57,6 +70,15 @@ class RecPORecommender:
 
             kw["projection"] = load_file(str(projection_file))["weight"].to(next(model.parameters()).device)
         return cls(model, tokenizer, catalog, **kw)
+
+    @classmethod
+    def from_cli(cls, request: BuildRequest) -> "RecPORecommender":
+        opts, args = request.options, request.args
+        request.provenance.update(backend="transformers", recommender="recpo", category=opts.category,
+                                  reasoning=not opts.no_reasoning)
+        return cls.from_pretrained(request.model_path, request.data.catalog, category=opts.category,
+                                   n_items=args.n_items, max_new_tokens=args.max_new_tokens,
+                                   reasoning=not opts.no_reasoning)
 
     def _project(self, h: torch.Tensor) -> torch.Tensor:
         return h if self.projection is None else h @ self.projection.T.to(h.dtype)

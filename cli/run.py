@@ -23,12 +23,12 @@ EXIT_STATUS = 2
 
 def _project_errors() -> list[tuple[type, str]]:
     """(error class, what to do) in match order."""
-    from evaluation.evaluate import PredictionsError
+    from evaluation.predictions import PredictionsError
     from modeling.checkpoint_integrity import CheckpointError
     from preprocess.common import DataError
     from preprocess.prompting import PromptFitError
     from rewards.catalog import CatalogError
-    from trainers.script_args import OptionError
+    from cli.args import OptionError
 
     return [
         (OptionError, "see --help for the allowed values"),

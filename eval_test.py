@@ -163,7 +163,7 @@ def run(args) -> dict:
     split = normalize_split(args.split)
     tag = output_tag(split, args.protocol, args.decoding)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, model_path, tag)
-    from preprocess.common import check_output_dir
+    from preprocess.contract import check_output_dir
 
     check_output_dir(output_dir)  # before the data, the model or any generation
 

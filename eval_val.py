@@ -148,7 +148,7 @@ def run(args) -> dict[int, dict]:
         raise SystemExit(f"error: run folder not found: {run_dir}")
     validate_options(args)  # OptionError naming the option (cli.args)
     from evaluation.evaluate import check_evaluation_options
-    from preprocess.common import check_output_dir
+    from preprocess.contract import check_output_dir
 
     try:
         check_evaluation_options(args.ks, args.n_items, args.max_samples)

@@ -106,7 +106,7 @@ def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
     start_rl_run(script_args, config, logger)
 
     from modeling.loading import check_model_source, check_weights_load, load_tokenizer, run_name
-    from preprocess.common import check_output_dir, load_processed, save_processed
+    from preprocess.contract import check_output_dir, load_processed, save_processed
     from retrieval.retriever import TRMRetriever
     from retrieval.text import encode_texts
 

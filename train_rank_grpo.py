@@ -102,7 +102,7 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
 
     from modeling.loading import (check_model_source, check_weights_load, is_adapter_dir, load_model_and_tokenizer,
                                   load_tokenizer, run_name)
-    from preprocess.common import check_output_dir, load_processed
+    from preprocess.contract import check_output_dir, load_processed
 
     # ---- model path and output folder, checked before anything heavy runs
     model_path = check_model_source(resolve_model_path(script_args))  # before the run folder exists

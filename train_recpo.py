@@ -61,7 +61,7 @@ def run(script_args: ScriptArguments, config: RecPOConfig):
     start_rl_run(script_args, config, logger)
 
     from modeling.loading import check_model_source, check_weights_load, load_tokenizer, resolve_checkpoint, run_name
-    from preprocess.common import DataError, check_output_dir, load_processed
+    from preprocess.contract import DataError, check_output_dir, load_processed
 
     # ---- model path and output folder, checked before anything heavy runs
     model_path = check_model_source(resolve_checkpoint(script_args.model_name))  # before the run folder exists

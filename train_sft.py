@@ -77,7 +77,7 @@ def parse_args(argv=None) -> tuple[SFTScriptArguments, SFTConfig]:
         from modeling.loading import run_name
 
         training_args.output_dir = os.path.join("results", run_name(script_args.model_name))
-    from preprocess.common import check_output_dir
+    from preprocess.contract import check_output_dir
 
     check_output_dir(training_args.output_dir)  # before the model or the data load
     if training_args.run_name in (None, training_args.output_dir, "trainer_output"):
@@ -95,11 +95,11 @@ def load_splits(script_args, training_args):
 
     from datasets import load_from_disk
 
-    from preprocess.common import DataError
+    from preprocess.contract import DataError
 
     root = Path(script_args.dataset_path)
     if script_args.catalog_path:
-        from preprocess.common import load_processed
+        from preprocess.contract import load_processed
 
         load_processed(root, script_args.catalog_path)  # raises when the catalog does not match the data set
     if not (root / "train").is_dir():
@@ -139,7 +139,7 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
     Token counts are those of TRL's SFT tokenisation: the chat-templated prompt with the generation prompt, and the
     chat-templated prompt + completion.
     """
-    from preprocess.common import DataError
+    from preprocess.contract import DataError
     from preprocess.prompting import FitReport, PromptFitError, fit_prompt
 
     has_id = "sample_id" in dataset.column_names

@@ -87,7 +87,7 @@ def parse_args(argv=None) -> TRMScriptArguments:
         parser.error("--dataset_path is required (on the command line or in --config)")
     if args.output_dir is None:
         args.output_dir = os.path.join("results", "trm", Path(args.dataset_path).resolve().name)
-    from preprocess.common import check_output_dir
+    from preprocess.contract import check_output_dir
 
     check_output_dir(args.output_dir)  # before the data, the encoder or training
     return args
@@ -107,7 +107,7 @@ def run(args: TRMScriptArguments, encoder=None) -> dict:
 
     from evaluation.predictions import normalize_split
     from evaluation.recommenders import PopularityRecommender
-    from preprocess.common import catalog_items_of, load_processed
+    from preprocess.contract import catalog_items_of, load_processed
     from retrieval.retriever import TRMRetriever
     from retrieval.training import PreferenceBank, next_item_loss, next_item_samples, retrieve_split, score_split
 

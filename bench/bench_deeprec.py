@@ -132,7 +132,7 @@ def bench_rollout(workdir: Path) -> dict:
     from modeling.loading import load_model_and_tokenizer
     from modeling.text_encoder import load_text_encoder
     from modeling.tiny import build_tiny_model
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer
 
     if not (GAMES_DATA / "catalog.json").exists():

@@ -207,7 +207,7 @@ def bench_step(workdir: Path) -> dict:
 
     from bench.bench_step_time import _data
     from modeling.loading import load_model_and_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from methods.recpo.trainer import RecPOConfig, RecPOTrainer
 
     _, catalog, model_dir = _data(workdir)  # bench_step_time's ML-100k slice and tiny model (built once)

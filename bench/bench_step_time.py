@@ -22,7 +22,7 @@ from trl import GRPOConfig, GRPOTrainer
 from bench.common import RESULTS_DIR, StepClock, machine
 from modeling.loading import load_model_and_tokenizer
 from modeling.tiny import build_tiny_model
-from preprocess.common import load_processed
+from preprocess.contract import load_processed
 from rewards.judge import judge
 from rewards.rank_rewards import sequence_ndcg
 from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer

@@ -25,7 +25,7 @@ def _project_errors() -> list[tuple[type, str]]:
     """(error class, what to do) in match order."""
     from evaluation.predictions import PredictionsError
     from modeling.checkpoint_integrity import CheckpointError
-    from preprocess.common import DataError
+    from preprocess.contract import DataError
     from preprocess.prompting import PromptFitError
     from rewards.catalog import CatalogError
     from cli.args import OptionError

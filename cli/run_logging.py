@@ -71,10 +71,10 @@ def tee_output(log_file: str | None):
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
     path = log_file if rank == 0 else f"{log_file}.rank{rank}"
     if os.path.isdir(path):
-        from preprocess.common import DataError
+        from preprocess.contract import DataError
 
         raise DataError(path, reason="--log_file is a folder; name a file")
-    from preprocess.common import check_output_dir
+    from preprocess.contract import check_output_dir
 
     check_output_dir(os.path.dirname(os.path.abspath(path)), option="--log_file's folder")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

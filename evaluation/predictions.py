@@ -93,7 +93,7 @@ class LoadedSplit:
 def load_split(dataset_path, split: str, catalog_path=None, max_samples: int | None = None,
                seed: int = DEFAULT_SEED) -> LoadedSplit:
     """One split of a processed data set (and its catalog), cut to `subset_rows(n, max_samples, seed)`."""
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     dd, catalog = load_processed(dataset_path, catalog_path)
     split = normalize_split(split)

@@ -142,7 +142,7 @@ class TextRecommender:
             if tokenizer is None or model is None:
                 raise ValueError(f"--decoding item_aware needs the hf backend (got {type(backend).__name__})")
             from modeling.item_decoding import ItemTokens
-            from preprocess.common import catalog_items_of
+            from preprocess.contract import catalog_items_of
 
             self.item_tokens = ItemTokens.from_catalog(tokenizer, catalog_items_of(catalog),
                                                        model.config.get_text_config().vocab_size)

@@ -93,21 +93,17 @@ from typing import Any, Iterator, Mapping, Sequence
 from tqdm import tqdm
 
 from preprocess.common import (
-    SPLITS,
-    DataError,
     SkipCounter,
-    check_output_dir,
     check_split_fractions_option,
     format_completion,
     int_at_least,
-    is_finite_number,
     item_line,
     json_loads_unique,
     read_text_utf8,
     require_file,
-    save_processed,
     split_from_name,
 )
+from preprocess.contract import SPLITS, DataError, check_output_dir, is_finite_number, save_processed
 from preprocess.recpo_prompts import category_name, item_attributes, record_user_prompt
 
 # --------------------------------------------------------------------------------------------------------------

@@ -56,11 +56,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from preprocess.common import (
-    SPLITS,
-    DataError,
     SkipCounter,
     build_prompt,
-    check_output_dir,
     check_split_fractions_option,
     format_completion,
     int_at_least,
@@ -68,8 +65,8 @@ from preprocess.common import (
     iter_lines_utf8,
     pad_with_popular,
     require_file,
-    save_processed,
 )
+from preprocess.contract import SPLITS, DataError, check_output_dir, save_processed
 from rewards.catalog import Catalog, display_title, split_title_year, validate_year
 
 ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",

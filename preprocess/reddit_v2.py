@@ -46,11 +46,8 @@ from tqdm import tqdm
 from preprocess.common import (
     CONVERSATION_MARKER,
     RANK_GRPO_INSTRUCTION,
-    SPLITS,
-    DataError,
     SkipCounter,
     assign_split,
-    check_output_dir,
     check_split_fractions_option,
     format_completion,
     groundtruth_completion_ids,
@@ -59,9 +56,9 @@ from preprocess.common import (
     iter_lines_utf8,
     load_source_catalog,
     read_text_utf8,
-    save_processed,
     split_from_name,
 )
+from preprocess.contract import SPLITS, DataError, check_output_dir, save_processed
 from rewards.catalog import split_title_year
 
 FORMAT_FIELDS = ("sample_id", "prompt", "completion", "seen_titles", "groundtruth_with_release_year",

@@ -46,22 +46,19 @@ from tqdm import tqdm
 from preprocess.common import (
     GT_BEYOND_N_ITEMS_NOT_WRITTEN,
     GT_UNDATED_NOT_WRITTEN,
-    SPLITS,
-    DataError,
     SkipCounter,
     assign_split,
-    check_output_dir,
-    check_split_fractions_option,
     build_prompt,
+    check_split_fractions_option,
     format_completion,
     groundtruth_completion_ids,
     int_at_least,
     item_line,
     iter_lines_utf8,
     load_source_catalog,
-    save_processed,
     split_from_name,
 )
+from preprocess.contract import SPLITS, DataError, check_output_dir, save_processed
 
 MENTION = re.compile(r"@(\d+)")
 CONVERSATION_FIELDS = ("conversationId", "messages", "initiatorWorkerId", "respondentWorkerId", "movieMentions")

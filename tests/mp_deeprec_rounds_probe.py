@@ -37,7 +37,7 @@ def main():
     from test_deeprec import ScriptedGenerator, _scripts_for_trainer
 
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from retrieval.retriever import TRMRetriever
     from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer
 

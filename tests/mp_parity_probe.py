@@ -208,7 +208,7 @@ def main():
         p.error("--resume_from_checkpoint needs exactly one method in --methods")
 
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     tok = load_tokenizer(a.model, padding_side="left")
     dsd, catalog = load_processed(a.data)

@@ -108,7 +108,7 @@ def main():
     a = p.parse_args()
 
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     tok = load_tokenizer(a.model, padding_side="left")
     eos = tok.convert_tokens_to_ids("<|im_end|>")

@@ -10,7 +10,7 @@ import pytest
 
 from preprocess import amazon
 from preprocess.amazon import build_2023, build_atomic, build_csv
-from preprocess.common import DataError, load_processed, save_processed
+from preprocess.contract import DataError, load_processed, save_processed
 from preprocess.recpo_prompts import (
     category_name,
     format_time_delta,

@@ -433,7 +433,8 @@ def tiny_setup(tmp_path_factory):
     """A sequential contract data set over the 28-item catalog, a tiny random Qwen3 with a small BPE, and a saved
     (untrained) TRM with the fake encoder."""
     from modeling.tiny import build_tiny_model
-    from preprocess.common import build_prompt, format_completion, save_processed
+    from preprocess.common import build_prompt, format_completion
+    from preprocess.contract import save_processed
     from retrieval.retriever import TRMRetriever
 
     root = tmp_path_factory.mktemp("deeprec")
@@ -507,7 +508,7 @@ def test_rollout_func_sees_each_prompt_G_times_and_env_tokens_get_no_gradient(ti
     from collections import Counter
 
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     _, data, model, trm = tiny_setup
     from retrieval.retriever import TRMRetriever
@@ -617,7 +618,7 @@ def test_real_hf_generation_run(tiny_setup, tmp_path):
     """One step with the real HF sampler of a random tiny model (mostly over-long or unformatted trajectories):
     finite, and over-long rows are masked out entirely."""
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from retrieval.retriever import TRMRetriever
     from methods.deeprec.trainer import DeepRecTrainer
 
@@ -640,7 +641,7 @@ def test_recommender_through_the_seam(tiny_setup, tmp_path):
     from methods.deeprec.rollout import DeepRecRecommender
     from evaluation.evaluate import evaluate_recommender
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     _, data, model, _ = tiny_setup
     tok = load_tokenizer(model)
@@ -677,7 +678,7 @@ def test_recommender_through_the_seam(tiny_setup, tmp_path):
 
 
 def test_warmstart_records_are_valid_trajectories(tiny_setup, tmp_path):
-    from preprocess.common import load_processed, save_processed
+    from preprocess.contract import load_processed, save_processed
     from methods.deeprec.trainer import warmstart_records
 
     _, data, _, _ = tiny_setup
@@ -722,7 +723,7 @@ def test_warmstart_data_through_the_script_trains_with_train_sft(tiny_setup, tmp
     """train_deeprec.py --write_warmstart_data writes a contract data set that train_sft.py trains on (one step)."""
     import train_deeprec
     import train_sft
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     _, data, model, trm = tiny_setup
     out = tmp_path / "ws"

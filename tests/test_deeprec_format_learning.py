@@ -220,7 +220,7 @@ def test_train_sft_masks_tool_results(tmp_path):
     policy text is trained; without the flag every completion token is trained (46% were lists in the issue)."""
     import train_sft
     from modeling.tiny import build_tiny_model
-    from preprocess.common import save_processed
+    from preprocess.contract import save_processed
 
     model = tmp_path / "model"
     build_tiny_model(model, tokenizer="bpe", vocab_size=600, hidden_size=32, num_layers=1, num_heads=2,

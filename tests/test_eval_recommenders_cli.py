@@ -16,7 +16,8 @@ def trm_setup(tmp_path_factory):
 
     import random
 
-    from preprocess.common import build_prompt, format_completion, save_processed
+    from preprocess.common import build_prompt, format_completion
+    from preprocess.contract import save_processed
 
     root = tmp_path_factory.mktemp("eval_cli")
     genres = ["space opera", "heist thriller", "romantic comedy", "monster horror", "animated musical"]
@@ -56,7 +57,7 @@ def test_eval_test_scores_the_trm_alone_on_the_next_item(trm_setup):
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert all(len(r["item_ids"]) == 10 for r in rows)
     # one target: recall@10 is the share of rows whose target is in the top 10
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     test = load_processed(data)[0]["test"]
     hit = [test[r["index"]]["target"] in r["item_ids"] for r in rows]

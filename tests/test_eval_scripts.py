@@ -94,7 +94,7 @@ def test_generation_and_predictions_give_identical_metrics(env, tmp_path):
     assert _jsonl(tmp_path / "pred" / "predictions.jsonl") == gen_rows
 
     # The same completions with real answers swapped in: --predictions scores them like the oracle.
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from evaluation.recommenders import GroundtruthRecommender
 
     dd, catalog = load_processed(env["dataset"])

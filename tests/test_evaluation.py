@@ -57,7 +57,7 @@ def write_contract_dataset(root: Path) -> Path:
     train: item 3 (Fargo) is the most popular, then 0, then 14; row t5 has a `target` (counted instead of its gt).
     validation: 4 rows, distinct prompts. test: 6 rows, rows 0-2 share one prompt (several users' answers).
     """
-    from preprocess.common import save_processed
+    from preprocess.contract import save_processed
 
     train = [
         _record("t0", "dark crime", [3, 0, 14]), _record("t1", "snowy crime", [3, 0]),
@@ -88,7 +88,7 @@ def write_contract_dataset(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory):
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     path = write_contract_dataset(tmp_path_factory.mktemp("data"))
     dd, catalog = load_processed(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from preprocess import amazon, movielens, reddit_v2, redial
-from preprocess.common import DataError, load_processed, save_processed
+from preprocess.contract import DataError, load_processed, save_processed
 from tests.conftest import REPO
 
 FIX_CSV = Path(__file__).resolve().parent / "fixtures" / "amazon_csv"

@@ -33,7 +33,7 @@ CONTRACT = _contract_module()
 
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory):
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     path = CONTRACT.write_contract_dataset(tmp_path_factory.mktemp("hostile"))
     dd, catalog = load_processed(path)
@@ -63,7 +63,7 @@ _ML100K_ITEMS = "1|Heat (1995)|01-Jan-1995||x|0\n2|Fargo (1996)|01-Jan-1996||x|0
 ])
 def test_movielens_bad_numbers_name_file_line_field(tmp_path, u_data, line, field, fragment):
     from preprocess import movielens
-    from preprocess.common import DataError
+    from preprocess.contract import DataError
 
     raw = tmp_path / "raw"
     _write(raw / "u.item", _ML100K_ITEMS.encode("latin-1"))
@@ -134,7 +134,7 @@ def _catalog_json(path: Path, shift_year=0, rename=None, drop_last=False, renumb
 ])
 def test_catalog_path_must_match_ids_titles_and_years(contract, tmp_path, variant, fragment):
     """Evaluation AND training load data through load_processed, so one check covers both."""
-    from preprocess.common import DataError, load_processed
+    from preprocess.contract import DataError, load_processed
 
     path, _, _ = contract
     other = _catalog_json(tmp_path / "other.json", **variant)
@@ -145,7 +145,7 @@ def test_catalog_path_must_match_ids_titles_and_years(contract, tmp_path, varian
 
 
 def test_catalog_path_with_the_same_content_is_accepted_and_fingerprinted(contract, tmp_path):
-    from preprocess.common import catalog_fingerprint, load_processed
+    from preprocess.contract import catalog_fingerprint, load_processed
 
     path, _, catalog = contract
     same = _catalog_json(tmp_path / "same.json")
@@ -159,7 +159,7 @@ def test_catalog_path_with_the_same_content_is_accepted_and_fingerprinted(contra
 
 def test_eval_test_refuses_a_catalog_with_shifted_years(contract, tmp_path):
     import eval_test
-    from preprocess.common import DataError
+    from preprocess.contract import DataError
 
     path, _, _ = contract
     other = _catalog_json(tmp_path / "plus3.json", shift_year=3)
@@ -197,7 +197,7 @@ def _tamper(src: Path, dst: Path, split: str, edit) -> Path:
     ("test", lambda rows: rows[0].update(prompt=[{"role": "assistant", "content": "x"}]), "prompt"),
 ])
 def test_load_processed_validates_the_records_it_loads(contract, tmp_path, split, edit, field):
-    from preprocess.common import DataError, load_processed
+    from preprocess.contract import DataError, load_processed
 
     path, _, _ = contract
     bad = _tamper(path, tmp_path / "bad", split, edit)

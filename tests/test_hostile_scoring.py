@@ -170,7 +170,7 @@ def test_fixture_oracle_and_popularity_by_text_equal_by_ids(tmp_path, capsys):
     """The hand-written BIGRec/D3-layout fixture: before the fix the oracle scored 5/11 = 0.4545 and popularity
     by text 0.2107 vs 0.4137 by ids (NDCG@20)."""
     from preprocess.amazon import build_csv
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from evaluation.evaluate import evaluate_recommender
     from evaluation.recommenders import GroundtruthRecommender, PopularityRecommender
 
@@ -264,7 +264,7 @@ def test_builders_merge_an_nfd_twin(tmp_path):
     rows = json.loads((tmp_path / "out" / "catalog.json").read_text(encoding="utf-8"))
     assert [r.get("duplicate_of") for r in rows] == [None, 1, None]
     assert "duplicate catalog entries merged (kept in catalog.json with duplicate_of)" in json.dumps(summary)
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     dd, _ = load_processed(tmp_path / "out")
     targets = sorted(g for split in dd for gt in dd[split]["groundtruth"] for g in gt)

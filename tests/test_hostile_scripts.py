@@ -192,11 +192,11 @@ def _output_dir_cases(env):
 def test_bad_output_dir_is_refused_at_start_up(env, capsys, monkeypatch, script, argv, where):
     """Before: the whole generation / training ran, then the write failed. Now: refused before anything loads
     (the data set path does not even exist; a --predictions file and a TRM are never read)."""
-    import preprocess.common as common
+    import preprocess.contract as contract
 
     path, fragment = _output_dir_cases(env)[where]
     loads = []
-    monkeypatch.setattr(common, "load_processed", lambda *a, **k: loads.append(a) or pytest.fail("data loaded"))
+    monkeypatch.setattr(contract, "load_processed", lambda *a, **k: loads.append(a) or pytest.fail("data loaded"))
     argv = [a.format(root=env["root"], model=env["model"]) for a in argv]
     _refused(capsys, script, [*argv, "--dataset_path", env["root"] / "no_such_dataset", "--output_dir", path],
              f"{path}: {fragment}")
@@ -205,12 +205,12 @@ def test_bad_output_dir_is_refused_at_start_up(env, capsys, monkeypatch, script,
 
 def test_unwritable_output_dir_is_refused(env, capsys, monkeypatch, tmp_path):
     """Root may write anywhere, so the permission bit is simulated where check_output_dir asks for it."""
-    import preprocess.common as common
+    import preprocess.contract as contract
 
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(common.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    monkeypatch.setattr(contract.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     _refused(capsys, "eval_test", ["--baseline", "groundtruth", "--dataset_path", env["data"], "--output_dir",
                                    locked / "out"],
              f"{locked / 'out'}: --output_dir: cannot write in {locked} (permission denied)")
@@ -219,11 +219,11 @@ def test_unwritable_output_dir_is_refused(env, capsys, monkeypatch, tmp_path):
 
 
 def test_eval_val_refuses_an_unwritable_run_dir(env, capsys, monkeypatch, tmp_path):
-    import preprocess.common as common
+    import preprocess.contract as contract
 
     run_dir = _copy(env["model"], tmp_path / "run" / "checkpoint-1").parent
     real_access = os.access
-    monkeypatch.setattr(common.os, "access", lambda p, mode: False if Path(p) == run_dir else real_access(p, mode))
+    monkeypatch.setattr(contract.os, "access", lambda p, mode: False if Path(p) == run_dir else real_access(p, mode))
     _refused(capsys, "eval_val", ["--run_dir", run_dir, "--dataset_path", env["data"]],
              f"{run_dir}: --run_dir: cannot write in {run_dir} (permission denied)")
 

@@ -61,7 +61,7 @@ def test_item_tokens_need_single_token_titles():
 def unit_model(tmp_path_factory):
     from modeling.tiny import build_tiny_model
     from preprocess import movielens
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     root = tmp_path_factory.mktemp("itemdec")
     movielens.build(None, root / "ml", progress=False, quiet=True, max_samples_per_split=40)
@@ -75,7 +75,7 @@ def test_generate_never_repeats_nor_recommends_seen_items(unit_model):
     read back through the one matcher."""
     from transformers import LogitsProcessorList
 
-    from preprocess.common import catalog_items_of
+    from preprocess.contract import catalog_items_of
     from rewards.judge import match_texts
 
     model, tok, dd, catalog = unit_model
@@ -117,7 +117,7 @@ def test_rank_grpo_rollouts_use_item_aware_decoding(unit_model, tmp_path, monkey
     titles would repeat or hit the user's seen items: checked on the same trainer with the option off)."""
     from datasets import Dataset
 
-    from preprocess.common import catalog_items_of
+    from preprocess.contract import catalog_items_of
     from trainers.base import RecRLTrainer
     from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 
@@ -166,7 +166,7 @@ def test_eval_test_item_aware_decoding_end_to_end(unit_model, tmp_path):
     import json as _json
 
     import eval_test
-    from preprocess.common import catalog_items_of
+    from preprocess.contract import catalog_items_of
 
     model, tok, dd, catalog = unit_model
     items = ItemTokens.from_catalog(tok, catalog_items_of(catalog), model.config.vocab_size)
@@ -179,7 +179,7 @@ def test_eval_test_item_aware_decoding_end_to_end(unit_model, tmp_path):
     tok.save_pretrained(str(model_dir))
     model.generation_config.sequence_bias = None
     from preprocess import movielens
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     movielens.build(None, tmp_path / "ml", progress=False, quiet=True, max_samples_per_split=40)
     common = ["--dataset_path", str(tmp_path / "ml"), "--model_path", str(model_dir), "--backend", "hf",

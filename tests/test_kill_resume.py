@@ -295,7 +295,7 @@ class _Factory:
 def test_rl_trainer_warns_when_checkpoints_split_a_generation_batch(tmp_path, caplog, save_steps, warns):
     """num_iterations 2: one generation batch serves 2 optimizer steps, and TRL does not save it."""
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from test_train_rank_grpo import tiny_setup
     from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 

@@ -81,7 +81,8 @@ def _free_port() -> int:
 def tiny_mp_setup(tmp_path):
     """Processed data set (6 prompts sharing groundtruth/seen, N = 5) + tiny random Qwen3 with a small BPE."""
     from modeling.tiny import build_tiny_model
-    from preprocess.common import build_prompt, format_completion, save_processed
+    from preprocess.common import build_prompt, format_completion
+    from preprocess.contract import save_processed
 
     catalog = [{"id": i, "title": t, "year": y} for i, (t, y) in enumerate(TITLES)]
     recs = [{"sample_id": f"s{s}", "prompt": build_prompt(f"I liked {TITLES[5 + s][0]}.", n_items=N),
@@ -280,7 +281,8 @@ def parity_setup(tmp_path_factory):
     from test_deeprec import TITLES as DR_TITLES
 
     from modeling.tiny import build_tiny_model
-    from preprocess.common import build_prompt, format_completion, save_processed
+    from preprocess.common import build_prompt, format_completion
+    from preprocess.contract import save_processed
     from retrieval.retriever import TRMRetriever
 
     root = tmp_path_factory.mktemp("parity")

@@ -111,7 +111,7 @@ BUILDS = {
 
 @pytest.fixture(scope="module", params=sorted(BUILDS))
 def built(request, tmp_path_factory):
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     module, args = BUILDS[request.param]
     raw = tmp_path_factory.mktemp(request.param.replace("-", "_") + "_raw")

@@ -16,18 +16,16 @@ from preprocess.common import (
     GT_BEYOND_N_ITEMS_NOT_WRITTEN,
     GT_UNDATED_NOT_WRITTEN,
     RANK_GRPO_INSTRUCTION,
-    DataError,
     SkipCounter,
     assign_split,
     build_prompt,
     format_completion,
     groundtruth_completion_ids,
     hash_split,
-    load_processed,
     pad_with_popular,
-    save_processed,
     split_from_name,
 )
+from preprocess.contract import DataError, load_processed, save_processed
 from rewards.catalog import Catalog
 from tests.conftest import REDDIT_DIR, REDIAL_DIR, REPO, require
 

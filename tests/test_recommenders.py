@@ -36,7 +36,7 @@ def _contract(root: Path):
 
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory):
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     path = _contract(tmp_path_factory.mktemp("rec"))
     dd, catalog = load_processed(path)
@@ -47,7 +47,7 @@ def contract(tmp_path_factory):
 def ml100k(tmp_path_factory):
     """A small real MovieLens-100k build (the recbole wheel's files): 150 rows per split, 1,682 real titles."""
     from preprocess import movielens
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
 
     out = tmp_path_factory.mktemp("ml") / "ml100k"
     movielens.build(None, out, max_samples_per_split=150, seed=3, progress=False, quiet=True)

@@ -249,7 +249,8 @@ TITLES = [f"Game {c}" for c in "ABCDEFGHIJKLMNOPQRST"]
 def tiny_recpo(tmp_path_factory):
     """A sequential contract data set over 20 yearless items + a tiny random Qwen3 with a small byte-level BPE."""
     from modeling.tiny import build_tiny_model
-    from preprocess.common import build_prompt, format_completion, save_processed
+    from preprocess.common import build_prompt, format_completion
+    from preprocess.contract import save_processed
 
     root = tmp_path_factory.mktemp("recpo_run")
     catalog = [{"id": 100 + i, "title": t, "year": None, "description": f"a {t.lower()} adventure"}
@@ -272,7 +273,7 @@ def tiny_recpo(tmp_path_factory):
 
 def _trainer(tiny_recpo, tmp_path, canned=None, **kw):
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from methods.recpo.trainer import RecPOConfig, RecPOTrainer
 
     _, data, model = tiny_recpo
@@ -395,7 +396,7 @@ def test_train_recpo_runs_updates_the_table_and_resumes(tiny_recpo, tmp_path):
 def test_recpo_recommender_equals_a_slow_full_catalog_reference_and_never_ranks_history(tiny_recpo):
     from evaluation.evaluate import evaluate_recommender
     from methods.recpo.recommender import RecPORecommender
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from preprocess.recpo_prompts import record_user_prompt
 
     _, data, model_path = tiny_recpo
@@ -461,7 +462,7 @@ def test_recpo_configs_parse_with_the_released_settings(path):
 def test_learned_projection_is_trained_saved_and_used_by_evaluation(tiny_recpo, tmp_path):
     import train_recpo
     from methods.recpo.recommender import PROJECTION_FILE, RecPORecommender
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from methods.recpo.trainer import make_projection
 
     eye = make_projection(6, 6).weight

@@ -104,7 +104,8 @@ def fake_vllm(monkeypatch):
 def tiny_recpo(tmp_path_factory):
     """A sequential contract data set over 20 yearless items + a tiny random Qwen3 with a small byte-level BPE."""
     from modeling.tiny import build_tiny_model
-    from preprocess.common import build_prompt, format_completion, save_processed
+    from preprocess.common import build_prompt, format_completion
+    from preprocess.contract import save_processed
 
     root = tmp_path_factory.mktemp("recpo_vllm")
     catalog = [{"id": 100 + i, "title": t, "year": None, "description": f"a {t.lower()} adventure"}
@@ -124,7 +125,7 @@ def tiny_recpo(tmp_path_factory):
 
 def _vllm_trainer(root, tmp_path, fake, **kw):
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from methods.recpo.trainer import RecPOConfig, RecPOTrainer
 
     tok = load_tokenizer(root / "model")

@@ -100,7 +100,7 @@ def test_malicious_pickle_catalog_is_refused_without_running_anything(tmp_path):
 def test_malicious_pickle_as_catalog_path_of_a_data_set_and_of_eval_test(tmp_path):
     """The paths a user reaches it by: load_processed(catalog_path=...) (every training script) and eval_test.py."""
     import eval_test
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from rewards.catalog import CatalogError
 
     spec = importlib.util.spec_from_file_location("_sec_contract", Path(__file__).with_name("test_evaluation.py"))

@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from preprocess.common import build_prompt, format_completion, item_line, save_processed  # noqa: E402
+from preprocess.common import build_prompt, format_completion, item_line  # noqa: E402
+from preprocess.contract import save_processed  # noqa: E402
 
 import train_sft  # noqa: E402
 from modeling.tiny import build_tiny_model  # noqa: E402

@@ -118,7 +118,8 @@ def test_a_missing_encoder_is_named_and_train_trm_leaves_no_run_folder(tmp_path,
         te.load_text_encoder("nobody-org/no-such-encoder-xyz")
 
     import train_trm
-    from preprocess.common import build_prompt, format_completion, save_processed
+    from preprocess.common import build_prompt, format_completion
+    from preprocess.contract import save_processed
 
     recs = [dict(sample_id=f"s{i}", prompt=build_prompt("x", n_items=1), completion=format_completion(["A (2000)"]),
                  groundtruth=[1], seen=[0], history=[0], target=1, timestamp=None) for i in range(2)]

@@ -104,7 +104,8 @@ def test_bpe_tiny_model_reload_identity(tmp_path):
 
 
 def test_bpe_trained_on_processed_dataset(tmp_path):
-    from preprocess.common import build_prompt, format_completion, save_processed
+    from preprocess.common import build_prompt, format_completion
+    from preprocess.contract import save_processed
 
     catalog = [{"id": i, "title": f"Movie {i}", "year": 1990 + i} for i in range(5)]
     recs = [{"sample_id": f"s{k}", "prompt": build_prompt(f"User: I like Movie {k}."),
@@ -177,7 +178,7 @@ def ml100k_unit_model(tmp_path_factory):
 def test_catalog_tokens_every_title_is_one_token_and_round_trips(ml100k_unit_model):
     from transformers import AutoTokenizer
 
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from rewards.judge import match_texts
     from trainers.token_map import build_byte_table, decode_bytes
 

@@ -28,7 +28,8 @@ N_ITEMS = 5
 def tiny_setup(tmp_path_factory):
     """A processed data set (contract format, N = 5) + a tiny random Qwen3 with a small byte-level BPE."""
     from modeling.tiny import build_tiny_model
-    from preprocess.common import build_prompt, format_completion, save_processed
+    from preprocess.common import build_prompt, format_completion
+    from preprocess.contract import save_processed
 
     root = tmp_path_factory.mktemp("rank_grpo_run")
     catalog = [{"id": i, "title": t, "year": y} for i, (t, y) in enumerate(TITLES)]
@@ -90,7 +91,7 @@ def test_off_policy_rank_grpo_run_with_canned_lists(tiny_setup, tmp_path):
     """mu = 2 and 2 micro-batches per generation: TRL computes old log-probs, splits/shuffles the generation batch
     (our item_index / (B, N+1) advantages must follow), and the item ratios move away from 1."""
     from modeling.loading import load_tokenizer
-    from preprocess.common import load_processed
+    from preprocess.contract import load_processed
     from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 
     _, data, model = tiny_setup

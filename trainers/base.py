@@ -154,7 +154,7 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         self._item_tokens = self._rollout_seen = None
         if args.item_aware_decoding:
             from modeling.item_decoding import ItemTokens
-            from preprocess.common import catalog_items_of
+            from preprocess.contract import catalog_items_of
 
             self._item_tokens = ItemTokens.from_catalog(self._tokenizer, catalog_items_of(catalog), vocab)
         install_compact_console(self, terms=[(name, f"rewards/{name}/mean") for name in self.reward_func_names])

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from preprocess import amazon
-from preprocess.amazon import build_2023, build_atomic, build_csv
+from preprocess.amazon.atomic import build_atomic
+from preprocess.amazon.csv_files import build_csv
+from preprocess.amazon.records import temporal_cuts
+from preprocess.amazon.reviews_2023 import build_2023
 from preprocess.contract import DataError, load_processed, save_processed
 from preprocess.recpo_prompts import (
     category_name,
@@ -162,7 +165,7 @@ def test_2023_gzip_equals_plain_and_ties_at_the_cut_stay_together(tmp_path):
     assert _records(plain) == _records(zipped)
 
     # Ties at a cut go to the earlier split (the released code cuts by index and could split them).
-    t1, t2 = amazon.temporal_cuts([1, 2, 2, 2, 3], (0.2, 0.2, 0.6))
+    t1, t2 = temporal_cuts([1, 2, 2, 2, 3], (0.2, 0.2, 0.6))
     assert (t1, t2) == (1, 2)
 
 

@@ -169,7 +169,7 @@ def test_deeprec_outcome_reward_reaches_a_duplicate_title_target():
 def test_fixture_oracle_and_popularity_by_text_equal_by_ids(tmp_path, capsys):
     """The hand-written BIGRec/D3-layout fixture: before the fix the oracle scored 5/11 = 0.4545 and popularity
     by text 0.2107 vs 0.4137 by ids (NDCG@20)."""
-    from preprocess.amazon import build_csv
+    from preprocess.amazon.csv_files import build_csv
     from preprocess.contract import load_processed
     from evaluation.evaluate import evaluate_recommender
     from evaluation.recommenders import GroundtruthRecommender, PopularityRecommender

@@ -37,6 +37,9 @@ import torch
 
 from bench.common import REPO, StepClock, cores_and_load, machine
 
+# bench/run_all.py runs it and writes its section
+REPORT = {"order": 6, "section": "## DeepRec: retrieval latency and rollout split"}
+
 GAMES_DATA = REPO / "processed_datasets" / "amazon18-games"
 STEPS, BATCH, G, N_CALLS, TURN_WORDS, TEXT_DIM = 4, 8, 4, 3, 40, 384
 MAX_TRAJECTORY_TOKENS = 4096  # three 20-title Games lists are ~1.5k tiny-BPE tokens

@@ -14,6 +14,9 @@ import time
 
 from bench.common import REPO, machine
 
+# bench/run_all.py runs it and puts its row in the main table
+REPORT = {"order": 4, "row": "| Peak resident memory of `make demo`"}
+
 _WRAPPER = r"""
 import json, resource, subprocess, sys
 with open(sys.argv[1], "w") as log:
@@ -21,6 +24,12 @@ with open(sys.argv[1], "w") as log:
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": rc, "maxrss_kb": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}))
 """
+
+
+def row(r: dict) -> str:
+    """The BENCHMARKS.md table row of a ``run()`` result (bench/run_all.py)."""
+    return (f"| Peak resident memory of `make demo` (largest process; {r['cpu_s'] / 60:.1f} CPU min, "
+            f"{r['wall_s'] / 60:.1f} wall min) | {r['peak_rss_gb']:.2f} GB | - | <= {r['target_gb']:.0f} GB |")
 
 
 def run() -> dict:

@@ -38,6 +38,9 @@ import torch
 
 from bench.common import REPO, RESULTS_DIR, SHARED_DATA, StepClock, cores_and_load, machine
 
+# bench/run_all.py runs it and writes its section
+REPORT = {"order": 5, "section": "## RecPO: rewards, item-table refresh, step time"}
+
 N_TRAJ, DIM, N_HISTORY, TAU, CUTOFF = 48, 576, 20, 0.02, 1000
 GAMES_ITEMS = SHARED_DATA / "amazon18_games_llmrank" / "Games.item"
 GAMES_DATA = REPO / "processed_datasets" / "amazon18-games"

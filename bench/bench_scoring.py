@@ -25,6 +25,9 @@ import time
 
 from bench.common import SHARED_DATA
 
+# bench/run_all.py runs it and writes its section
+REPORT = {"order": 3, "section": "## Scoring throughput"}
+
 N_SAMPLES = 10_000
 KS = (5, 10, 15, 20)
 N_ITEMS = 20
@@ -143,6 +146,33 @@ def _timed(fn, repeat: int):
         best_cpu = min(best_cpu, time.process_time() - c0)
         best_wall = min(best_wall, time.perf_counter() - w0)
     return best_cpu, best_wall, out
+
+
+def section(r: dict, heading: str) -> str:
+    """The BENCHMARKS.md section of a ``run()`` result (bench/run_all.py)."""
+    p, st = r["packed"], r["strict"]
+    return "\n".join([
+        heading,
+        "",
+        f"`python -m bench.run_all --only scoring` ({r['run_at']}, {r['machine']}). {r['n_samples']:,} samples "
+        f"against the {r['catalog']}: real Reddit-v2 ground truths and seen items, completions built from the real "
+        f"SFT completions with noise (random catalog titles, hits, seen items, duplicates, out-of-catalog lines, "
+        f"numbering, bullets, bold, preambles, CRLF): {r['non_blank_lines']:,} non-blank lines, "
+        f"{r['distinct_lines']:,} distinct. Text -> parse -> match -> statuses -> Recall/NDCG/HR@5,10,15,20 + "
+        f"ratios, per-sample rows and means. CPU seconds of the one process (best of cold runs, caches cleared); "
+        "wall seconds in brackets.",
+        "",
+        "| protocol | per-sample loop (`judge` + `ranking_metrics`) | batch (`score_texts`) | speedup | identical | target |",
+        "|---|---|---|---|---|---|",
+        *(f"| {name} | {x['slow_cpu_s']:.2f} s ({x['slow_wall_s']:.2f} s) = {x['slow_samples_per_s']:,.0f} samples/s | "
+          f"{x['fast_cpu_s']:.3f} s ({x['fast_wall_s']:.3f} s) = **{x['fast_samples_per_s']:,.0f} samples/s** | "
+          f"{x['speedup']:.1f}x | {r['identical']} | >= 10,000 samples/s |" for name, x in (("packed", p), ("strict", st))),
+        "",
+        f"Of the batch time, text -> id lists (`match_texts`) is {r['match_texts_cpu_s']:.3f} s; the rest is the status "
+        "rule and the vectorised metrics. Identical = every sample's ids, statuses and metric values bit for bit, "
+        "and the means.",
+        "",
+    ])
 
 
 def run(n_samples: int = N_SAMPLES, repeat_fast: int = 5, repeat_slow: int = 2) -> dict:

@@ -27,6 +27,9 @@ from rewards.judge import judge
 from rewards.rank_rewards import sequence_ndcg
 from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
 
+# bench/run_all.py runs it and puts its row in the main table
+REPORT = {"order": 2, "row": "| Training step"}
+
 STEPS, BATCH, G, COMPLETION, ROUNDS = 6, 8, 4, 96, 3
 
 
@@ -55,6 +58,12 @@ def _time(trainer) -> float:
     trainer.add_callback(timer)
     trainer.train()
     return statistics.median(timer.wall[1:])  # first step warms caches
+
+
+def row(r: dict) -> str:
+    """The BENCHMARKS.md table row of a ``run()`` result (bench/run_all.py)."""
+    return (f"| Training step, RankGRPOTrainer / stock GRPOTrainer ({r['setup']}) | {r['rank_grpo_s']:.3f} s vs "
+            f"{r['grpo_s']:.3f} s per step | **{r['ratio']:.3f}x** | <= 1.05x |")
 
 
 def run() -> dict:

@@ -19,6 +19,9 @@ from modeling.qwen_vocab import load_qwen_tokenizer
 from rewards.parse import parse_items
 from trainers.token_map import assign_tokens_slow, assign_tokens_to_items, build_byte_table, decode_bytes, item_byte_spans
 
+# bench/run_all.py runs it and puts its row in the main table
+REPORT = {"order": 1, "row": "| Token -> item assignment"}
+
 ROWS, TOKENS = 64, 256
 
 
@@ -43,6 +46,13 @@ def _completions(rng: random.Random) -> tuple[list[str], str]:
         out.append("\n".join(lines))
     rng.shuffle(out)
     return out, source
+
+
+def row(r: dict) -> str:
+    """The BENCHMARKS.md table row of a ``run()`` result (bench/run_all.py)."""
+    return (f"| Token -> item assignment ({r['shape']}; {r['source']}) | per-token decode loop {r['slow_s'] * 1e3:.1f} ms"
+            f" vs byte-offset map {r['fast_s'] * 1e3:.2f} ms (parse, shared with rewards: {r['parse_s'] * 1e3:.1f} ms) | "
+            f"**{r['speedup']:.1f}x** faster, identical output: {r['identical']} | >= 50x, identical |")
 
 
 def run() -> dict:

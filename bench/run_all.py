@@ -8,63 +8,38 @@ hand (the pretrained model's timings) live in docs/bench/, not here.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
+import importlib
 import json
 import os
 import re
+from pathlib import Path
 
 from bench.common import REPO, RESULTS_DIR
 
-BENCHES = ("token_map", "step_time", "scoring", "demo_rss", "recpo", "deeprec")
-TABLE_BENCHES = ("token_map", "step_time", "demo_rss")  # rows of the main table; scoring has a section of its own
-ROW_PREFIX = {"token_map": "| Token -> item assignment", "step_time": "| Training step",
-              "demo_rss": "| Peak resident memory of `make demo`"}
-SCORING_HEADING = "## Scoring throughput"
-# benchmarks whose module writes its own section (bench_<name>.section(result, heading)); kept when not run
-OWN_SECTIONS = {"recpo": "## RecPO: rewards, item-table refresh, step time",
-                "deeprec": "## DeepRec: retrieval latency and rollout split"}
+
+def discover() -> dict[str, dict]:
+    """``name -> REPORT`` of every ``bench/bench_<name>.py`` that declares a ``REPORT`` (``{"order", "row": the
+    main-table row's opening}`` for a module with ``row(result)``, ``{"order", "section": its heading}`` for one
+    with ``section(result, heading)``), in ``order``. A new benchmark is a new module; nothing here lists them. The
+    declarations are read from the source, so listing them imports no benchmark (and no torch / trl)."""
+    found = {}
+    for path in sorted(Path(__file__).parent.glob("bench_*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["REPORT"]:
+                found[path.stem.removeprefix("bench_")] = ast.literal_eval(node.value)
+    return dict(sorted(found.items(), key=lambda kv: kv[1]["order"]))
 
 
-def _row_token_map(r: dict) -> str:
-    return (f"| Token -> item assignment ({r['shape']}; {r['source']}) | per-token decode loop {r['slow_s'] * 1e3:.1f} ms"
-            f" vs byte-offset map {r['fast_s'] * 1e3:.2f} ms (parse, shared with rewards: {r['parse_s'] * 1e3:.1f} ms) | "
-            f"**{r['speedup']:.1f}x** faster, identical output: {r['identical']} | >= 50x, identical |")
+REPORTS = discover()
+BENCHES = tuple(REPORTS)
+ROW_PREFIX = {name: r["row"] for name, r in REPORTS.items() if "row" in r}  # rows of the main table, in order
+OWN_SECTIONS = {name: r["section"] for name, r in REPORTS.items() if "section" in r}  # kept when not run
 
 
-def _row_step_time(r: dict) -> str:
-    return (f"| Training step, RankGRPOTrainer / stock GRPOTrainer ({r['setup']}) | {r['rank_grpo_s']:.3f} s vs "
-            f"{r['grpo_s']:.3f} s per step | **{r['ratio']:.3f}x** | <= 1.05x |")
-
-
-def _row_demo_rss(r: dict) -> str:
-    return (f"| Peak resident memory of `make demo` (largest process; {r['cpu_s'] / 60:.1f} CPU min, "
-            f"{r['wall_s'] / 60:.1f} wall min) | {r['peak_rss_gb']:.2f} GB | - | <= {r['target_gb']:.0f} GB |")
-
-
-def _section_scoring(r: dict) -> str:
-    p, st = r["packed"], r["strict"]
-    return "\n".join([
-        SCORING_HEADING,
-        "",
-        f"`python -m bench.run_all --only scoring` ({r['run_at']}, {r['machine']}). {r['n_samples']:,} samples "
-        f"against the {r['catalog']}: real Reddit-v2 ground truths and seen items, completions built from the real "
-        f"SFT completions with noise (random catalog titles, hits, seen items, duplicates, out-of-catalog lines, "
-        f"numbering, bullets, bold, preambles, CRLF): {r['non_blank_lines']:,} non-blank lines, "
-        f"{r['distinct_lines']:,} distinct. Text -> parse -> match -> statuses -> Recall/NDCG/HR@5,10,15,20 + "
-        f"ratios, per-sample rows and means. CPU seconds of the one process (best of cold runs, caches cleared); "
-        "wall seconds in brackets.",
-        "",
-        "| protocol | per-sample loop (`judge` + `ranking_metrics`) | batch (`score_texts`) | speedup | identical | target |",
-        "|---|---|---|---|---|---|",
-        *(f"| {name} | {x['slow_cpu_s']:.2f} s ({x['slow_wall_s']:.2f} s) = {x['slow_samples_per_s']:,.0f} samples/s | "
-          f"{x['fast_cpu_s']:.3f} s ({x['fast_wall_s']:.3f} s) = **{x['fast_samples_per_s']:,.0f} samples/s** | "
-          f"{x['speedup']:.1f}x | {r['identical']} | >= 10,000 samples/s |" for name, x in (("packed", p), ("strict", st))),
-        "",
-        f"Of the batch time, text -> id lists (`match_texts`) is {r['match_texts_cpu_s']:.3f} s; the rest is the status "
-        "rule and the vectorised metrics. Identical = every sample's ids, statuses and metric values bit for bit, "
-        "and the means.",
-        "",
-    ])
+def _module(name: str):
+    return importlib.import_module(f"bench.bench_{name}")
 
 
 def _old_section(text: str, heading: str) -> str | None:
@@ -72,12 +47,11 @@ def _old_section(text: str, heading: str) -> str | None:
     return (m.group(0).rstrip() + "\n") if m else None
 
 
-def _old_parts(text: str) -> tuple[dict, str | None, str | None]:
-    """Rows by benchmark, the Run line and the scoring section of the current BENCHMARKS.md."""
+def _old_parts(text: str) -> tuple[dict, str | None]:
+    """Rows by benchmark and the Run line of the current BENCHMARKS.md."""
     rows = {name: line for line in text.splitlines() for name, prefix in ROW_PREFIX.items() if line.startswith(prefix)}
     run_line = next((line for line in text.splitlines() if line.startswith("Run: ")), None)
-    m = re.search(rf"^{re.escape(SCORING_HEADING)}.*?(?=^## |\Z)", text, flags=re.S | re.M)
-    return rows, run_line, (m.group(0).rstrip() + "\n") if m else None
+    return rows, run_line
 
 
 def main() -> None:
@@ -89,7 +63,7 @@ def main() -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = REPO / "BENCHMARKS.md"
     old_text = path.read_text() if path.exists() else ""
-    old_rows, old_run, old_scoring = _old_parts(old_text)
+    old_rows, old_run = _old_parts(old_text)
     results = {}
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     for name in args.only:
@@ -98,7 +72,7 @@ def main() -> None:
             if saved.exists():
                 results[name] = json.loads(saved.read_text())
             continue
-        module = __import__(f"bench.bench_{name}", fromlist=["run"])
+        module = _module(name)
         print(f"[bench] {name} ...", flush=True)
         load_start = os.getloadavg()
         result = module.run()
@@ -106,14 +80,12 @@ def main() -> None:
         results[name] = result
         (RESULTS_DIR / f"{name}.json").write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2), flush=True)
-    makers = {"token_map": _row_token_map, "step_time": _row_step_time, "demo_rss": _row_demo_rss}
-    rows = [makers[n](results[n]) if n in results else old_rows.get(n) for n in TABLE_BENCHES]
-    ran_table = [n for n in TABLE_BENCHES if n in results]
+    rows = [_module(n).row(results[n]) if n in results else old_rows.get(n) for n in ROW_PREFIX]
+    ran_table = [n for n in ROW_PREFIX if n in results]
     first = results[ran_table[0]] if ran_table else {}
     run_line = (f"Run: {first.get('run_at', now)} on {first['machine']}." if ran_table else old_run) or "Run: -"
-    scoring = _section_scoring(results["scoring"]) if "scoring" in results else old_scoring
-    own = [__import__(f"bench.bench_{n}", fromlist=["section"]).section(results[n], h) if n in results
-           else _old_section(old_text, h) for n, h in OWN_SECTIONS.items()]
+    own = [_module(n).section(results[n], h) if n in results else _old_section(old_text, h)
+           for n, h in OWN_SECTIONS.items()]
     text = "\n".join([
         "# Benchmarks",
         "",
@@ -129,7 +101,6 @@ def main() -> None:
         "Raw numbers: `bench/out/*.json`. Method notes are in each `bench/bench_*.py` docstring. SmolLM2-135M's "
         "timings and zero-shot scores were measured by hand, not by this run: docs/bench/smollm2_by_hand.md.",
         "",
-        *([scoring] if scoring else []),
         *[x for x in own if x],
     ])
     path.write_text(text)

@@ -3,11 +3,13 @@ import json
 import statistics
 from pathlib import Path
 
-import bench.results as results
+from bench.results import parts as registry
+from bench.results import report, schedule
+from bench.results.parts import rank_grpo
 
 
 def _row(method, seed, ndcg10, target_only=False):
-    row = {k: ndcg10 / 2 for k in results.METRICS} | {"ndcg@10": ndcg10, "valid_item_ratio": 0.5,
+    row = {k: ndcg10 / 2 for k in schedule.METRICS} | {"ndcg@10": ndcg10, "valid_item_ratio": 0.5,
                                                      "num_samples": 500, "method": method, "seed": seed,
                                                      "protocol": "packed"}
     if target_only:
@@ -30,14 +32,14 @@ def _parts():
 
 
 def test_report_tables_targets_and_figures(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
+    monkeypatch.setattr(report, "DOCS_FIGURES", tmp_path / "figs")
     out = tmp_path / "RESULTS.md"
-    results.write_results(_parts(), "quick", results.QUICK, "2026-01-01 00:00", (1.0, 1.0, 1.0), out,
+    report.write_results(_parts(), "quick", schedule.QUICK, "2026-01-01 00:00", (1.0, 1.0, 1.0), out,
                           {"recpo": "exit 1: boom\ntail"})
     text = out.read_text()
     sft_line = next(line for line in text.splitlines() if line.startswith("| SFT |"))
     cells = [c.strip() for c in sft_line.strip("|").split("|")]
-    ndcg10 = cells[2 + results.METRICS.index("ndcg@10")]
+    ndcg10 = cells[2 + schedule.METRICS.index("ndcg@10")]
     assert ndcg10 == f"{statistics.mean([0.010, 0.014]):.4f} ± {statistics.stdev([0.010, 0.014]):.4f}"
     assert cells[1] == "2" and cells[-1] == "10.0"  # seeds, CPU minutes (600 s)
     # the target-only rows sit in the next-item table only
@@ -53,50 +55,50 @@ def test_report_tables_targets_and_figures(tmp_path, monkeypatch):
 
 
 def test_cached_parts_are_reused_and_report_only_runs_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "REPO", tmp_path)
-    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
+    monkeypatch.setattr(schedule, "REPO", tmp_path)
+    monkeypatch.setattr(report, "DOCS_FIGURES", tmp_path / "figs")
     part = tmp_path / "results" / "results_run" / "quick" / "sft"
     part.mkdir(parents=True)
-    (part / "part.json").write_text(json.dumps(_parts()["sft"] | {"settings": results.QUICK.key()}))
+    (part / "part.json").write_text(json.dumps(_parts()["sft"] | {"settings": schedule.QUICK.key()}))
     called = []
-    monkeypatch.setattr(results, "PART_FUNCS", {k: (lambda ctx, k=k: called.append(k)) for k in results.PARTS})
-    assert results.main(["--quick", "--report", "--output", str(tmp_path / "R.md")]) == 0
+    monkeypatch.setattr(registry, "PART_FUNCS", {k: (lambda ctx, k=k: called.append(k)) for k in registry.PARTS})
+    assert schedule.main(["--quick", "--report", "--output", str(tmp_path / "R.md")]) == 0
     assert called == []
     assert "| SFT | 2 |" in (tmp_path / "R.md").read_text()
 
 
 def test_an_rl_part_cached_with_other_overrides_is_rerun(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "REPO", tmp_path)
-    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
-    monkeypatch.setattr(results, "RL_OVERRIDES", {"full": [], "quick": ["--learning_rate", "1e-4"]})
+    monkeypatch.setattr(schedule, "REPO", tmp_path)
+    monkeypatch.setattr(report, "DOCS_FIGURES", tmp_path / "figs")
+    monkeypatch.setattr(rank_grpo, "RL_OVERRIDES", {"full": [], "quick": ["--learning_rate", "1e-4"]})
     for name, overrides in (("grpo", []), ("gspo", ["--learning_rate", "1e-4"])):
         part = tmp_path / "results" / "results_run" / "quick" / name
         part.mkdir(parents=True)
-        (part / "part.json").write_text(json.dumps({"rows": [], "settings": results.QUICK.key(),
+        (part / "part.json").write_text(json.dumps({"rows": [], "settings": schedule.QUICK.key(),
                                                     "rl_overrides": overrides}))
     called = []
-    monkeypatch.setattr(results, "PART_FUNCS", {k: (lambda ctx, k=k: called.append(k) or {}) for k in results.PARTS})
-    results.main(["--quick", "--only", "grpo", "gspo", "--output", str(tmp_path / "R.md")])
+    monkeypatch.setattr(registry, "PART_FUNCS", {k: (lambda ctx, k=k: called.append(k) or {}) for k in registry.PARTS})
+    schedule.main(["--quick", "--only", "grpo", "gspo", "--output", str(tmp_path / "R.md")])
     assert called == ["grpo"]  # gspo's cache ran with today's overrides, grpo's without
     saved = json.loads((tmp_path / "results" / "results_run" / "quick" / "grpo" / "part.json").read_text())
     assert saved["rl_overrides"] == ["--learning_rate", "1e-4"]
     monkeypatch.undo()
-    assert results.overrides_of("grpo", "full-sft_steps400") == results.RL_OVERRIDES["full"] != []
-    assert results.overrides_of("grpo", "quick") == [] and results.overrides_of("recpo", "full") == []
+    assert registry.overrides_of("grpo", "full-sft_steps400") == rank_grpo.RL_OVERRIDES["full"] != []
+    assert registry.overrides_of("grpo", "quick") == [] and registry.overrides_of("recpo", "full") == []
 
 
 def test_set_overrides_budgets_and_rejects_unknown_keys(tmp_path, monkeypatch, capsys):
     import pytest
 
-    monkeypatch.setattr(results, "REPO", tmp_path)
-    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
+    monkeypatch.setattr(schedule, "REPO", tmp_path)
+    monkeypatch.setattr(report, "DOCS_FIGURES", tmp_path / "figs")
     seen = {}
-    monkeypatch.setattr(results, "PART_FUNCS", {k: (lambda ctx, k=k: seen.setdefault(k, ctx) and {})
-                                                for k in results.PARTS})
-    results.main(["--quick", "--set", "sft_steps=7", "--only", "sft", "--output", str(tmp_path / "R.md")])
+    monkeypatch.setattr(registry, "PART_FUNCS", {k: (lambda ctx, k=k: seen.setdefault(k, ctx) and {})
+                                                for k in registry.PARTS})
+    schedule.main(["--quick", "--set", "sft_steps=7", "--only", "sft", "--output", str(tmp_path / "R.md")])
     assert seen["sft"].settings.sft_steps == 7 and seen["sft"].root.parent.name == "quick-sft_steps7"
     with pytest.raises(SystemExit):
-        results.main(["--quick", "--set", "sft_stepz=7"])
+        schedule.main(["--quick", "--set", "sft_stepz=7"])
     assert "sft_stepz" in capsys.readouterr().err
 
 
@@ -104,7 +106,7 @@ def test_scheduler_respects_dependencies_runs_two_commands_at_once_and_skips_aft
     import threading
     import time
 
-    slots = results.CommandSlots(2)
+    slots = schedule.CommandSlots(2)
     lock, in_slot, peak_cmds, in_part, peak_parts, order = threading.Lock(), [0], [0], [0], [0], []
     failures = {}
 
@@ -131,13 +133,13 @@ def test_scheduler_respects_dependencies_runs_two_commands_at_once_and_skips_aft
             failures[name] = "exit 1"
 
     todo = ["data", "popularity", "trm", "sft", "grpo", "gspo", "recpo", "deeprec"]
-    results.run_scheduled(todo, run_part, failures)
+    schedule.run_scheduled(todo, run_part, failures)
     started = [n for e, n in order if e == "start"]
     ended = [n for e, n in order if e == "end"]
     assert peak_cmds[0] == 2  # never more commands than slots
     assert peak_parts[0] >= 3  # but every ready part is in flight, its commands queued for the slots
     for name in started:  # every part starts after the parts it reads from ended
-        for dep in results.DEPENDS_ON.get(name, []):
+        for dep in registry.DEPENDS_ON.get(name, []):
             assert order.index(("end", dep)) < order.index(("start", name)), (dep, name)
     assert "deeprec" not in started and "trm" in failures["deeprec"]  # it needs the failed TRM
     assert set(ended) == set(todo) - {"deeprec"}
@@ -149,7 +151,7 @@ def test_command_slots_are_granted_first_asked_first_served():
     import threading
     import time
 
-    slots = results.CommandSlots(1)
+    slots = schedule.CommandSlots(1)
     granted, lock = [], threading.Lock()
     holding, release_a = threading.Event(), threading.Event()
 
@@ -186,7 +188,7 @@ def test_ctx_run_counts_each_commands_own_cpu_time(tmp_path):
     import sys
     import threading
 
-    ctxs = [results.Ctx(settings=results.QUICK, mode="quick", root=tmp_path / str(i), force=False) for i in range(2)]
+    ctxs = [schedule.Ctx(settings=schedule.QUICK, mode="quick", root=tmp_path / str(i), force=False) for i in range(2)]
     busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"
     threads = [threading.Thread(target=c.run, args=([sys.executable, "-c", busy.format(sec)], tmp_path / f"{i}.log"))
                for i, (c, sec) in enumerate(zip(ctxs, (0.3, 1.2)))]
@@ -199,7 +201,7 @@ def test_ctx_run_counts_each_commands_own_cpu_time(tmp_path):
 
 
 def test_evaluate_keeps_the_training_seed_of_a_row(tmp_path):
-    ctx = results.Ctx(settings=results.QUICK, mode="quick", root=tmp_path, force=False)
+    ctx = schedule.Ctx(settings=schedule.QUICK, mode="quick", root=tmp_path, force=False)
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps({"ndcg@10": 0.1, "seed": 42}))
     row = {"method": "SFT", "seed": 2, **ctx.evaluate(tmp_path / "eval", [])}  # cached: nothing runs
@@ -208,7 +210,7 @@ def test_evaluate_keeps_the_training_seed_of_a_row(tmp_path):
 
 def test_rl_part_scores_the_checkpoint_best_on_validation(tmp_path, monkeypatch):
     """The test split is scored at the validation-best checkpoint, per seed; the test rows choose nothing."""
-    settings = results.Settings(**results.QUICK.key())
+    settings = schedule.Settings(**schedule.QUICK.key())
     settings.seeds, settings.rl_steps, settings.rl_save_steps = [0, 1], 20, 10
     (tmp_path / "sft" / "seed0" / "model").mkdir(parents=True)
     (tmp_path / "sft" / "seed0" / "model" / "config.json").write_text("{}")
@@ -232,19 +234,19 @@ def test_rl_part_scores_the_checkpoint_best_on_validation(tmp_path, monkeypatch)
             out.mkdir(parents=True)
             (out / "metrics.json").write_text(json.dumps({"ndcg@10": 0.1}))
 
-    monkeypatch.setattr(results.Ctx, "run", fake_run)
-    ctx = results.Ctx(settings=settings, mode="quick", root=tmp_path / "grpo", force=False, tag="grpo")
-    part = results.PART_FUNCS["grpo"](ctx)
+    monkeypatch.setattr(schedule.Ctx, "run", fake_run)
+    ctx = schedule.Ctx(settings=settings, mode="quick", root=tmp_path / "grpo", force=False, tag="grpo")
+    part = registry.PART_FUNCS["grpo"](ctx)
     assert [r["selected_step"] for r in part["rows"]] == [10, 10]
     assert evaluated == [str(tmp_path / "grpo" / f"seed{s}" / "model" / "checkpoint-10") for s in (0, 1)]
-    assert results.best_checkpoint([{"step": 10.0, "ndcg@10": 0.01}, {"step": 20.0, "ndcg@10": 0.02}], 20) == 20
-    assert results.best_checkpoint([], 20) == 20
-    lines = results._selection_lines(part["rows"], settings)
+    assert rank_grpo.best_checkpoint([{"step": 10.0, "ndcg@10": 0.01}, {"step": 20.0, "ndcg@10": 0.02}], 20) == 20
+    assert rank_grpo.best_checkpoint([], 20) == 20
+    lines = report._selection_lines(part["rows"], settings)
     assert "Steps picked, by seed: GRPO 10/10." in lines[0]
 
 
 def test_report_names_each_run_the_cached_parts_came_from(tmp_path, monkeypatch):
-    monkeypatch.setattr(results, "DOCS_FIGURES", tmp_path / "figs")
+    monkeypatch.setattr(report, "DOCS_FIGURES", tmp_path / "figs")
     stamp = lambda a, b: {"started": f"2026-12-01 {a}", "finished": f"2026-12-01 {b}",  # noqa: E731
                           "load_start": [1, 1, 1], "load_end": [2, 2, 2]}
     parts = _parts()
@@ -253,17 +255,17 @@ def test_report_names_each_run_the_cached_parts_came_from(tmp_path, monkeypatch)
     parts["grpo"] |= stamp("18:44", "19:14") | {"run_started": "2026-12-01 18:44"}
     parts["rank_grpo_exp_inf"] |= stamp("19:20", "19:44") | {"run_started": "2026-12-01 18:44"}  # a gap, same run
     parts["deeprec"] |= stamp("16:29", "16:35")  # no run_started, no overlap: a run of its own
-    assert [(w[0][-5:], w[1][-5:], w[2]) for w in results._run_windows(parts)] == [
+    assert [(w[0][-5:], w[1][-5:], w[2]) for w in report._run_windows(parts)] == [
         ("15:24", "16:03", ["sft", "popularity"]), ("16:29", "16:35", ["deeprec"]),
         ("18:44", "19:44", ["grpo", "rank_grpo_exp_inf"])]
     out = tmp_path / "R.md"
-    results.write_results(parts, "full", results.FULL, "2026-12-01 20:00", (1.0, 1.0, 1.0), out, {})
+    report.write_results(parts, "full", schedule.FULL, "2026-12-01 20:00", (1.0, 1.0, 1.0), out, {})
     text = out.read_text()
     assert "its parts from 3 runs" in text
     assert ("the parts come from 3 runs (2026-12-01 15:24-16:03 UTC, 39 min: sft, popularity; 2026-12-01 "
             "16:29-16:35 UTC, 6 min: deeprec; 2026-12-01 18:44-19:44 UTC, 60 min: grpo, rank_grpo_exp_inf); ") in text
     del parts["grpo"], parts["rank_grpo_exp_inf"], parts["deeprec"]
-    results.write_results(parts, "full", results.FULL, "2026-12-01 20:00", (1.0, 1.0, 1.0), out, {})
+    report.write_results(parts, "full", schedule.FULL, "2026-12-01 20:00", (1.0, 1.0, 1.0), out, {})
     assert "39 min from the first part's start to the last part's end" in out.read_text()
 
 
@@ -271,6 +273,6 @@ def test_report_prints_the_overrides_the_rl_parts_ran_with():
     parts = _parts()
     parts["grpo"]["rl_overrides"] = ["--learning_rate", "1e-4"]
     parts["rank_grpo_exp_inf"]["rl_overrides"] = ["--learning_rate", "1e-4"]
-    assert results._overrides_text(parts) == "--learning_rate 1e-4"
+    assert report._overrides_text(parts) == "--learning_rate 1e-4"
     parts["rank_grpo_exp_inf"]["rl_overrides"] = []  # a cache from before a change: both are named
-    assert results._overrides_text(parts) == "grpo: --learning_rate 1e-4; rank_grpo_exp_inf: none"
+    assert report._overrides_text(parts) == "grpo: --learning_rate 1e-4; rank_grpo_exp_inf: none"

@@ -1,11 +1,11 @@
-"""bench.results' report: mean +- std over seeds, the list / next-item split, targets, figures, caches."""
+"""bench.learning's report (python -m bench.results): mean +- std over seeds, the list / next-item split, targets, figures, caches."""
 import json
 import statistics
 from pathlib import Path
 
-from bench.results import parts as registry
-from bench.results import report, schedule
-from bench.results.parts import rank_grpo
+from bench.learning import parts as registry
+from bench.learning import report, schedule
+from bench.learning.parts import rank_grpo
 
 
 def _row(method, seed, ndcg10, target_only=False):

@@ -1,9 +1,9 @@
 """SFT on ML-100k from the run's tiny model: the start of every RL part."""
 from __future__ import annotations
 
-from bench.results.parts import part
-from bench.results.parts.helpers import ML_DATA, sft_dir, text_eval_args, tiny_dir, val_curve
-from bench.results.schedule import PY, Ctx
+from bench.learning.parts import part
+from bench.learning.parts.helpers import ML_DATA, sft_dir, text_eval_args, tiny_dir, val_curve
+from bench.learning.schedule import PY, Ctx
 
 
 # it starts first: six parts start from its model

@@ -1,6 +1,6 @@
-"""bench.results' scheduler: the budgets of a mode, the command slots, one part's context (its commands and their
+"""The learning benchmark's scheduler: the budgets of a mode, the command slots, one part's context (its commands and their
 CPU time), the dependency-ordered part runner and the command line. The parts themselves register in
-``bench.results.parts``; the report is ``bench.results.report``."""
+``bench.learning.parts``; the report is ``bench.learning.report``."""
 from __future__ import annotations
 
 import argparse
@@ -166,7 +166,7 @@ def run_scheduled(todo: list[str], run_part, failures: dict[str, str]) -> None:
     failed is not started."""
     import concurrent.futures as cf
 
-    from bench.results.parts import DEPENDS_ON, START_ORDER
+    from bench.learning.parts import DEPENDS_ON, START_ORDER
 
     pending = in_order(todo, START_ORDER)
     finished: set[str] = set()
@@ -191,11 +191,11 @@ def run_scheduled(todo: list[str], run_part, failures: dict[str, str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import bench.results
-    from bench.results import parts as registry  # importing it discovers and registers every part
-    from bench.results.report import write_results
+    import bench.learning
+    from bench.learning import parts as registry  # importing it discovers and registers every part
+    from bench.learning.report import write_results
 
-    usage = bench.results.__doc__
+    usage = bench.learning.__doc__
     parser = argparse.ArgumentParser(prog="python -m bench.results", description=usage.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=usage)
     parser.add_argument("--quick", action="store_true", help="1 seed, short runs, fewer test rows")

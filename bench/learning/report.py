@@ -1,4 +1,4 @@
-"""bench.results' report: RESULTS.md rendered from the parts' rows (tables from lists of cells through one
+"""The learning benchmark's report: RESULTS.md rendered from the parts' rows (tables from lists of cells through one
 markdown-table function), with the targets, the curves and each part's CPU time."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import platform
 import statistics
 from pathlib import Path
 
-from bench.results import parts as registry
-from bench.results.schedule import METRICS, REPO, Settings, in_order
+from bench.learning import parts as registry
+from bench.learning.schedule import METRICS, REPO, Settings, in_order
 
 DOCS_FIGURES = REPO / "docs" / "results"
 
@@ -73,7 +73,7 @@ def _overrides_text(parts: dict[str, dict]) -> str:
 
 
 def _selection_lines(rows: list[dict], settings: Settings) -> list[str]:
-    """Which checkpoint each RL seed was scored at (bench.results.best_checkpoint)."""
+    """Which checkpoint each RL seed was scored at (bench.learning.parts.rank_grpo.best_checkpoint)."""
     picked: dict[str, list[str]] = {}
     for r in rows:
         if "selected_step" in r:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 from bench.common import REPO
-from bench.results.parts import part
-from bench.results.parts.helpers import ML_DATA, tiny_dir
-from bench.results.schedule import PY, Ctx
+from bench.learning.parts import part
+from bench.learning.parts.helpers import ML_DATA, tiny_dir
+from bench.learning.schedule import PY, Ctx
 
 
 @part("data", order=0, start=0)

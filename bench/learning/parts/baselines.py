@@ -1,9 +1,9 @@
 """The baselines: popularity (list and next-item protocols) and the TRM alone (next item)."""
 from __future__ import annotations
 
-from bench.results.parts import part
-from bench.results.parts.helpers import ML_DATA, trm_dir
-from bench.results.schedule import PY, Ctx
+from bench.learning.parts import part
+from bench.learning.parts.helpers import ML_DATA, trm_dir
+from bench.learning.schedule import PY, Ctx
 
 
 @part("popularity", order=10, start=3, after=["data"])

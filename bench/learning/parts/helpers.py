@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.results.schedule import KS, PY, Ctx, PartFailed
+from bench.learning.schedule import KS, PY, Ctx, PartFailed
 
 ML_DATA = "processed_datasets/ml100k"
 

@@ -14,10 +14,10 @@ command slots (default: one per core, one thread each), so no core idles while a
 time is each command's own user+system time (os.wait4): on a shared machine it is the cost that does not depend
 on how many other jobs run; the wall time is reported next to it.
 
-Layout: ``schedule`` (settings, command slots, the part scheduler, the command line), ``parts`` (one module
-per part or method, each registering itself with ``bench.results.parts.part``: discovered, not listed) and ``report``
-(RESULTS.md rendered from the parts' rows).
+Layout: ``schedule`` (settings, command slots, the part scheduler, the command line), ``parts`` (one module per
+part or method, each registering itself with ``bench.learning.parts.part``: discovered, not listed) and
+``report`` (RESULTS.md rendered from the parts' rows).
 
-Tuning rule: every choice below (steps, learning rates, temperatures) was made on the VALIDATION split
+Tuning rule: every choice in the settings and parts (steps, learning rates, temperatures) was made on the VALIDATION split
 (eval_val.py curves); the test split is only scored, once per run, for the tables.
 """

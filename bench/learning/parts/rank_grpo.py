@@ -2,9 +2,9 @@
 its validation-best checkpoint."""
 from __future__ import annotations
 
-from bench.results.parts import part
-from bench.results.parts.helpers import ML_DATA, reward_curve, sft_start, text_eval_args, val_curve
-from bench.results.schedule import PY, Ctx
+from bench.learning.parts import part
+from bench.learning.parts.helpers import ML_DATA, reward_curve, sft_start, text_eval_args, val_curve
+from bench.learning.schedule import PY, Ctx
 
 
 # RL on the tiny SFT model (ML-100k parts only; ReDial has its own config): configs/tiny/rank_grpo_ml100k.yaml

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from bench.common import REPO, SHARED_DATA
-from bench.results.parts import part
-from bench.results.parts.helpers import reward_curve, text_eval_args
-from bench.results.schedule import PY, Ctx, PartFailed
+from bench.learning.parts import part
+from bench.learning.parts.helpers import reward_curve, text_eval_args
+from bench.learning.schedule import PY, Ctx, PartFailed
 
 
 REDIAL_DATA = "processed_datasets/redial"

@@ -1,9 +1,9 @@
 """RecPO from the SFT model, scored on the next item."""
 from __future__ import annotations
 
-from bench.results.parts import part
-from bench.results.parts.helpers import ML_DATA, sft_start
-from bench.results.schedule import PY, Ctx
+from bench.learning.parts import part
+from bench.learning.parts.helpers import ML_DATA, sft_start
+from bench.learning.schedule import PY, Ctx
 
 
 @part("recpo", order=50, start=10, after=["sft"])

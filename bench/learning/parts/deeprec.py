@@ -2,9 +2,9 @@
 stage configs train."""
 from __future__ import annotations
 
-from bench.results.parts import part
-from bench.results.parts.helpers import ML_DATA, sft_start, tiny_dir, trm_dir
-from bench.results.schedule import PY, Ctx, PartFailed
+from bench.learning.parts import part
+from bench.learning.parts.helpers import ML_DATA, sft_start, tiny_dir, trm_dir
+from bench.learning.schedule import PY, Ctx, PartFailed
 
 
 # DeepRec is evaluated with the episodes its stage configs train (chat prompts, 3 calls of 10 items, token budgets)

@@ -108,7 +108,7 @@ def build_samples(catalog, n_samples: int = N_SAMPLES, seed: int = 0):
 
 
 def _clear_caches() -> None:
-    from rewards.catalog import _normalize_cached
+    from rewards.titles import _normalize_cached
 
     _normalize_cached.cache_clear()
 

@@ -492,7 +492,7 @@ def catalog_fingerprint(catalog) -> str:
 
 
 def _catalog_content(catalog) -> dict[int, tuple[str, int | None]]:
-    from rewards.catalog import normalize_title
+    from rewards.titles import normalize_title
 
     return {it["id"]: (normalize_title(it["title"]), it.get("year")) for it in catalog_items_of(catalog)}
 

@@ -59,7 +59,7 @@ from preprocess.common import (
     split_from_name,
 )
 from preprocess.contract import SPLITS, DataError, check_output_dir, save_processed
-from rewards.catalog import split_title_year
+from rewards.titles import split_title_year
 
 FORMAT_FIELDS = ("sample_id", "prompt", "completion", "seen_titles", "groundtruth_with_release_year",
                  "num_groundtruth")

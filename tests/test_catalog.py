@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REDDIT_DIR, REDIAL_DIR, REPO, require
-from rewards.catalog import (
-    Catalog,
-    CatalogError,
-    display_title,
-    load_catalog,
-    normalize_title,
-    split_title_year,
-)
+from rewards.catalog import Catalog, CatalogError, load_catalog
+from rewards.titles import display_title, normalize_title, split_title_year
 
 ML100K_ITEM = REPO / ".venv/lib/python3.11/site-packages/recbole/dataset_example/ml-100k/ml-100k.item"
 REDDIT_PKL = REDDIT_DIR / "gt_catalog.pkl"

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import AMAZON_DIR, REDDIT_DIR, REPO, require
-from rewards.catalog import Catalog, CatalogError, load_catalog, normalize_title
+from rewards.catalog import Catalog, CatalogError, load_catalog
+from rewards.titles import normalize_title
 from rewards.judge import judge, judge_batch, match_texts
 from rewards.metrics import score_texts
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import REDDIT_DIR, REDIAL_DIR, REPO, require
-from rewards.catalog import Catalog, display_title, load_catalog, normalize_title
+from rewards.catalog import Catalog, load_catalog
+from rewards.titles import display_title, normalize_title
 from rewards.judge import Judgement, judge, judge_items
 from rewards.metrics import hit_at_k, mean_metrics, ndcg_at_k, ranking_metrics, recall_at_k
 from rewards.parse import ParsedItem

@@ -26,6 +26,7 @@ from preprocess.common import (
     split_from_name,
 )
 from preprocess.contract import DataError, load_processed, save_processed
+from preprocess.movielens.readers import detect_layout, recbole_ml100k_dir
 from rewards.catalog import Catalog
 from tests.conftest import REDDIT_DIR, REDIAL_DIR, REPO, require
 
@@ -195,7 +196,7 @@ def ml100k(tmp_path_factory):
 def _ml100k_interactions(catalog_items):
     """(user, canonical item) -> first timestamp, read independently of the builder from the recbole files."""
     canon = {it["id"]: it.get("duplicate_of", it["id"]) for it in catalog_items}
-    lines = (movielens.recbole_ml100k_dir() / "ml-100k.inter").read_text(encoding="utf-8").splitlines()[1:]
+    lines = (recbole_ml100k_dir() / "ml-100k.inter").read_text(encoding="utf-8").splitlines()[1:]
     first = {}
     for line in lines:
         u, i, _, t = line.split("\t")
@@ -256,7 +257,7 @@ def test_ml100k_item_ratings_use_train_window_only(ml100k):
     yearless = {it["id"] for it in items if it["year"] is None}
     t1 = summary["split_cuts"]["train_end"]
     first: dict = {}  # (user, canonical item) -> (timestamp, stars) of the earliest rating, file order on ties
-    lines = (movielens.recbole_ml100k_dir() / "ml-100k.inter").read_text(encoding="utf-8").splitlines()[1:]
+    lines = (recbole_ml100k_dir() / "ml-100k.inter").read_text(encoding="utf-8").splitlines()[1:]
     for line in lines:
         u, i, r, t = line.split("\t")
         if int(i) in yearless:
@@ -360,7 +361,7 @@ def test_movielens_official_layouts(tmp_path, layout):
             f'{i},"{t}",Action|Crime\n' for i, t in enumerate(titles, 1)))
         _write(raw / "ratings.csv", "userId,movieId,rating,timestamp\n" + "".join(
             f"{u},{i},{r}.0,{t}\n" for u, i, r, t in _ratings()))
-    assert movielens.detect_layout(raw) == layout
+    assert detect_layout(raw) == layout
     summary = movielens.build(raw, tmp_path / "out", min_history=1, progress=False, quiet=True)
     assert summary["read"] == {"users": 3, "items": 4, "ratings": 12} and summary["layout"] == layout
     cat = json.loads((tmp_path / "out" / "catalog.json").read_text(encoding="utf-8"))
@@ -381,7 +382,7 @@ def test_movielens_bad_input(tmp_path):
     with pytest.raises(DataError, match=r"u\.data, line 1, field 'item id'"):
         movielens.build(raw, tmp_path / "out", progress=False, quiet=True)
     with pytest.raises(DataError, match="no MovieLens files"):
-        movielens.detect_layout(tmp_path)
+        detect_layout(tmp_path)
     bad = tmp_path / "csv"
     _write(bad / "movies.csv", "movieId,title,genres\n1,Heat (1995),Action\n")
     (bad / "ratings.csv").write_bytes(b"userId,movieId,rating,timestamp\n1,1,5,100\n1,\xff,5,1\n")

@@ -40,11 +40,11 @@ import argparse
 import re
 import sys
 
-from preprocess.common import check_split_fractions_option, int_at_least
-from preprocess.contract import DataError
 from preprocess.amazon.atomic import build_atomic
 from preprocess.amazon.csv_files import build_csv
 from preprocess.amazon.reviews_2023 import build_2023
+from preprocess.common import check_split_fractions_option, int_at_least
+from preprocess.contract import DataError
 
 # --------------------------------------------------------------------------------------------------------------
 # CLI

@@ -13,9 +13,6 @@ import re
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from preprocess.common import SkipCounter, require_file
-from preprocess.contract import SPLITS, DataError, save_processed
-from preprocess.recpo_prompts import category_name
 from preprocess.amazon.records import (
     Interaction,
     _check_options,
@@ -26,6 +23,9 @@ from preprocess.amazon.records import (
     position_records,
     train_popularity,
 )
+from preprocess.common import SkipCounter, require_file
+from preprocess.contract import SPLITS, DataError, save_processed
+from preprocess.recpo_prompts import category_name
 
 # --------------------------------------------------------------------------------------------------------------
 # Format atomic: Amazon 2018 RecBole atomic files (LLMRank), leave-one-out

@@ -25,9 +25,6 @@ from typing import Mapping, Sequence
 
 from tqdm import tqdm
 
-from preprocess.common import SkipCounter, json_loads_unique, read_text_utf8, require_file, split_from_name
-from preprocess.contract import SPLITS, DataError, save_processed
-from preprocess.recpo_prompts import category_name
 from preprocess.amazon.records import (
     Interaction,
     _as_number,
@@ -42,6 +39,9 @@ from preprocess.amazon.records import (
     make_record,
     train_popularity,
 )
+from preprocess.common import SkipCounter, json_loads_unique, read_text_utf8, require_file, split_from_name
+from preprocess.contract import SPLITS, DataError, save_processed
+from preprocess.recpo_prompts import category_name
 
 # --------------------------------------------------------------------------------------------------------------
 # Format csv: BIGRec / D3-style per-category CSV files + item index JSON

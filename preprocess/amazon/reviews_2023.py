@@ -32,9 +32,6 @@ from typing import Mapping
 
 from tqdm import tqdm
 
-from preprocess.common import SkipCounter
-from preprocess.contract import SPLITS, DataError, save_processed
-from preprocess.recpo_prompts import category_name
 from preprocess.amazon.records import (
     Interaction,
     _as_int,
@@ -56,6 +53,9 @@ from preprocess.amazon.records import (
     temporal_cuts,
     train_popularity,
 )
+from preprocess.common import SkipCounter
+from preprocess.contract import SPLITS, DataError, save_processed
+from preprocess.recpo_prompts import category_name
 
 # --------------------------------------------------------------------------------------------------------------
 # Format 2023: Amazon Reviews 2023 JSON Lines (R²ec)

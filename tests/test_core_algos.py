@@ -8,6 +8,7 @@ import statistics
 import pytest
 import torch
 
+from references import ref_zscore_column
 from trainers import core_algos as ca
 
 torch.set_num_threads(1)
@@ -43,13 +44,6 @@ def test_registries_hold_the_documented_entries_and_fail_clearly():
 
 
 # ------------------------------------------------------------------------------------------- advantages
-def _ref_zscore_column(col, eps):
-    if max(col) == min(col):
-        return [0.0] * len(col)
-    m, s = statistics.mean(col), statistics.stdev(col)
-    return [(x - m) / (s + eps) for x in col]
-
-
 @pytest.mark.parametrize("G", [2, 4, 8])
 def test_rank_zscore_matches_eq7_loop(G):
     B, K, eps = 4 * G, 6, 1e-4
@@ -58,7 +52,7 @@ def test_rank_zscore_matches_eq7_loop(G):
     want = [[0.0] * K for _ in range(B)]
     for g0 in range(0, B, G):
         for k in range(K):
-            col = _ref_zscore_column([r[i, k].item() for i in range(g0, g0 + G)], eps)
+            col = ref_zscore_column([r[i, k].item() for i in range(g0, g0 + G)], eps)
             for j, v in enumerate(col):
                 want[g0 + j][k] = v
     got = ca.get_adv_est("rank_zscore")(r, num_generations=G, eps=eps)
@@ -72,7 +66,7 @@ def test_group_zscore_matches_eq2_loop_and_is_exact_zero_on_constant_groups():
     r[4:8] = 0.1  # a constant group whose float mean is not exactly 0.1
     want = []
     for g0 in range(0, 12, G):
-        want += _ref_zscore_column(r[g0:g0 + G].tolist(), eps)
+        want += ref_zscore_column(r[g0:g0 + G].tolist(), eps)
     got = ca.get_adv_est("group_zscore")(r, num_generations=G, eps=eps)
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), atol=1e-12, rtol=0)
     assert (got[4:8] == 0).all()

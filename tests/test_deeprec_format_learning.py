@@ -14,6 +14,7 @@ from methods.deeprec.rollout import EpisodeSettings, run_episodes
 from preprocess.deeprec_prompts import BEGIN_ITEM_LIST, THINK_CLOSE, answer_text, build_prompt, item_list_text
 from methods.deeprec.rewards import FORMAT_CHECKS, format_check_shares, invocation_reward, parse_trajectory
 from test_deeprec import CATALOG, CATALOG_ITEMS, TEN, FakeEncoder, FakeRetriever, pref, tool, valid_text
+from references import ref_char_span_mask
 
 torch.set_num_threads(1)
 
@@ -117,23 +118,6 @@ def test_judge_logs_share_of_valid_episodes_and_of_each_failing_check():
 
 
 # ============================================================================================ warm-start loss mask
-def char_span_reference(tokenizer, ids, text, blocks):
-    """Slow reference: decode every prefix to find each token's character span in ``text``; a token is masked iff
-    its span lies inside an injected block (blocks: the literal injected strings, in order)."""
-    spans, pos = [], 0
-    for b in blocks:
-        start = text.index(b, pos)
-        spans.append((start, start + len(b)))
-        pos = start + len(b)
-    mask, prev = [], 0
-    for j in range(1, len(ids) + 1):
-        end = len(tokenizer.decode(ids[:j]))
-        inside = any(a <= prev and end <= b for a, b in spans) and end > prev
-        mask.append(0 if inside else 1)
-        prev = end
-    return mask
-
-
 def scripted_episode(qwen):
     """A real run_episodes episode on the Qwen vocabulary: two real calls (FakeRetriever), then an answer."""
     from test_deeprec import ScriptedGenerator
@@ -181,7 +165,7 @@ def test_warmstart_loss_mask_covers_exactly_the_injected_tokens_of_a_real_episod
     assert mask[:n_prompt] == [0] * n_prompt
     blocks = [item_list_text([CATALOG.display(x) for x in row]) for row in ep.retrieved]
     full_text = qwen.decode(ids)
-    ref = [0] * n_prompt + char_span_reference(qwen, ids[n_prompt:], qwen.decode(ids[n_prompt:]), blocks)
+    ref = [0] * n_prompt + ref_char_span_mask(qwen, ids[n_prompt:], qwen.decode(ids[n_prompt:]), blocks)
     assert mask == ref
     # the masked completion tokens are the very tokens the rollout injected (env_mask 0), minus its closing EOS
     env_ids = [t for t, m in zip(ep.completion_ids, ep.env_mask) if m == 0 and t != qwen.eos_token_id]
@@ -201,7 +185,7 @@ def test_warmstart_loss_mask_on_a_warmstart_record(qwen):
     n_prompt = mask.index(1)
     blocks = [content[m:n] for m, n in _block_spans(content)]
     assert len(blocks) == 2
-    assert mask[n_prompt:] == char_span_reference(qwen, ids[n_prompt:], qwen.decode(ids[n_prompt:]), blocks)
+    assert mask[n_prompt:] == ref_char_span_mask(qwen, ids[n_prompt:], qwen.decode(ids[n_prompt:]), blocks)
     masked = sum(1 for m in mask[n_prompt:] if m == 0)
     assert 0 < masked < len(mask) - n_prompt
 

@@ -8,18 +8,7 @@ import pytest
 import torch
 
 from modeling.item_decoding import ItemAwareLogitsProcessor, ItemTokens, item_aware_processor
-
-
-def slow_reference(input_ids, scores, prompt_length, item_token_set, banned_rows):
-    """Row by row, token by token: -inf where the token is a banned (seen) item, or an item token that row has
-    already generated after its prompt."""
-    out = scores.clone()
-    for b in range(scores.shape[0]):
-        generated = input_ids[b, prompt_length:].tolist()
-        for v in range(scores.shape[1]):
-            if v in banned_rows[b] or (v in item_token_set and v in generated):
-                out[b, v] = float("-inf")
-    return out
+from references import ref_item_aware_scores
 
 
 def test_processor_equals_slow_reference_step_by_step():
@@ -34,7 +23,7 @@ def test_processor_equals_slow_reference_step_by_step():
     for step in range(12):
         scores = torch.randn(B, V)
         got = proc(ids, scores)
-        want = slow_reference(ids, scores, P, set(token_of.values()), banned_tokens)
+        want = ref_item_aware_scores(ids, scores, P, set(token_of.values()), banned_tokens)
         assert torch.equal(torch.isinf(got), torch.isinf(want)), step
         assert torch.equal(got[~torch.isinf(got)], want[~torch.isinf(want)])
         if step > 2:  # something is banned by generation, not only by seen

@@ -11,91 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import REDDIT_DIR, REDIAL_DIR, REPO, require
+from references import ref_groundtruth, ref_hr, ref_merged, ref_metrics, ref_ndcg, ref_recall, ref_statuses
 from rewards.catalog import Catalog, load_catalog
-from rewards.titles import display_title, normalize_title
+from rewards.titles import display_title
 from rewards.judge import Judgement, judge, judge_items
 from rewards.metrics import hit_at_k, mean_metrics, ndcg_at_k, ranking_metrics, recall_at_k
 from rewards.parse import ParsedItem
 
 KS = (5, 10, 15, 20)
 ML100K_ITEM = REPO / ".venv/lib/python3.11/site-packages/recbole/dataset_example/ml-100k/ml-100k.item"
-
-
-# ------------------------------------------------------------------------------------------------
-# Slow references: plain loops straight from the equations (never call the code under test)
-# ------------------------------------------------------------------------------------------------
-
-
-def ref_statuses(ids, groundtruth, seen):
-    """out_of_catalog -> seen -> duplicate -> hit (consume one GT copy) -> miss."""
-    gt_left = list(groundtruth)
-    status = []
-    for pos, iid in enumerate(ids):
-        if iid is None:
-            status.append("out_of_catalog")
-        elif iid in seen:
-            status.append("seen")
-        elif iid in ids[:pos]:
-            status.append("duplicate")
-        elif iid in gt_left:
-            gt_left.remove(iid)
-            status.append("hit")
-        else:
-            status.append("miss")
-    return status
-
-
-def ref_dcg(rel, k):
-    total = 0.0
-    for pos in range(1, k + 1):  # 1-based rank
-        if pos <= len(rel):
-            total += rel[pos - 1] / math.log2(pos + 1)
-    return total
-
-
-def ref_ndcg(rel, n_gt, k, cap=None):
-    n_ideal = min(n_gt, k) if cap is None else min(n_gt, k, cap)
-    idcg = 0.0
-    for pos in range(1, n_ideal + 1):
-        idcg += 1.0 / math.log2(pos + 1)
-    return 0.0 if idcg == 0 else ref_dcg(rel, k) / idcg
-
-
-def ref_recall(rel, n_gt, k):
-    if n_gt == 0:
-        return 0.0
-    hits = 0
-    for pos in range(min(k, len(rel))):
-        hits += rel[pos]
-    return hits / n_gt
-
-
-def ref_hr(rel, k):
-    for pos in range(min(k, len(rel))):
-        if rel[pos] > 0:
-            return 1.0
-    return 0.0
-
-
-def ref_metrics(status, n_gt, protocol, n_items=20, ks=KS):
-    first = status[:n_items]
-    if protocol == "strict":
-        rel = [1 if s == "hit" else 0 for s in first]
-        cap = None
-    else:
-        # the released evaluation filters the WHOLE parsed list, then packs upward
-        rel = [1 if s == "hit" else 0 for s in status if s not in ("seen", "out_of_catalog")]
-        cap = len(rel)
-    out = {}
-    for k in ks:
-        out[f"recall@{k}"] = ref_recall(rel, n_gt, k)
-        out[f"ndcg@{k}"] = ref_ndcg(rel, n_gt, k, cap)
-        out[f"hr@{k}"] = ref_hr(rel, k)
-    in_cat = sum(1 for s in first if s != "out_of_catalog")
-    out["catalog_hit_ratio"] = in_cat / len(first) if first else 0.0
-    out["valid_item_ratio"] = sum(1 for s in first if s in ("hit", "miss")) / n_items
-    out["num_parsed"] = float(len(status))
-    return out
 
 
 def assert_metrics_close(got, want):
@@ -265,32 +189,6 @@ def test_mean_metrics():
 # ------------------------------------------------------------------------------------------------
 
 
-def ref_merged(cat) -> dict:
-    """{id: first id of the catalog with the same normalised title, year and NFC/casefold spelling}: entries no line
-    can tell apart, scored as the first (Catalog.canonical_id's rule, from its definition)."""
-    import unicodedata
-
-    first, out = {}, {}
-    for it in cat:
-        key = (normalize_title(it["title"]), it["year"], unicodedata.normalize("NFC", it["title"]).casefold())
-        if key in first:
-            out[it["id"]] = first[key]
-        else:
-            first[key] = it["id"]
-    return out
-
-
-def ref_groundtruth(merged, gt):
-    """gt mapped through ``merged``; a copy that only the mapping created is dropped."""
-    out = []
-    for g in gt:
-        c = merged.get(g, g)
-        if c in out and any(merged.get(x, x) == c and x != c for x in gt):
-            continue
-        out.append(c)
-    return out
-
-
 def _check_sample(j: Judgement, ids_gt, seen, cat=None):
     merged = ref_merged(cat) if cat is not None else {}
     ids_gt = ref_groundtruth(merged, list(ids_gt))
@@ -299,7 +197,7 @@ def _check_sample(j: Judgement, ids_gt, seen, cat=None):
     out = {}
     for protocol in ("strict", "packed"):
         got = ranking_metrics(j, len(ids_gt), protocol=protocol)
-        assert_metrics_close(got, ref_metrics(j.status, len(ids_gt), protocol))
+        assert_metrics_close(got, ref_metrics(j.status, len(ids_gt), protocol, ks=KS))
         out[protocol] = got
     return out
 

@@ -33,7 +33,7 @@ import sys
 import pytest
 import torch
 from conftest import REPO
-from test_rank_grpo import ref_advantages  # the one slow Eq. 7 reference
+from references import ref_advantages  # the one slow Eq. 7 reference
 
 multiprocess = pytest.mark.multiprocess  # registered in conftest.py
 

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import REDDIT_DIR, require
 from rewards.parse import ParsedItem, clean_line, is_prose, iter_lines, parse_items
+from references import ref_parse_line
 
 
 def _check_spans(text: str, items: list[ParsedItem]) -> None:
@@ -270,35 +271,6 @@ def test_parse_line_is_the_per_line_rule_of_parse_items():
     assert split_lines("a\x0bb\n") == ["a\x0bb", ""]  # only \r and \n end a line
 
 
-def _ref_parse_line(stripped, require_year):
-    """Slow reference of parse_line: every pattern tried on every pass, the full _ITEM regex (no fast paths)."""
-    from rewards import parse as P
-
-    s = P._INLINE_MARKDOWN.sub("", stripped).strip()
-    numbered = False
-    for _ in range(8):
-        before = s
-        s = P._BULLET.sub("", s, count=1)
-        s = P._HEADING.sub("", s, count=1)
-        if not numbered:
-            t = P._NUMBERING.sub("", s, count=1)
-            if t != s:
-                numbered, s = True, t
-        s = s.strip()
-        if s == before:
-            break
-    if not s:
-        return None
-    m = P._ITEM.match(s)
-    if m:
-        title = P._clean_title(m.group("title"))
-        return (title, int(m.group("year"))) if title and P._HAS_WORD.search(title) else None
-    if require_year or P.is_prose(s):
-        return None
-    title = P._clean_title(s.rstrip(",;:"))
-    return (title, None) if title and P._HAS_WORD.search(title) else None
-
-
 def test_parse_line_fast_paths_equal_the_slow_reference_on_random_lines():
     import random
 
@@ -313,4 +285,4 @@ def test_parse_line_fast_paths_equal_the_slow_reference_on_random_lines():
         if not line:
             continue
         for require_year in (True, False):
-            assert parse_line(line, require_year) == _ref_parse_line(line, require_year), (line, require_year)
+            assert parse_line(line, require_year) == ref_parse_line(line, require_year), (line, require_year)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import REDDIT_DIR, require
+from references import ref_advantages, ref_item_index, ref_rank_rewards, ref_relevance
 from methods.rank_grpo.trainer import (
     RankGRPOConfig,
     RankGRPOTrainer,
@@ -20,7 +21,6 @@ from methods.rank_grpo.trainer import (
     length_shaping_reward,
     rank_advantages,
 )
-from trainers.token_map import assign_tokens_slow
 
 torch.set_num_threads(1)
 
@@ -58,72 +58,6 @@ def _tiny_model(vocab_size, eos_id, pad_id):
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id)
     return model
-
-
-# ------------------------------------------------------------------- slow references, straight from the paper
-def ref_status(ids, groundtruth, seen):
-    """The relevance rules, by hand: out_of_catalog -> seen -> duplicate -> hit (multiset) -> miss."""
-    remaining = list(groundtruth)
-    listed, rel = [], []
-    for iid in ids:
-        if iid is None or iid in seen or iid in listed:
-            rel.append(0.0)
-        elif iid in remaining:
-            remaining.remove(iid)
-            rel.append(1.0)
-        else:
-            rel.append(0.0)
-        if iid is not None:
-            listed.append(iid)
-    return rel
-
-
-def ref_rank_rewards(rel, scheme, N):
-    """Eq. 8-9 by hand (k, j 1-based)."""
-    rel = (list(rel) + [0.0] * N)[:N]
-    out = []
-    for k in range(1, N + 1):
-        if scheme == "exp_inf":
-            out.append(rel[k - 1])
-        elif scheme.startswith("exp_"):
-            g = float(scheme[4:])
-            out.append(sum(rel[j - 1] / g ** (j - k) for j in range(k, N + 1)))
-        elif scheme == "log":
-            out.append(sum(rel[j - 1] / math.log2(j + 1) for j in range(k, N + 1)))
-    return out
-
-
-def ref_advantages(R, G, eps):
-    """Eq. 7 by hand: per group of G rows, per column: (r - mean) / (stdev + eps); constant column -> 0."""
-    A = [[0.0] * len(R[0]) for _ in R]
-    for g0 in range(0, len(R), G):
-        for k in range(len(R[0])):
-            col = [R[i][k] for i in range(g0, g0 + G)]
-            if max(col) == min(col):
-                continue
-            m, s = statistics.mean(col), statistics.stdev(col)
-            for i in range(g0, g0 + G):
-                A[i][k] = (R[i][k] - m) / (s + eps)
-    return A
-
-
-def ref_item_index(ids_rows, texts, items_rows, tok, N, pad_id):
-    """Token -> rank by a per-token decode loop, then the tail rank N by hand."""
-    T = max(len(r) for r in ids_rows)
-    ids = torch.full((len(ids_rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, r in enumerate(ids_rows):
-        ids[b, : len(r)] = torch.tensor(r)
-        mask[b, : len(r)] = 1
-    spans = [[(len(t[: it.start].encode()), len(t[: it.end].encode())) for it in items[:N]]
-             for t, items in zip(texts, items_rows)]
-    idx = assign_tokens_slow(ids, mask, spans, tok).tolist()
-    for b in range(len(ids_rows)):
-        last = max([t for t in range(T) if idx[b][t] >= 0], default=-1)
-        for t in range(T):
-            if mask[b, t] and idx[b][t] == -1 and t > last:
-                idx[b][t] = N
-    return idx
 
 
 # ------------------------------------------------------------------------------------------ real data fixtures
@@ -217,7 +151,7 @@ def test_rewards_advantages_token_map_on_real_reddit(reddit, qwen_tok, tmp_path)
         decoded = tok.decode(ids, skip_special_tokens=True)
         assert decoded == text
         items = parse_items(decoded)
-        rel = ref_status([catalog.match(it.title, it.year) for it in items], x["groundtruth"], set(x["seen"]))[:N]
+        rel = ref_relevance([catalog.match(it.title, it.year) for it in items], x["groundtruth"], set(x["seen"]))[:N]
         overflow = len(items) >= N and decoded[items[N - 1].end:].strip() != ""
         ended = ids[-1] == eos
         tail = (-0.1 if overflow else 0.0) + (-0.1 if ended and len(items) < N else 0.0)

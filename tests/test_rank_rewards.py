@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REDDIT_DIR, require
+from references import ref_rank_rewards, ref_sequence_ndcg
 from rewards.catalog import load_catalog
 from rewards.judge import judge
 from rewards.rank_rewards import (
@@ -21,45 +22,6 @@ from rewards.rank_rewards import (
 )
 
 SCHEMES = ("exp_inf", "exp_1", "exp_1.5", "exp_2", "exp_3.7", "exp_0.5", "exp_10", "log")
-
-
-# ------------------------------------------------------------------------------------------------
-# Slow references straight from the equations (1-based k, j)
-# ------------------------------------------------------------------------------------------------
-
-
-def ref_fit(rel, n):
-    return [float(rel[i]) if i < len(rel) else 0.0 for i in range(n)]
-
-
-def ref_rank_rewards(rel, scheme, n):
-    rel = ref_fit(rel, n)
-    out = []
-    for k in range(1, n + 1):
-        if scheme == "exp_inf":
-            r = rel[k - 1]  # r_k = rel_k
-        elif scheme == "log":
-            r = 0.0
-            for j in range(k, n + 1):  # r_k = sum_{j=k}^{N} rel_j / log2(j+1)
-                r += rel[j - 1] / math.log2(j + 1)
-        else:
-            gamma = float(scheme[len("exp_"):])
-            r = 0.0
-            for j in range(k, n + 1):  # r_k = sum_{j>=k} rel_j / Gamma^(j-k)
-                r += rel[j - 1] / gamma ** (j - k)
-        out.append(r)
-    return out
-
-
-def ref_sequence_ndcg(rel, n_gt, n):
-    rel = ref_fit(rel, n)
-    dcg = 0.0
-    for k in range(1, n + 1):
-        dcg += rel[k - 1] / math.log2(k + 1)
-    idcg = 0.0
-    for k in range(1, min(n_gt, n) + 1):
-        idcg += 1.0 / math.log2(k + 1)
-    return 0.0 if idcg == 0 else dcg / idcg
 
 
 # ------------------------------------------------------------------------------------------------

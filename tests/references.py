@@ -163,6 +163,18 @@ def ref_advantages(R, G, eps):
     return A
 
 
+# ---------- policy-loss pieces (trainers.core_algos) ----------------------------------------------------------------
+def ref_clipped_surrogate(w, a, lo, hi):
+    """PPO's clipped surrogate of one ratio ``w`` and advantage ``a``: min(w a, clip(w, 1 - lo, 1 + hi) a)."""
+    return min(w * a, min(max(w, 1 - lo), 1 + hi) * a)
+
+
+def ref_k3_kl(logp, ref_logp):
+    """The k3 KL estimate of one token: exp(d) - d - 1, d = ref log-prob - policy log-prob."""
+    d = ref_logp - logp
+    return math.exp(d) - d - 1
+
+
 # ---------- token -> item rank (trainers.token_map) -----------------------------------------------------------------
 def ref_item_index(ids_rows, texts, items_rows, tok, N, pad_id):
     """Token -> rank by a per-token decode loop, then the tail rank N by hand."""

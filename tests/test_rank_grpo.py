@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REDDIT_DIR, require
-from references import ref_advantages, ref_item_index, ref_rank_rewards, ref_relevance
+from references import ref_advantages, ref_clipped_surrogate, ref_item_index, ref_rank_rewards, ref_relevance
 from methods.rank_grpo.trainer import (
     RankGRPOConfig,
     RankGRPOTrainer,
@@ -217,7 +217,7 @@ def test_rewards_advantages_token_map_on_real_reddit(reddit, qwen_tok, tmp_path)
                 lr = sum(float(logps[i, t] - old[i, t]) for t in toks) / len(toks)
                 assert float(log_w[i, k]) == pytest.approx(lr, abs=1e-6)
                 w, a = math.exp(lr), float(adv[i, k])
-                s = min(w * a, min(max(w, 1 - 0.06), 1 + 0.08) * a)
+                s = ref_clipped_surrogate(w, a, 0.06, 0.08)
                 n_clipped += int(w < 1 - 0.06 or w > 1 + 0.08)
                 total += s * (len(toks) if norm == "token" else 1.0)
                 weight += len(toks)

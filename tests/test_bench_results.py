@@ -1,4 +1,4 @@
-"""bench.learning's report (python -m bench.results): mean +- std over seeds, the list / next-item split, targets, figures, caches."""
+"""bench.learning's report: mean +- std over seeds, the list / next-item split, targets, figures, caches."""
 import json
 import statistics
 from pathlib import Path

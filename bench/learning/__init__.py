@@ -18,6 +18,6 @@ Layout: ``schedule`` (settings, command slots, the part scheduler, the command l
 part or method, each registering itself with ``bench.learning.parts.part``: discovered, not listed) and
 ``report`` (RESULTS.md rendered from the parts' rows).
 
-Tuning rule: every choice in the settings and parts (steps, learning rates, temperatures) was made on the VALIDATION split
-(eval_val.py curves); the test split is only scored, once per run, for the tables.
+Tuning rule: every choice in the settings and parts (steps, learning rates, temperatures) was made on the VALIDATION
+split (eval_val.py curves); the test split is only scored, once per run, for the tables.
 """

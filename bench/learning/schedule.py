@@ -1,5 +1,5 @@
-"""The learning benchmark's scheduler: the budgets of a mode, the command slots, one part's context (its commands and their
-CPU time), the dependency-ordered part runner and the command line. The parts themselves register in
+"""The learning benchmark's scheduler: the budgets of a mode, the command slots, one part's context (its commands and
+their CPU time), the dependency-ordered part runner and the command line. The parts themselves register in
 ``bench.learning.parts``; the report is ``bench.learning.report``."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """The RL layer every method stands on: ``base`` (``RecRLConfig`` / ``RecRLTrainer``, TRL's ``GRPOTrainer`` with the
 catalog, prompt fitting, the shared loss template and named metrics), ``core_algos`` (advantage estimators, ratios,
-policy losses and aggregations, registered by name), ``checkpointing`` and ``token_map`` (token -> item spans).
-The methods themselves are packages under ``methods/``."""
+policy losses and aggregations, registered by name), ``reward_adapter`` (``BatchJudge``: one judgement per batch,
+its named terms as TRL reward functions), ``distributed`` (gather with gradient, collective maximum),
+``checkpointing`` and ``token_map`` (token -> item spans). The methods themselves are packages under ``methods/``."""

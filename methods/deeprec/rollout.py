@@ -19,6 +19,10 @@ terminated), ``eos``, ``call_limit`` (the model asks for call max_calls + 1: no 
 ``budget`` (more than ``max_tokens`` completion tokens, generated + injected: the trajectory is over-long and the
 trainer masks it out entirely).
 
+Generators: ``HFTokenGenerator`` (transformers ``generate``, greedy or sampled) and ``VLLMTokenGenerator`` (TRL's
+vLLM, training on GPU); ``training_generator`` picks the trainer's, ``rollout_output`` turns episodes into what TRL's
+``rollout_func`` returns.
+
 ``DeepRecRecommender`` runs the same loop greedily; an episode whose format fails is a miss (empty list); its
 prediction text is the whole trajectory.
 """

@@ -6,7 +6,8 @@ while it reasons, then answers with a ranked top 10. Spec: docs/methods.md §4.
   TRM (``retrieval.TRMRetriever``), append the item list as environment tokens (``env_mask`` 0 -> TRL's
   ``tool_mask``: no policy gradient, no KL), continue; at most ``max_calls`` calls, ``max_trajectory_tokens``
   completion tokens (over-long trajectories are masked out entirely). Generation: HF ``generate`` on the active
-  rows (CPU / no vLLM), TRL's ``vllm_generation`` on GPU (``VLLMTokenGenerator``, written against TRL 1.16's API).
+  rows (CPU / no vLLM), TRL's ``vllm_generation`` on GPU (``VLLMTokenGenerator``, written against TRL 1.16's API);
+  both generators are in ``methods.deeprec.rollout``.
 
   Why not ``environment_factory``: TRL's environment loop is a TOOL-CALL loop -- it needs a chat template that
   renders tool schemas and a response parser (``parse_response``) that turns the model's JSON tool calls into
@@ -21,7 +22,7 @@ while it reasons, then answers with a ranked top 10. Spec: docs/methods.md §4.
   completion per entry (tests/test_deeprec.py::test_rollout_func_sees_each_prompt_G_times checks this).
   ``rollout_func`` receives only the prompts, so the trainer stashes the batch's rows (history, seen, target) in
   ``_generate_and_score_completions`` and reads them by position.
-* Rewards: TRL reward functions over one ``DeepRecJudge`` per batch: stage ``cold`` R_fmt + R_inv + R_div
+* Rewards: TRL reward functions over one ``DeepRecJudge`` per batch (``methods.deeprec.judge``): stage ``cold`` R_fmt + R_inv + R_div
   (``format``, ``invocation``, ``diversity``), stage ``rec`` R_fmt + R_out + R_sim (``format``, ``outcome``,
   ``similarity``), each logged as ``rewards/<name>/mean``. R_div embeds the preference texts with the TRM's text
   encoder; R_sim needs item embeddings (``ItemEmbeddings``: title text embeddings and TRM item vectors).
@@ -30,7 +31,8 @@ while it reasons, then answers with a ranked top 10. Spec: docs/methods.md §4.
 * Loss: token ratios, ``clipped_surrogate`` with clip [1 - 0.2, 1 + 0.28] = [0.8, 1.28], aggregated over the
   policy tokens (``loss_aggregation`` token (default) or sequence); k3 KL only if ``beta`` > 0 (paper: none).
 * Difficulty-based selection (``difficulty_selection``): training rows whose target is outside the TRM's top
-  ``difficulty_top_k`` (history only) are dropped; ``selection_stats`` reports the counts.
+  ``difficulty_top_k`` (history only) are dropped (``preprocess.deeprec_data.select_by_difficulty``);
+  ``selection_stats`` reports the counts.
 """
 from __future__ import annotations
 

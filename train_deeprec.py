@@ -55,8 +55,8 @@ class ScriptArguments(CommonScriptArguments):
     eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on during training."})
     warmstart_gate: str = field(default="off", metadata={
         "help": "Before RL, run greedy and sampled (the stage's temperature) episodes on --warmstart_gate_rows rows of "
-                "--eval_split and print the share of valid ones (methods.deeprec.warmstart.warmstart_gate: greedy >= 0.9 and "
-                "sampled >= 0.3 pass). off; report (print, write warmstart_gate.json, train anyway); require (stop "
+                "--eval_split and print the share of valid ones (methods.deeprec.warmstart.warmstart_gate: greedy >= 0.9 "
+                "and sampled >= 0.3 pass). off; report (print, write warmstart_gate.json, train anyway); require (stop "
                 "with an error when it does not pass).", "choices": ["off", "report", "require"]})
     warmstart_gate_rows: int = field(default=32, metadata={"help": "Validation rows the warm-start gate runs on."})
     write_warmstart_data: str | None = field(default=None, metadata={

@@ -2,4 +2,5 @@
 the TRM, its HF and vLLM generators, and the evaluation recommender), ``rewards`` (trajectory parsing, format checks,
 the reward terms), ``judge`` (the terms as TRL reward functions over one judgement per batch; R_sim's item
 embeddings), ``warmstart`` (the gate a format-warm-started model passes before stage 1). Its data (difficulty
-selection, warm-start SFT rows) is built by ``preprocess.deeprec_data``, its prompt by ``preprocess.deeprec_prompts``."""
+selection, warm-start SFT rows) is built by ``preprocess.deeprec_data``, its prompt by
+``preprocess.deeprec_prompts``."""

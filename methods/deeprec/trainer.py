@@ -22,8 +22,8 @@ while it reasons, then answers with a ranked top 10. Spec: docs/methods.md §4.
   completion per entry (tests/test_deeprec.py::test_rollout_func_sees_each_prompt_G_times checks this).
   ``rollout_func`` receives only the prompts, so the trainer stashes the batch's rows (history, seen, target) in
   ``_generate_and_score_completions`` and reads them by position.
-* Rewards: TRL reward functions over one ``DeepRecJudge`` per batch (``methods.deeprec.judge``): stage ``cold`` R_fmt + R_inv + R_div
-  (``format``, ``invocation``, ``diversity``), stage ``rec`` R_fmt + R_out + R_sim (``format``, ``outcome``,
+* Rewards: TRL reward functions over one ``DeepRecJudge`` per batch (``methods.deeprec.judge``): stage ``cold``
+  R_fmt + R_inv + R_div (``format``, ``invocation``, ``diversity``), stage ``rec`` R_fmt + R_out + R_sim (``format``, ``outcome``,
   ``similarity``), each logged as ``rewards/<name>/mean``. R_div embeds the preference texts with the TRM's text
   encoder; R_sim needs item embeddings (``ItemEmbeddings``: title text embeddings and TRM item vectors).
 * Advantages: ``core_algos.reinforce_pp_baseline`` (group-mean baseline over the G samples, then whitened over the

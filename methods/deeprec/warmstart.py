@@ -18,8 +18,8 @@ GATE_MIN_SAMPLED_VALID = 0.3
 def warmstart_gate(model, tokenizer, rows, catalog, retriever, args,
                    min_greedy: float = GATE_MIN_GREEDY_VALID, min_sampled: float = GATE_MIN_SAMPLED_VALID,
                    batch_size: int = 16, generators=None) -> dict:
-    """Run DeepRec episodes (the evaluation loop, ``methods.deeprec.rollout.DeepRecRecommender``) on ``rows`` greedily and
-    sampled with ``rollout_sampling(args)``; return the share of valid episodes of each, every failing check's
+    """Run DeepRec episodes (the evaluation loop, ``methods.deeprec.rollout.DeepRecRecommender``) on ``rows``
+    greedily and sampled with ``rollout_sampling(args)``; return the share of valid episodes of each, every failing check's
     share, and ``passed`` (greedy >= min_greedy and sampled >= min_sampled). ``generators``: an optional
     (greedy, sampled) pair of token generators (tests); default HF ``generate`` on ``model``."""
     rows = [dict(r) for r in rows]

@@ -1,7 +1,8 @@
 """Rewards of a generated recommendation list, as TRL reward functions.
 
-A completion is judged ONCE per generation batch (``ListJudge``, a ``trainers.reward_adapter.BatchJudge``: decoded from its token ids, parsed and matched with
-the one matcher in ``rewards/``); every reward function of the batch reads that judgement, so TRL's own reward path
+A completion is judged ONCE per generation batch (``ListJudge``, a ``trainers.reward_adapter.BatchJudge``: decoded
+from its token ids, parsed and matched with the one matcher in ``rewards/``); every reward function of the batch
+reads that judgement, so TRL's own reward path
 (``reward_funcs``: per-function ``rewards/<name>/mean`` logs, weights, NaN handling) carries the scalar rewards:
 
 * ``ndcg`` -- NDCG@N of the list (the GRPO / GSPO baselines' sequence reward);

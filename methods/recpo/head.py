@@ -32,6 +32,7 @@ REWARD_TERMS = ("recpo_softmax", "recpo_ndcg")  # R_c, R_d (Eq. 5), in the order
 class ItemHead:
     """The item table, the projection and the vectors of the recommendation loss, on the trainer."""
 
+    # ------------------------------------------------------------------------------------------ item table
     def _init_item_head(self, args) -> None:
         """After ``GRPOTrainer.__init__`` (needs the tokenizer, the model and the accelerator)."""
         self._item_rows = [chat_ids(self._tokenizer, item_prompt(self.catalog[i], args.category), ITEM_PREFILL)
@@ -53,7 +54,6 @@ class ItemHead:
             if self.use_vllm:
                 self._keep_projection_out_of_vllm()
 
-    # ------------------------------------------------------------------------------------------ item table
     def refresh_item_table(self) -> None:
         """Encode every catalog item (this process's share, then gathered), no grad, with a progress bar."""
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
@@ -72,17 +72,7 @@ class ItemHead:
         if self.item_table is None or self.state.global_step - self.table_step >= self.args.refresh_steps:
             self.refresh_item_table()
 
-    # The table is part of the run's state: a resume rebuilt from the checkpoint's model would rank against a newer
-    # snapshot than the uninterrupted run until the next refresh, so it is saved with each checkpoint.
-    def save_run_state(self, checkpoint_dir: str) -> None:
-        super().save_run_state(checkpoint_dir)
-        if self.args.should_save and self.item_table is not None:
-            from safetensors.torch import save_file
-
-            save_file({"item_table": self.item_table.detach().cpu().contiguous()},
-                      os.path.join(checkpoint_dir, ITEM_TABLE_FILE),
-                      metadata={"table_step": str(self.table_step), "item_ids": json.dumps(self.item_ids)})
-
+    # ------------------------------------------------------------------------------------------ projection
     def _keep_projection_out_of_vllm(self) -> None:
         """TRL's weight sync (``VLLMGeneration.sync_weights``, colocate and server) pushes every name of
         ``_iter_named_params``; the projection is no weight of the architecture vLLM serves (its ``load_weights``
@@ -115,6 +105,18 @@ class ItemHead:
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """The optional learned projection of user / item vectors (identity when none is configured)."""
         return h if self.projection is None else self.projection(h.to(self.projection.weight.dtype))
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    # The table is part of the run's state: a resume rebuilt from the checkpoint's model would rank against a newer
+    # snapshot than the uninterrupted run until the next refresh, so it is saved with each checkpoint.
+    def save_run_state(self, checkpoint_dir: str) -> None:
+        super().save_run_state(checkpoint_dir)
+        if self.args.should_save and self.item_table is not None:
+            from safetensors.torch import save_file
+
+            save_file({"item_table": self.item_table.detach().cpu().contiguous()},
+                      os.path.join(checkpoint_dir, ITEM_TABLE_FILE),
+                      metadata={"table_step": str(self.table_step), "item_ids": json.dumps(self.item_ids)})
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)

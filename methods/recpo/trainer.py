@@ -5,12 +5,13 @@ model's own last hidden state. Spec: docs/methods.md §3.
   first ``<answer>`` marker. A path that never writes it gets the marker appended; those forced tokens carry no
   policy gradient (``policy_mask`` 0) -- so the marker's last token is ALWAYS the completion's last token, and h_T is
   read at each row's last real position (``modeling.hidden_states``), never one token early.
-* Item table H_V (V, d): every catalog item encoded with the item prompt pre-filled with ``<answer>`` (batched, no
-  grad, progress bar), refreshed every ``refresh_steps``. The reward ranks against this ONE snapshot for every item,
-  the target included (released: fresh targets vs stale items, docs/methods.md §3.8 anchor bug d); its age is logged.
-* Reward (Eq. 5) through TRL's reward path, weights [beta, 1 - beta]: ``recpo_softmax`` R_c = softmax probability of
-  the target at tau (over the catalog, or over the batch's targets), ``recpo_ndcg`` R_d = 1 / log2(rank + 1) of the
-  target among all items with the user's history masked, 0 past ``ndcg_cutoff``.
+* Item table H_V (V, d) (``methods.recpo.head``, with the projection and the vectors): every catalog item encoded
+  with the item prompt pre-filled with ``<answer>`` (batched, no grad, progress bar), refreshed every
+  ``refresh_steps``. The reward ranks against this ONE snapshot for every item, the target included (released:
+  fresh targets vs stale items, docs/methods.md §3.8 anchor bug d); its age is logged.
+* Reward (Eq. 5) through TRL's reward path (``head.RecPOJudge``), weights [beta, 1 - beta]: ``recpo_softmax``
+  R_c = softmax probability of the target at tau (over the catalog, or over the batch's targets), ``recpo_ndcg``
+  R_d = 1 / log2(rank + 1) of the target among all items with the user's history masked, 0 past ``ndcg_cutoff``.
 * Advantage (Eq. 2): ``core_algos.group_zscore``.
 * Loss: clipped token-ratio surrogate (eps 0.2 / 0.28) on the reasoning tokens of all G paths + ``rec_loss_weight``
   x the recommendation loss on each group's max-advantage path(s) with POSITIVE advantage only (§3.8 anchor bug b). The

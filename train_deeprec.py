@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from trl import TrlParser
 
-from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer, ItemEmbeddings, format_gate, warmstart_gate, \
-    warmstart_records
+from methods.deeprec.judge import ItemEmbeddings
+from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer
+from methods.deeprec.warmstart import format_gate, warmstart_gate
+from preprocess.deeprec_data import warmstart_records
 from cli.args import CommonScriptArguments, OptionError, parse_config
 from cli.run import run_script
 from cli.run_logging import compose_run_name, configure_wandb, tee_output
@@ -54,8 +56,8 @@ class ScriptArguments(CommonScriptArguments):
     eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on during training."})
     warmstart_gate: str = field(default="off", metadata={
         "help": "Before RL, run greedy and sampled (the stage's temperature) episodes on --warmstart_gate_rows rows of "
-                "--eval_split and print the share of valid ones (methods.deeprec.trainer.warmstart_gate: greedy >= 0.9 and "
-                "sampled >= 0.3 pass). off; report (print, write warmstart_gate.json, train anyway); require (stop "
+                "--eval_split and print the share of valid ones (methods.deeprec.warmstart.warmstart_gate: greedy >= 0.9 "
+                "and sampled >= 0.3 pass). off; report (print, write warmstart_gate.json, train anyway); require (stop "
                 "with an error when it does not pass).", "choices": ["off", "report", "require"]})
     warmstart_gate_rows: int = field(default=32, metadata={"help": "Validation rows the warm-start gate runs on."})
     write_warmstart_data: str | None = field(default=None, metadata={

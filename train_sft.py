@@ -45,7 +45,7 @@ class SFTScriptArguments(CommonScriptArguments):
         default=None, metadata={"help": "optional cap on chat-templated prompt tokens (history cut, oldest first)"})
     mask_tool_results: bool = field(default=False, metadata={
         "help": "DeepRec warm-start data: no loss on the injected TRM item lists (tokenized as the RL rollout "
-                "appends them; methods.deeprec.trainer.warmstart_sft_tokens), only on the text the policy writes"})
+                "appends them; preprocess.deeprec_data.warmstart_sft_tokens), only on the text the policy writes"})
     use_lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
     lora_r: int = 16
     lora_alpha: int = 32
@@ -222,11 +222,11 @@ def fit_to_length(dataset, tokenizer, max_length: int | None, max_prompt_length:
 
 def tokenize_masking_tool_results(dataset, tokenizer, max_length: int | None, split: str = "train"):
     """``input_ids`` + ``completion_mask`` (0 on the prompt and on injected TRM lists) of fitted prompt/completion
-    rows (``methods.deeprec.trainer.warmstart_sft_tokens``); TRL trains on such a tokenized set as is. Segment-wise
+    rows (``preprocess.deeprec_data.warmstart_sft_tokens``); TRL trains on such a tokenized set as is. Segment-wise
     tokenization can be a few tokens longer than the joint one ``fit_to_length`` counted: such a prompt loses a few
     more history lines. Returns (dataset, stats with the share of completion tokens masked out)."""
     from preprocess.prompting import PromptFitError, fit_prompt, prompt_token_count
-    from methods.deeprec.trainer import warmstart_sft_tokens
+    from preprocess.deeprec_data import warmstart_sft_tokens
 
     def tokenize(row):
         prompt = row["prompt"]

@@ -2,11 +2,12 @@
 
 1. Rewards (``rewards``): 48 trajectories ranked against the whole Amazon-2018 Games catalog (16,859 items, the
    size of ``../shared/data/amazon18_games_llmrank/Games.item``) with d = 576 (SmolLM2-135M's hidden size), random
-   unit-free vectors, 20 excluded history items per row. Batch path (what ``RecPOTrainer._calculate_rewards``
-   runs): ``cosine_scores`` + ``target_ranks`` + ``rank_ndcg`` + ``target_softmax_prob``. Naive path: a Python loop
-   over trajectories, numpy per row (normalise, score the catalog, count the allowed items above the target, NDCG,
-   a float64 softmax). Both float32 scores, as in the trainer. Asserted identical: every rank and every NDCG value;
-   the softmax probabilities to 1e-5 relative (the two paths sum the float32 dot products in different orders).
+   unit-free vectors, 20 excluded history items per row. Batch path (what
+   ``methods.recpo.head.ItemHead.score_batch`` runs): ``cosine_scores`` + ``target_ranks`` + ``rank_ndcg`` +
+   ``target_softmax_prob``. Naive path: a Python loop over trajectories, numpy per row (normalise, score the
+   catalog, count the allowed items above the target, NDCG, a float64 softmax). Both float32 scores, as in the
+   trainer. Asserted identical: every rank and every NDCG value; the softmax probabilities to 1e-5 relative (the
+   two paths sum the float32 dot products in different orders).
 2. Item-table refresh (``refresh``): ``modeling.hidden_states.encode_id_rows`` over the RecPO item prompts
    (``preprocess.recpo_prompts.item_prompt`` + ``chat_ids``, assistant turn pre-filled with ``<answer>``) of the
    first N Games catalog items (processed_datasets/amazon18-games, titles only: the LLMRank atomic files carry

@@ -115,7 +115,7 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, pad
 
 
 # Submodules the project's trainers attach to the policy, saved with it and read back by their own evaluators
-# (methods.recpo.trainer.PROJECTION_MODULE: RecPO's learned projection, also in recpo_projection.safetensors): weights
+# (methods.recpo.head.PROJECTION_MODULE: RecPO's learned projection, also in recpo_projection.safetensors): weights
 # under them are expected extras of a causal LM folder, not a sign of the wrong architecture.
 POLICY_EXTRA_MODULES = ("recpo_projection",)
 

@@ -101,3 +101,28 @@ def last_preference(text: str) -> str:
     if start < 0:
         return ""
     return body[start + len(BEGIN_PREFERENCE):].strip()
+
+
+# ------------------------------------------------------------------------------------------------ data rows
+def history_lines(history: Sequence[int], catalog, max_history: int = 20, with_categories: bool = True) -> list[str]:
+    """The prompt's history lines: catalog display title (+ its genres / categories) of the last items."""
+    lines = []
+    for iid in list(history or [])[-max_history:]:
+        if iid not in catalog:
+            raise ValueError(f"history item {iid!r} is not in the catalog")
+        line = catalog.display(iid)
+        genres = catalog[iid].get("genres") or catalog[iid].get("categories")
+        if with_categories and genres:
+            line += f" (categories: {', '.join(str(g) for g in genres)})"
+        lines.append(line)
+    return lines
+
+
+def render_prompt(row, catalog, style: str = "completion", category: str = "items", max_history: int = 20,
+                  settings=None):
+    """The DeepRec prompt of a data-contract row (its ``history``). ``settings``: the episode settings
+    (``methods.deeprec.rollout.EpisodeSettings``: its ``max_calls`` and ``k`` are named in the instructions);
+    None: the paper's (MAX_CALLS, RETRIEVE_K)."""
+    max_calls, k = (MAX_CALLS, RETRIEVE_K) if settings is None else (settings.max_calls, settings.k)
+    return build_prompt(history_lines(row.get("history") or [], catalog, max_history), style, category,
+                        max_calls, N_ANSWER, k)

@@ -1,6 +1,6 @@
 """Probe for tests/test_multiprocess_deeprec.py, run once per process (``accelerate launch``): DeepRec's episode loop
-(``methods.deeprec.rollout.run_episodes`` with the trainer's collective rounds, ``methods.deeprec.trainer.agree_round_rows``)
-through ``VLLMTokenGenerator`` and TRL 1.16's REAL ``VLLMGeneration.generate`` in server mode. Only the vLLM client
+(``methods.deeprec.rollout.run_episodes`` with the trainer's collective rounds,
+``methods.deeprec.rollout.agree_round_rows``) through ``VLLMTokenGenerator`` and TRL 1.16's REAL ``VLLMGeneration.generate`` in server mode. Only the vLLM client
 is fake: on the main process it answers every gathered prompt with tests/test_deeprec.py's scripted policy on the
 character tokenizer (prompt ``P<k>#`` follows script k; at most ``max_tokens`` tokens, a -0.5 log-prob each).
 
@@ -49,7 +49,7 @@ def main():
     from trl.generation.vllm_generation import VLLMGeneration
 
     from methods.deeprec.rollout import EpisodeSettings, run_episodes
-    from methods.deeprec.trainer import VLLMTokenGenerator, agree_round_rows
+    from methods.deeprec.rollout import VLLMTokenGenerator, agree_round_rows
 
     acc = Accelerator(cpu=True)
     rank, world = acc.process_index, acc.num_processes

@@ -178,7 +178,7 @@ class FakeRetriever:
 
 
 def test_judge_rewards_on_crafted_episodes():
-    from methods.deeprec.trainer import DeepRecJudge, ItemEmbeddings
+    from methods.deeprec.judge import DeepRecJudge, ItemEmbeddings
 
     enc = FakeEncoder({"a": [1, 0, 0, 0, 0, 0, 0, 0], "b": [0, 1, 0, 0, 0, 0, 0, 0], "c": [1, 1, 0, 0, 0, 0, 0, 0]})
     V = len(TITLES)
@@ -679,7 +679,7 @@ def test_recommender_through_the_seam(tiny_setup, tmp_path):
 
 def test_warmstart_records_are_valid_trajectories(tiny_setup, tmp_path):
     from preprocess.contract import load_processed, save_processed
-    from methods.deeprec.trainer import warmstart_records
+    from preprocess.deeprec_data import warmstart_records
 
     _, data, _, _ = tiny_setup
     dsd, catalog = load_processed(data)

@@ -50,7 +50,7 @@ def fake_list_text(real_prefs, n_fake):
 def test_typed_fake_lists_are_no_calls(real, n_fake):
     """An invalid episode with typed lists gets the paper's reward for its REAL calls: before, the text's item-list
     blocks were counted, so 1 real + 2 typed lists scored -1 + 1.0 = 0, as much as a valid one-call episode."""
-    from methods.deeprec.trainer import DeepRecJudge
+    from methods.deeprec.judge import DeepRecJudge
 
     vectors = {"a": [1, 0, 0, 0, 0, 0, 0, 0], "b": [0.6, 0.8, 0, 0, 0, 0, 0, 0]}
     judge = DeepRecJudge(CATALOG, True, None, FakeEncoder(vectors).encode)
@@ -78,7 +78,7 @@ def test_real_calls_keep_valid_episodes_valid():
 def test_rollout_records_feed_the_judge_real_calls():
     """A real run_episodes record: a policy that types a list after its one real call is invalid, 1 call."""
     from test_deeprec import CharTok, ScriptedGenerator
-    from methods.deeprec.trainer import DeepRecJudge
+    from methods.deeprec.judge import DeepRecJudge
 
     tok = CharTok()
     typed = "I add my own\n" + tool((3, 4)) + "done\n" + THINK_CLOSE + "\n" + answer_text(TEN)
@@ -94,7 +94,7 @@ def test_rollout_records_feed_the_judge_real_calls():
 
 # ============================================================================================ per-step logging
 def test_judge_logs_share_of_valid_episodes_and_of_each_failing_check():
-    from methods.deeprec.trainer import DeepRecJudge
+    from methods.deeprec.judge import DeepRecJudge
     from trainers.console import CompactLineFormatter
 
     texts = [valid_text(1), valid_text(2),
@@ -103,7 +103,8 @@ def test_judge_logs_share_of_valid_episodes_and_of_each_failing_check():
     episodes = [{"text": t, "n_calls": t.count(BEGIN_ITEM_LIST), "preferences": None} for t in texts]
     logged: dict = {}
     judge = DeepRecJudge(CATALOG, True, None, FakeEncoder().encode)
-    judge(object(), episodes, [27] * 4, lambda k, v: logged.setdefault(k, []).append(v))
+    columns = {"deeprec_episode": episodes, "target": [27] * 4}
+    judge(object(), columns, lambda k, v: logged.setdefault(k, []).append(v))
     failures = [parse_trajectory(t, real_calls=e["n_calls"]).failures for t, e in zip(texts, episodes)]
     assert failures[2] == ["lines"] and failures[3] == ["tags", "no_call", "think", "answer"]
     mean = {k: sum(v) / len(v) for k, v in logged.items()}
@@ -140,10 +141,11 @@ def scripted_episode(qwen):
 
 
 def warmstart_example(qwen):
-    """A row of the warm-start data set itself (methods.deeprec.trainer.warmstart_records), real retrieved lists."""
+    """A row of the warm-start data set itself (preprocess.deeprec_data.warmstart_records), real retrieved lists."""
     from datasets import Dataset
 
-    from methods.deeprec.trainer import DeepRecConfig, warmstart_records
+    from methods.deeprec.trainer import DeepRecConfig
+    from preprocess.deeprec_data import warmstart_records
 
     rows = Dataset.from_list([{"sample_id": "u1", "history": [0, 1, 2, 3], "seen": [0, 1, 2, 3], "target": 9,
                                "groundtruth": [9], "timestamp": None}])
@@ -155,7 +157,7 @@ def warmstart_example(qwen):
 
 
 def test_warmstart_loss_mask_covers_exactly_the_injected_tokens_of_a_real_episode(qwen):
-    from methods.deeprec.trainer import warmstart_sft_tokens
+    from preprocess.deeprec_data import warmstart_sft_tokens
 
     prompt, ep = scripted_episode(qwen)
     out = warmstart_sft_tokens(qwen, prompt, [{"role": "assistant", "content": ep.text}])
@@ -176,7 +178,7 @@ def test_warmstart_loss_mask_covers_exactly_the_injected_tokens_of_a_real_episod
 
 
 def test_warmstart_loss_mask_on_a_warmstart_record(qwen):
-    from methods.deeprec.trainer import warmstart_sft_tokens
+    from preprocess.deeprec_data import warmstart_sft_tokens
 
     rec, _ = warmstart_example(qwen)
     content = rec["completion"][0]["content"]
@@ -254,7 +256,8 @@ class ScriptedPolicy:
 
 def test_warmstart_gate_measures_valid_shares_and_thresholds(qwen, monkeypatch):
     import methods.deeprec.rollout as ed
-    from methods.deeprec.trainer import DeepRecConfig, format_gate, warmstart_gate
+    from methods.deeprec.trainer import DeepRecConfig
+    from methods.deeprec.warmstart import format_gate, warmstart_gate
 
     # each row's prompt names its row ("ROW<i>") so the scripted policy knows which rows it gets right
     monkeypatch.setattr(ed, "render_prompt", lambda row, *a, **k: [{"role": "user", "content": f"ROW{row['i']} go"}])
@@ -282,7 +285,8 @@ def test_rollout_temperature_is_the_stage_config_field():
 
     from conftest import REPO
     from train_deeprec import ScriptArguments
-    from methods.deeprec.trainer import DeepRecConfig, rollout_sampling
+    from methods.deeprec.rollout import rollout_sampling
+    from methods.deeprec.trainer import DeepRecConfig
 
     for name in ("deeprec_qwen25_7b_stage1.yaml", "deeprec_qwen25_7b_stage2.yaml", "tiny/deeprec_ml100k_stage1.yaml",
                  "tiny/deeprec_ml100k_stage2.yaml"):

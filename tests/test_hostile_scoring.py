@@ -156,7 +156,7 @@ def test_training_rewards_use_the_same_rules():
 
 def test_deeprec_outcome_reward_reaches_a_duplicate_title_target():
     from test_deeprec import valid_text
-    from methods.deeprec.trainer import DeepRecJudge
+    from methods.deeprec.judge import DeepRecJudge
 
     cat = Catalog([{"id": i, "title": f"Game Number {i}", "year": None} for i in range(10)]
                   + [{"id": 10, "title": "Game Number 3", "year": None}])  # 10 is a twin of 3

@@ -500,7 +500,7 @@ def test_train_sft_names_a_missing_completion_column(env, capsys, tmp_path):
 def test_the_recpo_projection_saved_in_the_policy_is_an_expected_extra_weight():
     """RecPO saves its projection as a submodule of the policy: allowed by name, and only that name."""
     from modeling.loading import POLICY_EXTRA_MODULES
-    from methods.recpo.trainer import PROJECTION_MODULE
+    from methods.recpo.head import PROJECTION_MODULE
 
     assert POLICY_EXTRA_MODULES == (PROJECTION_MODULE,)
 

@@ -1,7 +1,7 @@
 """MULTI-PROCESS tests of DeepRec's collective rounds (2 CPU processes, gloo): under ZeRO-3 every ``generate`` is a
 collective and TRL's vLLM server mode hands process r the completions ``r * len(prompts)`` onward of everyone's
 prompts, so in every round every process must call ``generate`` once with the same number of rows
-(``methods.deeprec.trainer.agree_round_rows``; ``methods.deeprec.rollout.run_episodes`` pads with dummy rows and drops them).
+(``methods.deeprec.rollout.agree_round_rows``; ``methods.deeprec.rollout.run_episodes`` pads with dummy rows and drops them).
 
 * DeepRecTrainer, one process's episodes 3 rounds long and the other's 1 round (tests/mp_deeprec_rounds_probe.py):
   both processes call ``generate`` 3 times with 4 rows each, and every row's episode is its own script's. Under DDP

@@ -18,9 +18,10 @@ from methods.rank_grpo.trainer import (
     RankGRPOTrainer,
     build_advantages,
     item_log_ratios,
-    length_shaping_reward,
     rank_advantages,
 )
+from methods.rank_grpo.list_judge import length_shaping_reward
+from trainers.token_map import assign_tokens_slow
 
 torch.set_num_threads(1)
 

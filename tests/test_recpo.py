@@ -23,7 +23,7 @@ from modeling.hidden_states import (
 from preprocess.recpo_prompts import ANSWER_MARKER, item_prompt, user_prompt
 from rewards.embedding_rewards import cosine_scores, rank_ndcg, target_ranks, target_softmax_prob, top_k_items
 from trainers.core_algos import group_zscore
-from methods.recpo.trainer import recommendation_loss, recommendation_weights
+from methods.recpo.head import recommendation_loss, recommendation_weights
 from references import ref_rec_loss
 
 torch.set_num_threads(1)
@@ -204,7 +204,7 @@ def test_recommendation_loss_with_logit_offsets_matches_a_slow_reference(kind):
 
 
 def test_target_shares_logq_offsets_and_uniform_negatives_match_slow_references():
-    from methods.recpo.trainer import logq_offsets, target_shares, uniform_negatives
+    from methods.recpo.head import logq_offsets, target_shares, uniform_negatives
 
     index_of = {100 + i: i for i in range(6)}
     targets = [100, 100, 103, 105, 100, 103]
@@ -450,7 +450,7 @@ def test_learned_projection_is_trained_saved_and_used_by_evaluation(tiny_recpo, 
     import train_recpo
     from methods.recpo.recommender import PROJECTION_FILE, RecPORecommender
     from preprocess.contract import load_processed
-    from methods.recpo.trainer import make_projection
+    from methods.recpo.head import make_projection
 
     eye = make_projection(6, 6).weight
     assert torch.equal(eye, torch.eye(6))
@@ -486,7 +486,7 @@ def test_projection_is_saved_whole_and_resumes_under_zero3(tiny_recpo, tmp_path)
     from safetensors.torch import load_file
     from test_multiprocess import REPO, _launch, _skip_unless_launchable
 
-    from methods.recpo.trainer import make_projection
+    from methods.recpo.head import make_projection
 
     _skip_unless_launchable("cpu_2proc_zero2.yaml")  # gloo and deepspeed
     # ZeRO-3 leaves parameters under stage3_param_persistence_threshold (1e5 elements) whole on every process; this

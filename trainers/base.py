@@ -7,7 +7,8 @@
   (``rewards.catalog.resolve_require_year``, the rule evaluation uses);
 * fits prompts by cutting their history, oldest first (``preprocess.prompting.fit_prompt``), never the instruction
   or the completion; a run whose prompts would lose their instruction stops with an error;
-* takes its reward functions from the ``build_reward_funcs`` hook, which go through TRL's own reward path;
+* takes its reward functions from the ``build_reward_funcs`` hook, which go through TRL's own reward path
+  (a method's terms over one per-batch judgement: ``trainers.reward_adapter.BatchJudge``);
 * decodes completion token ids to their exact text with a byte table (``trainers.token_map``);
 * ``process_slice`` / ``local_rows``: this process's rows of a tensor gathered over processes (TRL's order);
 * ``global_token_mean``: a token-mean loss corrected for unequal token counts across processes (every trainer's
@@ -174,8 +175,10 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """TRL's rewards (B_global, n_funcs), with a warning when every rollout of the whole batch got the same
         rewards: every advantage is then 0 and the step carries no policy gradient (counted in
-        ``zero_reward_variance_batches``)."""
+        ``zero_reward_variance_batches``). The batch's rewards stay in ``rewards_per_func`` for the advantage hooks
+        of methods that compute their own (RecPO, DeepRec)."""
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self.rewards_per_func = rewards  # (B_global, n_funcs), gathered
         same = torch.nan_to_num(rewards, nan=0.0)
         if self.mode == "train" and same.size(0) > 1 and bool((same == same[:1]).all()):
             self.zero_reward_variance_batches = getattr(self, "zero_reward_variance_batches", 0) + 1

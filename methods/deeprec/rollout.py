@@ -19,6 +19,10 @@ terminated), ``eos``, ``call_limit`` (the model asks for call max_calls + 1: no 
 ``budget`` (more than ``max_tokens`` completion tokens, generated + injected: the trajectory is over-long and the
 trainer masks it out entirely).
 
+Generators: ``HFTokenGenerator`` (transformers ``generate``, greedy or sampled) and ``VLLMTokenGenerator`` (TRL's
+vLLM, training on GPU); ``training_generator`` picks the trainer's, ``rollout_output`` turns episodes into what TRL's
+``rollout_func`` returns.
+
 ``DeepRecRecommender`` runs the same loop greedily; an episode whose format fails is a miss (empty list); its
 prediction text is the whole trajectory. It registers itself as eval_test.py's ``--recommender deeprec``, with its
 flags (``DeepRecOptions``) and ``--episode_config`` (the training YAML's episode settings as defaults).
@@ -30,31 +34,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from preprocess.deeprec_prompts import (
-
-    ANSWER_CLOSE,
-
-    END_PREFERENCE,
-
-    MAX_CALLS,
-
-    N_ANSWER,
-
-    RETRIEVE_K,
-
-    STOP_STRINGS,
-
-    build_prompt,
-
-    item_list_text,
-
-    last_preference,
-
-)
-
 from evaluation.recommenders import Recommendation
 from evaluation.registry import BuildRequest, register_recommender
 from methods.deeprec.rewards import format_check_shares, parse_trajectory
+from preprocess.deeprec_prompts import (
+    ANSWER_CLOSE,
+    END_PREFERENCE,
+    MAX_CALLS,
+    RETRIEVE_K,
+    STOP_STRINGS,
+    item_list_text,
+    last_preference,
+    render_prompt,
+)
+from trainers.distributed import agree_max
 
 END_REASONS = ("answer", "eos", "call_limit", "budget")
 
@@ -302,29 +295,83 @@ class HFTokenGenerator:
         return [row[width:].tolist() for row in gen.cpu()]
 
 
+def rollout_sampling(args) -> dict:
+    """The sampling settings of a stage's rollouts (config fields ``temperature``, ``top_p``, ``top_k``; the GPU
+    configs keep the paper's temperature 1.0). TRL divides the policy logits by the same ``temperature``, so the
+    importance ratio compares like with like."""
+    return {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
+
+
+# ------------------------------------------------------------------------------------------------- vLLM generation
+def agree_round_rows(accelerator, n_local: int) -> int:
+    """Rows every process generates in one DeepRec round: the largest active row count over the processes (0: every
+    process is done). Under ZeRO-3 every ``generate`` is a collective (TRL's ``unwrap_model_for_generation`` gathers
+    the parameters; transformers' ``synced_gpus`` runs a forward on every process per token), and TRL's vLLM server
+    mode hands each process the completions ``process_index * len(prompts)`` onward of everyone's prompts: a process
+    that skipped a round or sent fewer rows would hang the others or get their rows' completions.
+    ``run_episodes`` pads a process's rows to this count with dummy rows and drops their outputs."""
+    return agree_max(accelerator, n_local)
+
+
+class VLLMTokenGenerator:
+    """One multi-turn round through TRL's ``trainer.vllm_generation`` (colocate or server), n = 1 per row: the
+    stop strings and this round's token cap are set on it for the call and restored after. The cap is the largest
+    of EVERY process's rows (server mode generates everyone's prompts with the main process's cap; colocated
+    tensor-parallel ranks must pass the same sampling parameters), so every process must call ``generate`` the same
+    number of times with the same number of rows (``run_episodes``' ``round_rows``). Written against TRL 1.16's
+    ``VLLMGeneration.generate(prompts, images, num_generations, profiler)``; tests/test_multiprocess_deeprec.py runs
+    its server branch with a fake client."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def generate(self, rows, max_new_tokens):
+        vg = self.trainer.vllm_generation
+        saved = vg.max_completion_length, vg.generation_kwargs
+        vg.max_completion_length = agree_max(self.trainer.accelerator, max(max_new_tokens) if max_new_tokens else 1)
+        vg.generation_kwargs = {**(saved[1] or {}), "stop": list(STOP_STRINGS), "include_stop_str_in_output": True}
+        try:
+            _, completion_ids, logprobs, _ = vg.generate(prompts=rows, images=None, num_generations=1)
+        finally:
+            vg.max_completion_length, vg.generation_kwargs = saved
+        out = []
+        for b, ids in enumerate(completion_ids):
+            lp = None if logprobs is None else [x[0] if isinstance(x, (list, tuple)) else x for x in logprobs[b]]
+            cap = max_new_tokens[b]
+            out.append((list(ids)[:cap], None if lp is None else lp[:cap]))
+        return out
+
+
+def training_generator(trainer) -> TokenGenerator:
+    """The generator of a training rollout: TRL's vLLM (``VLLMTokenGenerator``) when the trainer uses it, else HF
+    ``generate`` sampled with ``rollout_sampling``, on the model TRL unwraps for generation (ZeRO-3: gathered)."""
+    if trainer.use_vllm:
+        return VLLMTokenGenerator(trainer)
+    from trl.models import unwrap_model_for_generation
+
+    a = trainer.args
+    return HFTokenGenerator(
+        trainer.model, trainer._tokenizer, do_sample=True, **rollout_sampling(a),
+        eos_token_ids=list(trainer.eos_token_ids),
+        model_context=lambda: unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                                          gather_deepspeed3_params=a.ds3_gather_for_generation))
+
+
+def rollout_output(prompt_ids, episodes: list[Episode]) -> dict:
+    """What TRL's ``rollout_func`` returns for a batch of episodes: token ids, sampler log-probs (when every episode
+    has them), ``env_mask`` (TRL's ``tool_mask``; over-long trajectories are masked out entirely: no token of
+    theirs is a policy token) and each episode's record (``deeprec_episode``, forwarded to the reward functions)."""
+    logprobs = [e.logprobs for e in episodes]
+    return {
+        "prompt_ids": [list(p) for p in prompt_ids],
+        "completion_ids": [e.completion_ids for e in episodes],
+        "logprobs": logprobs if all(lp is not None for lp in logprobs) else None,
+        "env_mask": [[0] * len(e.env_mask) if e.overlong else list(e.env_mask) for e in episodes],
+        "deeprec_episode": [e.to_record() for e in episodes],
+    }
+
+
 # ------------------------------------------------------------------------------------------------- data helpers
-def history_lines(history: Sequence[int], catalog, max_history: int = 20, with_categories: bool = True) -> list[str]:
-    """The prompt's history lines: catalog display title (+ its genres / categories) of the last items."""
-    lines = []
-    for iid in list(history or [])[-max_history:]:
-        if iid not in catalog:
-            raise ValueError(f"history item {iid!r} is not in the catalog")
-        line = catalog.display(iid)
-        genres = catalog[iid].get("genres") or catalog[iid].get("categories")
-        if with_categories and genres:
-            line += f" (categories: {', '.join(str(g) for g in genres)})"
-        lines.append(line)
-    return lines
-
-
-def render_prompt(row, catalog, style: str = "completion", category: str = "items", max_history: int = 20,
-                  settings: EpisodeSettings | None = None):
-    """The DeepRec prompt of a data-contract row (its ``history``)."""
-    s = settings or EpisodeSettings()
-    return build_prompt(history_lines(row.get("history") or [], catalog, max_history), style, category,
-                        s.max_calls, N_ANSWER, s.k)
-
-
 def answer_item_ids(answer_lines: Sequence[str] | None, catalog, require_year: bool) -> list[int | None]:
     """Catalog id of each final-list line (None: no catalog item), with the matcher every reward uses
     (``rewards.judge.line_catalog_id``)."""

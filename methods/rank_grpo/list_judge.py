@@ -1,7 +1,8 @@
 """Rewards of a generated recommendation list, as TRL reward functions.
 
-A completion is judged ONCE per generation batch (``ListJudge``: decoded from its token ids, parsed and matched with
-the one matcher in ``rewards/``); every reward function of the batch reads that judgement, so TRL's own reward path
+A completion is judged ONCE per generation batch (``ListJudge``, a ``trainers.reward_adapter.BatchJudge``: decoded
+from its token ids, parsed and matched with the one matcher in ``rewards/``); every reward function of the batch
+reads that judgement, so TRL's own reward path
 (``reward_funcs``: per-function ``rewards/<name>/mean`` logs, weights, NaN handling) carries the scalar rewards:
 
 * ``ndcg`` -- NDCG@N of the list (the GRPO / GSPO baselines' sequence reward);
@@ -21,6 +22,7 @@ import numpy as np
 
 from rewards.judge import judge
 from rewards.rank_rewards import batch_rank_rewards, batch_sequence_ndcg
+from trainers.reward_adapter import BatchJudge, RewardTerm
 from trainers.token_map import item_byte_spans
 
 
@@ -74,24 +76,23 @@ def sequence_rewards(rel: np.ndarray, n_groundtruth: Sequence[int], scheme: str,
     return batch_rank_rewards(rel, scheme, n_items=n_items).sum(axis=1)
 
 
-class ListJudge:
-    """Judges the completions of one generation batch once and shares the scores with its reward functions.
+class ListJudge(BatchJudge):
+    """Judges the completions of one generation batch once (``trainers.reward_adapter.BatchJudge``); its terms are
+    the sequence reward (named after its scheme), ``rank_<scheme>`` and ``length_shaping``.
 
-    ``args`` is read at call time (``n_items``, the penalties); ``require_year`` is resolved once by the trainer
-    (``rewards.catalog.resolve_require_year``). ``decode`` maps completion token ids to the exact text
+    ``args`` is read at call time (``n_items``, the penalties, ``reward_func``); ``require_year`` is resolved once by
+    the trainer (``rewards.catalog.resolve_require_year``). ``decode`` maps completion token ids to the exact text
     (the trainer's byte table), ``eos_ids`` the ids that end a completion.
     """
 
     def __init__(self, catalog, args, require_year: bool, decode: Callable[[list[int]], str], eos_ids: set[int]):
         self.catalog, self.args, self.require_year = catalog, args, require_year
         self.decode, self.eos_ids = decode, eos_ids
-        self._key = None
-        self.last: list[CompletionScore] = []
-        self.last_ids: list[list[int]] = []
 
-    def __call__(self, completion_ids, groundtruth, seen, log_metric=None) -> list[CompletionScore]:
-        if self._key is not None and self._key[0] is completion_ids:  # same batch: every reward func shares it
-            return self.last
+    def judge(self, completion_ids, columns, log_metric=None) -> list[CompletionScore]:
+        groundtruth, seen = columns.get("groundtruth"), columns.get("seen")
+        if groundtruth is None:
+            raise KeyError("the dataset needs a `groundtruth` column (catalog ids); keep remove_unused_columns=False")
         a = self.args
         scores = []
         for ids, gt, sn in zip(completion_ids, groundtruth, seen or [None] * len(completion_ids), strict=True):
@@ -100,19 +101,18 @@ class ListJudge:
                 self.decode(ids), self.catalog, gt, sn or [], ended_with_eos=bool(ids) and ids[-1] in self.eos_ids,
                 n_items=a.n_items, require_year=self.require_year, overflow_penalty=a.overflow_penalty,
                 early_stop_penalty=a.early_stop_penalty, eos_bonus=a.eos_bonus))
-        self._key, self.last = (completion_ids,), scores
-        self.last_ids = [list(ids) for ids in completion_ids]
         if log_metric is not None:
             self._log(scores, log_metric)
         return scores
 
-    def take(self) -> tuple[list[CompletionScore], list[list[int]]]:
-        """The scores and token ids of the batch just judged, once (a second take without a new batch fails)."""
-        if self._key is None:
-            raise RuntimeError("no judged batch: the list reward functions did not run for this generation batch")
-        out = (self.last, self.last_ids)
-        self._key, self.last, self.last_ids = None, [], []
-        return out
+    def value(self, term: str, scores: list[CompletionScore]):
+        a = self.args
+        rel = np.stack([s.rel for s in scores]) if scores else np.zeros((0, a.n_items))
+        if term == "length_shaping":
+            return [s.tail_reward for s in scores]
+        if term.startswith("rank_"):  # Rank-GRPO's rank rewards summed (the scheme of args.reward_func)
+            return batch_rank_rewards(rel, a.reward_func, n_items=a.n_items).sum(axis=1)
+        return sequence_rewards(rel, [s.n_groundtruth for s in scores], term, a.n_items)
 
     def _log(self, scores: list[CompletionScore], log_metric) -> None:
         N = self.args.n_items
@@ -127,38 +127,17 @@ class ListJudge:
                 log_metric(name, float(value))
 
 
-class ListReward:
-    """A TRL reward function over a ``ListJudge``: ``value(scores, args) -> (B,)``; named for TRL's logs."""
-
-    def __init__(self, name: str, list_judge: ListJudge, value: Callable):
-        self.__name__ = name
-        self.list_judge, self.value = list_judge, value
-
-    def __call__(self, prompts, completions, completion_ids, groundtruth=None, seen=None, log_metric=None,
-                 **_) -> list[float]:
-        if groundtruth is None:
-            raise KeyError("the dataset needs a `groundtruth` column (catalog ids); keep remove_unused_columns=False")
-        scores = self.list_judge(completion_ids, groundtruth, seen, log_metric)
-        return [float(v) for v in self.value(scores, self.list_judge.args)]
-
-
-def _rel(scores: list[CompletionScore], n_items: int) -> np.ndarray:
-    return np.stack([s.rel for s in scores]) if scores else np.zeros((0, n_items))
-
-
-def sequence_reward_func(list_judge: ListJudge, scheme: str) -> ListReward:
+def sequence_reward_func(list_judge: ListJudge, scheme: str) -> RewardTerm:
     """GRPO / GSPO: ``ndcg`` (NDCG@N) or a rank scheme summed over ranks, named after the scheme."""
-    return ListReward(scheme, list_judge, lambda s, a: sequence_rewards(
-        _rel(s, a.n_items), [x.n_groundtruth for x in s], scheme, a.n_items))
+    return RewardTerm(scheme, list_judge)
 
 
-def rank_reward_sum_func(list_judge: ListJudge, scheme: str) -> ListReward:
+def rank_reward_sum_func(list_judge: ListJudge, scheme: str) -> RewardTerm:
     """Rank-GRPO's rank rewards summed over the N ranks (``args.reward_func`` read at call time), named
     ``rank_<scheme>``."""
-    return ListReward(f"rank_{scheme}", list_judge, lambda s, a: batch_rank_rewards(
-        _rel(s, a.n_items), a.reward_func, n_items=a.n_items).sum(axis=1))
+    return RewardTerm(f"rank_{scheme}", list_judge)
 
 
-def length_shaping_func(list_judge: ListJudge) -> ListReward:
+def length_shaping_func(list_judge: ListJudge) -> RewardTerm:
     """The tail rank's length-shaping reward (eps_o / eps_u / EOS bonus)."""
-    return ListReward("length_shaping", list_judge, lambda s, a: [x.tail_reward for x in s])
+    return RewardTerm("length_shaping", list_judge)

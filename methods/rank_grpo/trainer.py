@@ -46,8 +46,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from methods.rank_grpo.list_judge import ListJudge, length_shaping_func, rank_reward_sum_func, sequence_reward_func
 from rewards.rank_rewards import batch_rank_rewards, parse_scheme
-from trainers.base import RecRLConfig, RecRLTrainer, truncate_dataset_prompts  # noqa: F401 (re-export)
+from trainers.base import RecRLConfig, RecRLTrainer
 from trainers.core_algos import (
     clip_fractions,
     clipped_surrogate,
@@ -57,31 +58,35 @@ from trainers.core_algos import (
     rank_zscore,
     sequence_mean,
 )
-from methods.rank_grpo.list_judge import (  # noqa: F401 (re-exported: the scoring of one completion)
-    CompletionScore,
-    ListJudge,
-    length_shaping_func,
-    length_shaping_reward,
-    rank_reward_sum_func,
-    score_completion,
-    sequence_reward_func,
-    sequence_rewards,
-)
 from trainers.token_map import assign_tokens_to_items, sequence_byte_lengths_slow
 
-ALGORITHMS = ("rank_grpo", "grpo", "gspo")
 RANK_NORMALIZATIONS = ("paper", "token")
 LENGTH_SHAPINGS = ("reward", "advantage")
 
-# Algorithm presets for fields left at None (see RankGRPOConfig.__post_init__).
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What an ``algorithm`` value selects: ``rank_level`` (per-rank rewards, advantages and item ratios:
+    ``RankGRPOTrainer``; else TRL's sequence-level loss: ``ListGRPOTrainer``), its default ``reward_func`` and the
+    presets of the GRPOConfig fields left at None (``RankGRPOConfig.__post_init__``)."""
+
+    rank_level: bool
+    reward_func: str
+    presets: dict
+
+
 #   rank_grpo: the released code clips the ITEM ratios at [1 - 0.06, 1 + 0.08] (docs/methods.md §2.9).
 #   grpo: the paper's GRPO clip 0.2 / 0.26, token ratios, per-sequence mean ("grpo" loss).
 #   gspo: sequence-level ratio, clip 3e-4 / 4e-4 (GSPO paper), per-sequence loss.
-_PRESETS = {
-    "rank_grpo": dict(epsilon=0.06, epsilon_high=0.08, loss_type="grpo", importance_sampling_level="token"),
-    "grpo": dict(epsilon=0.2, epsilon_high=0.26, loss_type="grpo", importance_sampling_level="token"),
-    "gspo": dict(epsilon=3e-4, epsilon_high=4e-4, loss_type="grpo", importance_sampling_level="sequence"),
+ALGORITHM_TABLE = {
+    "rank_grpo": Algorithm(True, "exp_inf", dict(epsilon=0.06, epsilon_high=0.08, loss_type="grpo",
+                                                 importance_sampling_level="token")),
+    "grpo": Algorithm(False, "ndcg", dict(epsilon=0.2, epsilon_high=0.26, loss_type="grpo",
+                                          importance_sampling_level="token")),
+    "gspo": Algorithm(False, "ndcg", dict(epsilon=3e-4, epsilon_high=4e-4, loss_type="grpo",
+                                          importance_sampling_level="sequence")),
 }
+ALGORITHMS = tuple(ALGORITHM_TABLE)
 
 
 @dataclass
@@ -116,7 +121,7 @@ class RankGRPOConfig(RecRLConfig):
     eos_bonus: float = field(
         default=0.0, metadata={"help": "Released code's undocumented bonus for EOS right after exactly N items."})
     adv_eps: float = field(default=1e-4, metadata={"help": "eps of Eq. 7 (TRL's constant for GRPO advantages)."})
-    # GRPOConfig fields whose default depends on the algorithm (None = preset, see _PRESETS).
+    # GRPOConfig fields whose default depends on the algorithm (None = preset, see ALGORITHM_TABLE).
     epsilon: float | None = field(
         default=None, metadata={"help": "Lower clip. Default: rank_grpo 0.06 (released item-ratio clip), grpo 0.2, "
                                 "gspo 3e-4."})
@@ -137,16 +142,17 @@ class RankGRPOConfig(RecRLConfig):
             raise ValueError(f"length_shaping must be one of {LENGTH_SHAPINGS}, got {self.length_shaping!r}")
         if not self.adv_eps > 0:
             raise ValueError(f"adv_eps must be > 0, got {self.adv_eps}")
+        algorithm = ALGORITHM_TABLE[self.algorithm]
         if self.reward_func is None:
-            self.reward_func = "exp_inf" if self.algorithm == "rank_grpo" else "ndcg"
-        if self.algorithm == "rank_grpo" and self.reward_func == "ndcg":
+            self.reward_func = algorithm.reward_func
+        if algorithm.rank_level and self.reward_func == "ndcg":
             raise ValueError("rank_grpo needs a rank-level reward (exp_inf | exp_<Gamma> | log), not 'ndcg'")
         if self.reward_func != "ndcg":
             parse_scheme(self.reward_func)  # fail early on a typo
-        for name, value in _PRESETS[self.algorithm].items():
+        for name, value in algorithm.presets.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        if self.algorithm == "rank_grpo":
+        if algorithm.rank_level:
             unsupported = {
                 "top_entropy_quantile": (self.top_entropy_quantile, 1.0),
                 "off_policy_mask_threshold": (self.off_policy_mask_threshold, None),
@@ -226,7 +232,7 @@ class RankGRPOTrainer(ListGRPOTrainer):
     1/(G N) clipped objective, overriding two TRL hooks (``_generate_and_score_completions``, ``_compute_loss``)."""
 
     def __init__(self, model, args: RankGRPOConfig, *a, **kw):
-        if isinstance(args, RankGRPOConfig) and args.algorithm != "rank_grpo":
+        if isinstance(args, RankGRPOConfig) and not ALGORITHM_TABLE[args.algorithm].rank_level:
             raise ValueError(f"RankGRPOTrainer runs algorithm rank_grpo; use ListGRPOTrainer for {args.algorithm!r} "
                              "(trainer_class picks it)")
         super().__init__(model, args, *a, **kw)
@@ -318,4 +324,4 @@ def trainer_class(algorithm: str) -> type[ListGRPOTrainer]:
     """The trainer of an ``algorithm``: RankGRPOTrainer for rank_grpo, ListGRPOTrainer for grpo / gspo."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    return RankGRPOTrainer if algorithm == "rank_grpo" else ListGRPOTrainer
+    return RankGRPOTrainer if ALGORITHM_TABLE[algorithm].rank_level else ListGRPOTrainer

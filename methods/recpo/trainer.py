@@ -5,12 +5,13 @@ model's own last hidden state. Spec: docs/methods.md §3.
   first ``<answer>`` marker. A path that never writes it gets the marker appended; those forced tokens carry no
   policy gradient (``policy_mask`` 0) -- so the marker's last token is ALWAYS the completion's last token, and h_T is
   read at each row's last real position (``modeling.hidden_states``), never one token early.
-* Item table H_V (V, d): every catalog item encoded with the item prompt pre-filled with ``<answer>`` (batched, no
-  grad, progress bar), refreshed every ``refresh_steps``. The reward ranks against this ONE snapshot for every item,
-  the target included (released: fresh targets vs stale items, docs/methods.md §3.8 anchor bug d); its age is logged.
-* Reward (Eq. 5) through TRL's reward path, weights [beta, 1 - beta]: ``recpo_softmax`` R_c = softmax probability of
-  the target at tau (over the catalog, or over the batch's targets), ``recpo_ndcg`` R_d = 1 / log2(rank + 1) of the
-  target among all items with the user's history masked, 0 past ``ndcg_cutoff``.
+* Item table H_V (V, d) (``methods.recpo.head``, with the projection and the vectors): every catalog item encoded
+  with the item prompt pre-filled with ``<answer>`` (batched, no grad, progress bar), refreshed every
+  ``refresh_steps``. The reward ranks against this ONE snapshot for every item, the target included (released:
+  fresh targets vs stale items, docs/methods.md §3.8 anchor bug d); its age is logged.
+* Reward (Eq. 5) through TRL's reward path (``head.RecPOJudge``), weights [beta, 1 - beta]: ``recpo_softmax``
+  R_c = softmax probability of the target at tau (over the catalog, or over the batch's targets), ``recpo_ndcg``
+  R_d = 1 / log2(rank + 1) of the target among all items with the user's history masked, 0 past ``ndcg_cutoff``.
 * Advantage (Eq. 2): ``core_algos.group_zscore``.
 * Loss: clipped token-ratio surrogate (eps 0.2 / 0.28) on the reasoning tokens of all G paths + ``rec_loss_weight``
   x the recommendation loss on each group's max-advantage path(s) with POSITIVE advantage only (§3.8 anchor bug b). The
@@ -29,34 +30,20 @@ model's own last hidden state. Spec: docs/methods.md §3.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
 
-from methods.recpo.recommender import PROJECTION_FILE  # the optional learned projection, saved beside the model
-from modeling.hidden_states import (
-    capture_last_hidden_state,
-    chat_ids,
-    encode_id_rows,
-    end_with_marker,
-    gather_positions,
-    last_positions,
-)
-from preprocess.recpo_prompts import ANSWER_MARKER, ITEM_PREFILL, item_prompt, record_user_prompt
-from rewards.embedding_rewards import cosine_scores, rank_ndcg, target_ranks, target_softmax_prob
+from methods.recpo.head import REC_LOSSES, REWARD_TERMS, ItemHead, RecPOJudge, logq_offsets, recommendation_loss, \
+    recommendation_weights
+from modeling.hidden_states import end_with_marker
+from preprocess.recpo_prompts import ANSWER_MARKER, record_user_prompt
 from trainers.base import RecRLConfig, RecRLTrainer
 from trainers.core_algos import clipped_surrogate, get_loss_agg, get_ratio, group_zscore, k3_kl, sequence_mean
+# the names the recommendation loss (``_rec_loss``) calls them by
+from trainers.distributed import first_occurrence as _first_occurrence, gather_with_grad as _gather_with_grad
 
-logger = logging.getLogger(__name__)
-ITEM_TABLE_FILE = "recpo_item_table.safetensors"
-PROJECTION_MODULE = "recpo_projection"  # the projection's attribute name on the policy (a submodule of it)
-
-REC_LOSSES = ("infonce", "released")
 SOFTMAX_OVER = ("catalog", "batch")
 REC_NEGATIVES = ("in_batch", "in_batch+uniform")
 
@@ -134,17 +121,7 @@ class RecPOConfig(RecRLConfig):
         super().__post_init__()
 
 
-class _RecPOReward:
-    """A TRL reward function returning one per-row value the trainer computed for this batch (``inputs[key]``)."""
-
-    def __init__(self, name: str, key: str):
-        self.__name__, self.key = name, key
-
-    def __call__(self, prompts, completions, completion_ids, **columns) -> list[float]:
-        return [float(v) for v in columns[self.key]]
-
-
-class RecPOTrainer(RecRLTrainer):
+class RecPOTrainer(ItemHead, RecRLTrainer):
     """R²ec on TRL: the rewards of Eq. 5 through TRL's reward path; Eq. 2 advantages; the clipped policy loss plus
     the recommendation loss from the same forward pass. Dataset columns: ``history`` (catalog ids, oldest first),
     ``target`` (catalog id); optional ``seen``, ``history_ratings``, ``history_time_deltas`` (seconds)."""
@@ -163,143 +140,16 @@ class RecPOTrainer(RecRLTrainer):
             raise ValueError("RecPOTrainer needs a catalog: pass catalog= or set args.catalog_path")
         self.item_ids = list(catalog.ids)
         self.index_of = {iid: i for i, iid in enumerate(self.item_ids)}
-        render = self._render_user_prompt_fn(catalog, args)
-        train_dataset = None if train_dataset is None else train_dataset.map(render, desc="RecPO user prompts")
-        if eval_dataset is not None:
-            eval_dataset = eval_dataset.map(render, desc="RecPO user prompts")
+        train_dataset = _render_user_prompts(train_dataset, catalog, args)
+        eval_dataset = _render_user_prompts(eval_dataset, catalog, args)
         super().__init__(model, args, train_dataset, eval_dataset, processing_class, catalog, **kwargs)
-        tok = self._tokenizer
-        self._marker_ids = tok(ANSWER_MARKER, add_special_tokens=False)["input_ids"]
-        self._item_rows = [chat_ids(tok, item_prompt(self.catalog[i], args.category), ITEM_PREFILL)
-                           for i in self.item_ids]
-        self.item_table: torch.Tensor | None = None  # (V, d) snapshot
-        self.table_step = -1  # global step of the snapshot
+        self._marker_ids = self._tokenizer(ANSWER_MARKER, add_special_tokens=False)["input_ids"]
         self._forced: list[int] = []  # forced marker tokens per row of the batch being generated
-        self._reward_stash: dict = {}
-        self._negative_draws = 0  # micro-steps that drew uniform negatives (the draw's seed; equal on every process)
-        self.target_share = None  # (V,) p_c of the logQ correction
-        if args.logq_correction:
-            if self.train_dataset is None:
-                raise ValueError("logq_correction needs train_dataset: p_c is each item's share of its targets")
-            self.target_share = target_shares(self.train_dataset["target"], self.index_of)
-        self.projection = None
-        if args.projection_dim is not None:
-            # a submodule of the policy: TRL's optimizer, device placement and DeepSpeed wrapping include it
-            d = self.model.config.get_text_config().hidden_size
-            self.projection = make_projection(d, args.projection_dim).to(self.accelerator.device)
-            setattr(self.model, PROJECTION_MODULE, self.projection)
-            if self.use_vllm:
-                self._keep_projection_out_of_vllm()
-
-    # ------------------------------------------------------------------------------------------ data
-    @staticmethod
-    def _render_user_prompt_fn(catalog, args: RecPOConfig):
-        def render(row):
-            if row.get("target") is None or row["target"] not in catalog:
-                raise ValueError(f"sample {row.get('sample_id')!r}: field 'target' must be a catalog id, got "
-                                 f"{row.get('target')!r}")
-            return {"prompt": record_user_prompt(row, catalog, args.category, args.max_history)}
-        return render
+        self._init_item_head(args)
 
     def build_reward_funcs(self) -> list:
-        return [_RecPOReward("recpo_softmax", "_recpo_rc"), _RecPOReward("recpo_ndcg", "_recpo_rd")]
-
-    # ------------------------------------------------------------------------------------------ item table
-    def refresh_item_table(self) -> None:
-        """Encode every catalog item (this process's share, then gathered), no grad, with a progress bar."""
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        V = len(self._item_rows)
-        share = -(-V // world)
-        rows = self._item_rows[rank * share:(rank + 1) * share]
-        n_local = len(rows)
-        rows = rows + [self._item_rows[0]] * (share - n_local)  # equal shares: every rank runs the same forwards
-        local = encode_id_rows(self.model, rows, self._tokenizer.pad_token_id, self.args.item_batch_size,
-                               desc=f"item table ({V} items)", progress=self.accelerator.is_main_process)
-        table = self.accelerator.gather(local.contiguous())  # (world * share, d), rank-major
-        self.item_table = table[:V].detach()
-        self.table_step = self.state.global_step
-
-    def _maybe_refresh(self) -> None:
-        if self.item_table is None or self.state.global_step - self.table_step >= self.args.refresh_steps:
-            self.refresh_item_table()
-
-    # The table is part of the run's state: a resume rebuilt from the checkpoint's model would rank against a newer
-    # snapshot than the uninterrupted run until the next refresh, so it is saved with each checkpoint.
-    def save_run_state(self, checkpoint_dir: str) -> None:
-        super().save_run_state(checkpoint_dir)
-        if self.args.should_save and self.item_table is not None:
-            from safetensors.torch import save_file
-
-            save_file({"item_table": self.item_table.detach().cpu().contiguous()},
-                      os.path.join(checkpoint_dir, ITEM_TABLE_FILE),
-                      metadata={"table_step": str(self.table_step), "item_ids": json.dumps(self.item_ids)})
-
-    def _keep_projection_out_of_vllm(self) -> None:
-        """TRL's weight sync (``VLLMGeneration.sync_weights``, colocate and server) pushes every name of
-        ``_iter_named_params``; the projection is no weight of the architecture vLLM serves (its ``load_weights``
-        fails on the unknown name), so this process's engine gets that iterator without it. The filter drops only
-        what TRL yields, after TRL's own per-parameter gather: every process still joins the same collectives."""
-        generation = self.vllm_generation
-        trl_params = generation._iter_named_params
-
-        def policy_params():
-            for name, param in trl_params():
-                if PROJECTION_MODULE not in name.split("."):
-                    yield name, param
-
-        generation._iter_named_params = policy_params
-
-    @contextlib.contextmanager
-    def _whole_projection(self, modify: bool = False):
-        """The projection's weight, whole, inside the block: DeepSpeed ZeRO-3 partitions it across processes (each
-        holds an empty slice), so it is gathered there -- a collective every process must enter -- and, with
-        ``modify``, process 0's changes are partitioned back on exit. A no-op under every other setting."""
-        weight = self.projection.weight
-        if not self._dist.is_zero3:
-            yield weight
-            return
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([weight], modifier_rank=0 if modify else None):
-            yield weight
-
-    def project(self, h: torch.Tensor) -> torch.Tensor:
-        """The optional learned projection of user / item vectors (identity when none is configured)."""
-        return h if self.projection is None else self.projection(h.to(self.projection.weight.dtype))
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        super().save_model(output_dir, _internal_call)
-        if self.projection is not None:  # also beside a LoRA adapter, which omits it
-            from safetensors.torch import save_file
-
-            with self._whole_projection() as weight:  # every process: a collective under ZeRO-3
-                if self.args.should_save:
-                    save_file({"weight": weight.detach().cpu().contiguous()},
-                              os.path.join(output_dir or self.args.output_dir, PROJECTION_FILE))
-
-    def load_run_state(self, checkpoint_dir: str) -> None:
-        super().load_run_state(checkpoint_dir)
-        projection = os.path.join(checkpoint_dir, PROJECTION_FILE)
-        if self.projection is not None and os.path.isfile(projection):
-            from safetensors.torch import load_file
-
-            saved = load_file(projection)["weight"]
-            with torch.no_grad(), self._whole_projection(modify=True) as weight:
-                weight.copy_(saved.to(weight.device, weight.dtype))
-        path = os.path.join(checkpoint_dir, ITEM_TABLE_FILE)
-        if not os.path.isfile(path):
-            logger.warning("%s has no %s: the item table is rebuilt from the resumed model", checkpoint_dir,
-                           ITEM_TABLE_FILE)
-            return
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as fh:
-            meta, table = fh.metadata(), fh.get_tensor("item_table")
-        if json.loads(meta["item_ids"]) != self.item_ids:
-            raise ValueError(f"{path}: the item table was built over another catalog (its item ids differ); resume "
-                             "with the catalog of the run")
-        self.item_table = table.to(self.accelerator.device)
-        self.table_step = int(meta["table_step"])
+        self.judge = RecPOJudge(self.score_batch)
+        return self.judge.reward_funcs(REWARD_TERMS)
 
     # ------------------------------------------------------------------------------------------ rollout
     @property
@@ -320,15 +170,8 @@ class RecPOTrainer(RecRLTrainer):
                                                     has_tool_images)
         else:  # TRL's vLLM correction subtracts sampling log-probs, so it needs them (all NaN) even here
             completion_ids, logprobs = [[] for _ in prompt_ids], [[] for _ in prompt_ids] if self.use_vllm else None
-        out_ids, out_lp, forced = [], [] if logprobs is not None else None, []
-        for b, ids in enumerate(completion_ids):
-            new, n_forced = end_with_marker(ids, self.decode_completion, ANSWER_MARKER, self._marker_ids,
-                                            self._eos_ids)
-            out_ids.append(new)
-            forced.append(n_forced)
-            if out_lp is not None:  # sampler log-probs of the kept tokens, NaN for the appended ones (see above)
-                lp = list(logprobs[b])[:len(new) - n_forced]
-                out_lp.append(lp + [float("nan")] * (len(new) - len(lp)))
+        out_ids, out_lp, forced = _end_at_answer(completion_ids, logprobs, self.decode_completion, self._marker_ids,
+                                                 self._eos_ids)
         self._forced = forced
         self._prompt_rows = [list(p) for p in prompt_ids]
         return out_ids, out_lp
@@ -337,54 +180,15 @@ class RecPOTrainer(RecRLTrainer):
         """TRL's own sampling (transformers or vLLM); tests replace it with canned completions."""
         return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
 
-    # ------------------------------------------------------------------------------------------ rewards
-    def _history_mask(self, inputs) -> torch.Tensor:
-        """(B, V) True for each row's history / seen items (its target excepted)."""
-        V = len(self.item_ids)
-        mask = torch.zeros(len(inputs), V, dtype=torch.bool, device=self.accelerator.device)
-        for b, x in enumerate(inputs):
-            cols = [self.index_of[i] for i in list(x.get("history") or []) + list(x.get("seen") or [])
-                    if i in self.index_of and i != x["target"]]
-            if cols:
-                mask[b, cols] = True
-        return mask
-
-    def _user_vectors(self, completion_ids_list) -> torch.Tensor:
-        """h_T of every row of the batch being scored, no grad: one forward of [prompt | completion]."""
-        rows = [p + list(c) for p, c in zip(self._prompt_rows, completion_ids_list, strict=True)]
-        return encode_id_rows(self.model, rows, self._tokenizer.pad_token_id, batch_size=len(rows) or 1)
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        args, device = self.args, self.accelerator.device
-        targets = torch.tensor([self.index_of[x["target"]] for x in inputs], device=device)
-        exclude = self._history_mask(inputs)
-        h = self._user_vectors(completion_ids_list)
-        scores = cosine_scores(self.project(h), self.project(self.item_table), args.tau)  # (B, V)
-        ranks = target_ranks(scores, targets, exclude)
-        r_d = rank_ndcg(ranks, args.ndcg_cutoff)
-        if args.softmax_over == "catalog":
-            r_c = target_softmax_prob(scores, targets, exclude)
-        else:  # over the distinct targets of the global batch
-            all_t = self.accelerator.gather(targets)
-            cols = torch.unique(all_t)
-            pos = torch.searchsorted(cols, targets)
-            r_c = target_softmax_prob(scores[:, cols], pos)
-        for x, c, d in zip(inputs, r_c.tolist(), r_d.tolist(), strict=True):
-            x["_recpo_rc"], x["_recpo_rd"] = c, d
-        self._reward_stash = {"targets": targets, "ranks": ranks}
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._reward_stash["rewards"] = rewards_per_func  # (B_global, 2), gathered
-        return rewards_per_func
-
     # ------------------------------------------------------------------------------------------ batch
     def _generate_and_score_completions(self, inputs):
         self._maybe_refresh()
         output = super()._generate_and_score_completions(inputs)
-        stash, forced = self._reward_stash, self._forced
-        self._reward_stash, self._forced = {}, []
+        (stash, _), forced = self.judge.take(), self._forced
+        self._forced = []
         G, B = self.group_size, output["completion_ids"].size(0)
         device = self.accelerator.device
-        rewards = (stash["rewards"] * self.reward_weights.to(device)).nansum(dim=1)  # (B_global,) Eq. 5
+        rewards = (self.rewards_per_func * self.reward_weights.to(device)).nansum(dim=1)  # (B_global,) Eq. 5
         adv = group_zscore(rewards, G)  # Eq. 2
         rec_w = recommendation_weights(adv, G, self.reasoning_now)
         output["advantages"] = self.local_rows(adv, B)
@@ -446,45 +250,6 @@ class RecPOTrainer(RecRLTrainer):
             self.log_metrics(dict(zip(metrics, stats.tolist())), mode)
         return loss
 
-    def _draw_negatives(self) -> torch.Tensor | None:
-        """The uniform negatives of this micro-step (``rec_negatives=in_batch+uniform``): K distinct catalog
-        indices, the same on every process (seeded by the run's seed and the draw count), so each process encodes
-        the same items and data parallelism averages their gradients as one process would."""
-        if self.args.rec_negatives != "in_batch+uniform":
-            return None
-        gen = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self._negative_draws)
-        self._negative_draws += 1
-        return uniform_negatives(len(self.item_ids), self.args.num_uniform_negatives, gen).to(self.accelerator.device)
-
-    def _joint_forward(self, model, inputs, negatives: torch.Tensor | None = None):
-        """ONE forward over the batch's user rows [prompt | completion], the item rows of its distinct targets and
-        of the uniform ``negatives`` (left-padded to one length): the policy log-probs and entropies of the user
-        rows, h_T of each user row and h_v of each target / negative (all with grad), read at each row's last real
-        token. Returns (logps (B, T), entropies (B, T), h_user (B, d), h_items (U, d), h_negatives (K, d) or None,
-        distinct target indices (U,), each row's position among them (B,))."""
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        B, T = completion_ids.shape
-        user_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        user_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        uniq, pos = torch.unique(inputs["target_index"], return_inverse=True)
-        n_neg = 0 if negatives is None else negatives.numel()
-        item_rows = [self._item_rows[i] for i in uniq.tolist() + ([] if negatives is None else negatives.tolist())]
-        S = max(user_ids.size(1), max(len(r) for r in item_rows))
-        ids = torch.full((B + len(item_rows), S), self._tokenizer.pad_token_id, dtype=torch.long,
-                         device=user_ids.device)
-        mask = torch.zeros_like(ids)
-        ids[:B, S - user_ids.size(1):], mask[:B, S - user_ids.size(1):] = user_ids, user_mask
-        for j, r in enumerate(item_rows):
-            ids[B + j, S - len(r):] = torch.tensor(r, device=ids.device)
-            mask[B + j, S - len(r):] = 1
-        with capture_last_hidden_state(model) as captured:
-            logps, entropies, _ = self._get_per_token_logps_and_entropies(model, ids, mask, T, compute_entropy=True)
-        vectors = gather_positions(torch.cat(captured, dim=0), last_positions(mask))  # (B + U, d)
-        U = uniq.numel()
-        return (logps[:B], entropies[:B], vectors[:B], vectors[B:B + U], vectors[B + U:] if n_neg else None,
-                uniq, pos)
-
     def _rec_loss(self, h_user, h_items, uniq, pos, rec_weight, h_neg=None, negatives=None) -> torch.Tensor:
         """InfoNCE (or the released -A p) of each selected row's h_T against the batch's distinct targets, gathered
         across processes (a duplicate id is one column). Other processes' target vectors enter WITH grad
@@ -529,102 +294,29 @@ class RecPOTrainer(RecRLTrainer):
         return recommendation_loss(h_user, cand, pos, rec_weight, args.tau, args.rec_loss, logit_offset=offset)
 
 
-def make_projection(d: int, out_dim: int) -> torch.nn.Linear:
-    """W: d -> out_dim without bias; the identity when out_dim = d (training starts at the unprojected scores),
-    else a seeded orthogonal map (cosines preserved as well as a lower-dimensional map can)."""
-    layer = torch.nn.Linear(d, out_dim, bias=False)
-    with torch.no_grad():
-        if out_dim == d:
-            layer.weight.copy_(torch.eye(d))
-        else:
-            torch.nn.init.orthogonal_(layer.weight, generator=torch.Generator().manual_seed(0))
-    return layer
+def _render_user_prompts(dataset, catalog, args: RecPOConfig):
+    """The R²ec user prompt of every row (``preprocess.recpo_prompts.record_user_prompt``)."""
+    if dataset is None:
+        return None
+
+    def render(row):
+        if row.get("target") is None or row["target"] not in catalog:
+            raise ValueError(f"sample {row.get('sample_id')!r}: field 'target' must be a catalog id, got "
+                             f"{row.get('target')!r}")
+        return {"prompt": record_user_prompt(row, catalog, args.category, args.max_history)}
+    return dataset.map(render, desc="RecPO user prompts")
 
 
-def recommendation_weights(advantages: torch.Tensor, num_generations: int, reasoning: bool = True) -> torch.Tensor:
-    """Which rows train the recommendation head, and with what weight (B,) -> (B,): each group's max-advantage
-    path(s) (ties: all of them) when that advantage is POSITIVE, weighted by it (R²ec Eq. 8's delta(i = i*), anchor
-    bug b: a negative advantage never pushes the target down); without reasoning every row, weight 1."""
-    if not reasoning:
-        return torch.ones_like(advantages)
-    grouped = advantages.view(-1, num_generations)
-    best = grouped == grouped.amax(dim=1, keepdim=True)
-    return torch.where(best & (grouped > 0), grouped, torch.zeros_like(grouped)).reshape(-1)
-
-
-def target_shares(targets, index_of: dict) -> torch.Tensor:
-    """p_c of the logQ correction: each catalog item's share of the training targets, add-one smoothed (an item
-    never a target still has a finite log). ``targets``: catalog ids -> (V,) float64, sums to 1."""
-    counts = torch.ones(len(index_of), dtype=torch.float64)
-    for t in targets:
-        counts[index_of[t]] += 1
-    return counts / counts.sum()
-
-
-def uniform_negatives(n_items: int, k: int, generator: torch.Generator) -> torch.Tensor:
-    """K distinct catalog indices drawn uniformly without replacement (all of them when K >= V). -> (min(K, V),)"""
-    return torch.randperm(n_items, generator=generator)[:k]
-
-
-def logq_offsets(candidate_ids: torch.Tensor, target_share: torch.Tensor, n_rows: int, n_uniform: int) -> torch.Tensor:
-    """log Q(c) of each candidate column: its expected count in this micro-step's candidate draw, N_rows x p_c
-    (in-batch: each of the N_rows targets is c with probability p_c) + K / V (K uniform draws over V items).
-    Subtracted from the logits, it is the sampled-softmax correction (Yi et al., RecSys 2019; mixed negatives:
-    Yang et al., WWW 2020). (C,) ids, (V,) p -> (C,)."""
-    q = n_rows * target_share[candidate_ids] + n_uniform / target_share.numel()
-    return torch.log(q).to(torch.float32)
-
-
-def recommendation_loss(h_user: torch.Tensor, h_candidates: torch.Tensor, positive: torch.Tensor,
-                        weights: torch.Tensor, tau: float, kind: str = "infonce",
-                        logit_offset: torch.Tensor | None = None) -> torch.Tensor:
-    """The recommendation loss of a micro-batch: (1/B) sum_i w_i l_i with p_i = softmax_c(cos(h_i, h_c) / tau -
-    offset_c) at the row's own target c = positive[i]; l_i = -log p_i (``infonce``) or -p_i (``released``: -A p).
-    (B, d), (C, d), (B,), (B,), optional (C,) offsets (inf: the column is left out) -> scalar. Rows with w_i = 0
-    contribute exactly nothing (value and gradient)."""
-    if kind not in REC_LOSSES:
-        raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {kind!r}")
-    scores = cosine_scores(h_user, h_candidates, tau)
-    if logit_offset is not None:
-        scores = scores - logit_offset.to(scores.dtype)[None, :]
-    log_p = torch.log_softmax(scores, dim=1).gather(1, positive[:, None])[:, 0]
-    per_row = -log_p if kind == "infonce" else -log_p.exp()
-    w = weights.to(per_row.dtype)
-    per_row = torch.where(w != 0, w * per_row, torch.zeros_like(per_row))  # no 0 * inf, no grad leak
-    return per_row.sum() / max(1, weights.numel())
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """``all_gather`` along dim 0 (equal shapes on every process, rank-major) whose backward gives each process the
-    SUM over processes of the gradient of its own slice: every process's loss reaches the vectors this process
-    computed. With the data-parallel mean of the parameter gradients that is exactly the gradient of one process
-    over the global batch. Every process must run the backward (it is a collective)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        import torch.distributed as dist
-
-        ctx.rank, ctx.n = dist.get_rank(), x.size(0)
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad):
-        import torch.distributed as dist
-
-        grad = grad.contiguous()
-        dist.all_reduce(grad)  # all_reduce, not reduce_scatter: gloo (CPU) has no reduce_scatter
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-
-def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    return _GatherWithGrad.apply(x)
-
-
-def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted distinct values of ``ids`` and, for each, the index of its first occurrence."""
-    cols, inverse = torch.unique(ids, return_inverse=True)
-    first = torch.full((cols.numel(),), ids.numel(), dtype=torch.long, device=ids.device)
-    first = first.scatter_reduce(0, inverse, torch.arange(ids.numel(), device=ids.device), reduce="amin")
-    return cols, first
+def _end_at_answer(completion_ids, logprobs, decode, marker_ids, eos_ids):
+    """Each completion cut right after its first ``<answer>``, or the marker appended (``end_with_marker``):
+    (ids, sampler log-probs or None, forced token count per row). The appended tokens get log-prob NaN
+    (``RecPOTrainer._generate_single_turn`` says why)."""
+    out_ids, out_lp, forced = [], [] if logprobs is not None else None, []
+    for b, ids in enumerate(completion_ids):
+        new, n_forced = end_with_marker(ids, decode, ANSWER_MARKER, marker_ids, eos_ids)
+        out_ids.append(new)
+        forced.append(n_forced)
+        if out_lp is not None:  # sampler log-probs of the kept tokens, NaN for the appended ones
+            lp = list(logprobs[b])[:len(new) - n_forced]
+            out_lp.append(lp + [float("nan")] * (len(new) - len(lp)))
+    return out_ids, out_lp, forced

@@ -14,7 +14,8 @@
   ``token`` aggregation goes through it);
 * ``log_metrics``: named scalar metrics for the current mode;
 * kill-safe checkpoints (``trainers.checkpointing.KillSafeCheckpointMixin``) that also record the run's identity
-  (``RESUME_IDENTITY_FIELDS``: a resume with another algorithm / stage / TRM is an error, not a silent mix), and
+  (the config's ``resume_identity_fields``: a resume with another algorithm / stage / TRM is an error, not a
+  silent mix), and
   ``save_run_state`` / ``load_run_state`` hooks for method state transformers does not save (RecPO's item table);
 * a compact console line per logging step (``trainers.run_logging.install_compact_console``); the full metrics
   still go to ``state.log_history``, wandb and the --log_file.
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
@@ -41,7 +43,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RecRLConfig(GRPOConfig):
-    """``GRPOConfig`` plus what every recommendation RL method needs."""
+    """``GRPOConfig`` plus what every recommendation RL method needs. A method's config declares its resume identity:
+    ``resume_identity_fields``, the fields that define what a run trains (a resume must use the same values; they
+    are recorded in each checkpoint), of which ``resume_identity_paths`` are compared as resolved paths."""
+
+    resume_identity_fields: ClassVar[tuple[str, ...]] = ()
+    resume_identity_paths: ClassVar[tuple[str, ...]] = ()
 
     n_items: int = field(default=20, metadata={"help": "N, the length of the recommendation list."})
     require_year: bool | None = field(
@@ -110,9 +117,6 @@ class LossForward:
 
 
 RUN_IDENTITY_FILE = "recrl_run.json"
-# Config fields that define what a run trains: a resume must use the same values (paths compared resolved).
-RESUME_IDENTITY_FIELDS = ("algorithm", "reward_func", "stage", "trm_path")
-RESUME_IDENTITY_PATHS = ("trm_path",)
 
 
 class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
@@ -427,14 +431,13 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
                            save_steps, args.gradient_accumulation_steps, window)
 
     def run_identity(self) -> dict:
-        """The config fields (``RESUME_IDENTITY_FIELDS``) this trainer has, as recorded in each checkpoint."""
-        identity = {}
-        for name in RESUME_IDENTITY_FIELDS:
-            if hasattr(self.args, name):
-                value = getattr(self.args, name)
-                if name in RESUME_IDENTITY_PATHS and value is not None:
-                    value = os.path.realpath(value)
-                identity[name] = value
+        """The config's ``resume_identity_fields`` and their values, as recorded in each checkpoint."""
+        args, identity = self.args, {}
+        for name in args.resume_identity_fields:
+            value = getattr(args, name)
+            if name in args.resume_identity_paths and value is not None:
+                value = os.path.realpath(value)
+            identity[name] = value
         return identity
 
     def save_run_state(self, checkpoint_dir: str) -> None:

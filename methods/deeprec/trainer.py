@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -73,6 +74,9 @@ LOSS_AGGREGATIONS = ("token", "sequence")
 @dataclass
 class DeepRecConfig(RecRLConfig):
     """``RecRLConfig`` plus DeepRec's options (defaults: the paper, docs/methods.md §4.7)."""
+
+    resume_identity_fields: ClassVar[tuple[str, ...]] = ("stage", "trm_path")
+    resume_identity_paths: ClassVar[tuple[str, ...]] = ("trm_path",)
 
     stage: str = field(default="cold", metadata={"help": "cold: R_fmt + R_inv + R_div (stage 1); rec: R_fmt + "
                                                          "R_out + R_sim (stage 2, from a stage-1 checkpoint).",

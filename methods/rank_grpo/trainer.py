@@ -42,6 +42,7 @@ loss on the sequence reward; ``RankGRPOTrainer`` -- adds the rank advantages and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -79,6 +80,8 @@ _PRESETS = {
 @dataclass
 class RankGRPOConfig(RecRLConfig):
     """``RecRLConfig`` plus Rank-GRPO's options. Fields set to None take the ``algorithm``'s preset."""
+
+    resume_identity_fields: ClassVar[tuple[str, ...]] = ("algorithm", "reward_func")
 
     algorithm: str = field(
         default="rank_grpo",

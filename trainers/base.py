@@ -13,6 +13,9 @@
 * ``global_token_mean``: a token-mean loss corrected for unequal token counts across processes (every trainer's
   ``token`` aggregation goes through it);
 * ``log_metrics``: named scalar metrics for the current mode;
+* ``_compute_loss``: the one policy-loss template (a ``core_algos.POLICY_LOSSES`` entry on the method's units,
+  aggregation, forward and extra terms -- hooks ``policy_units``, ``loss_aggregation``, ``loss_forward``,
+  ``extra_losses``), its metrics reduced across processes in one all-reduce (``trainers.metrics.MetricSums``);
 * kill-safe checkpoints (``trainers.checkpointing.KillSafeCheckpointMixin``) that also record the run's identity
   (the config's ``resume_identity_fields``: a resume with another algorithm / stage / TRM is an error, not a
   silent mix), and

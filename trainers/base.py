@@ -326,7 +326,7 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
                 sums.add(f"loss/{name}", term)
         return sums
 
-    def loss_forward(self, model, inputs) -> "LossForward":
+    def loss_forward(self, model, inputs) -> LossForward:
         """The loss's forward pass (default: ``policy_logps``); a method with a joint forward (RecPO) overrides
         it and puts what its extra terms need in ``LossForward.extra``."""
         return LossForward(*self.policy_logps(model, inputs))
@@ -339,7 +339,7 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         """A LOSS_AGGREGATIONS entry and its keyword arguments (default: the token mean)."""
         return "token", {}
 
-    def extra_losses(self, inputs, forward: "LossForward") -> dict:
+    def extra_losses(self, inputs, forward: LossForward) -> dict:
         """Further loss terms, name -> (scalar term, weight): added as weight x term, logged as loss/<name>."""
         return {}
 

@@ -36,7 +36,12 @@ def test_registries_hold_the_documented_entries_and_fail_clearly():
     assert set(ca.ADV_ESTIMATORS) >= {"group_zscore", "rank_zscore", "reinforce_pp_baseline"}
     assert set(ca.RATIOS) >= {"token", "item", "sequence"}
     assert set(ca.LOSS_AGGREGATIONS) >= {"paper", "token", "sequence"}
+    assert set(ca.POLICY_LOSSES) >= {"ppo_clip"}
     assert ca.get_adv_est("rank_zscore") is ca.rank_zscore
+    assert ca.get_policy_loss("ppo_clip") is ca.ppo_clip_loss
+    assert [ca.is_token_mean(n) for n in ("paper", "token", "sequence")] == [False, True, False]
+    with pytest.raises(ValueError, match="unknown policy loss 'dpo'.*ppo_clip"):
+        ca.get_policy_loss("dpo")
     with pytest.raises(ValueError, match="unknown advantage estimator 'ppo'.*group_zscore"):
         ca.get_adv_est("ppo")
     with pytest.raises(ValueError, match="already registered"):
@@ -181,3 +186,93 @@ def test_loss_aggregations_match_loops():
     # all-zero weights: finite zeros, not NaN
     z = torch.zeros(B, K, dtype=torch.float64)
     assert [ca.get_loss_agg(n)(v, z, n_units=N).item() for n in ("paper", "token", "sequence")] == [0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------------------------------- policy losses
+def _ref_ppo_clip(logp, old, adv, mask, unit_of, n_units, lo, hi, aggregation, agg_n, is_ratio, ref):
+    """The clipped-surrogate policy loss and the k3 KL by loops over rows, units and tokens, from the equation:
+    log w_bk = mean over unit k's tokens of (logp - old), c_bk = mean of the corrections over those tokens (the
+    row's own for a (B, 1) correction, 1 without tokens), s_bk = c_bk min(w A, clip(w) A); then the aggregation."""
+    B, T = logp.shape
+    s, n = [[0.0] * n_units for _ in range(B)], [[0] * n_units for _ in range(B)]
+    for b in range(B):
+        for k in range(n_units):
+            toks = [t for t in range(T) if mask[b, t] == 1 and unit_of(b, t) == k]
+            n[b][k] = len(toks)
+            if not toks:
+                continue
+            w = math.exp(sum(logp[b, t].item() - old[b, t].item() for t in toks) / len(toks))
+            a = adv[b].item() if adv.dim() == 1 else adv[b, k].item()
+            if is_ratio is None:
+                c = 1.0
+            elif is_ratio.size(1) == 1:
+                c = is_ratio[b, 0].item()
+            else:
+                c = sum(is_ratio[b, t].item() for t in toks) / len(toks)
+            s[b][k] = c * min(w * a, min(max(w, 1 - lo), 1 + hi) * a)
+    if aggregation == "paper":
+        objective = sum(s[b][k] for b in range(B) for k in range(n_units) if n[b][k]) / (B * agg_n)
+    elif aggregation == "token":
+        objective = sum(s[b][k] * n[b][k] for b in range(B) for k in range(n_units)) / sum(map(sum, n))
+    else:
+        objective = sum(sum(s[b][k] * n[b][k] for k in range(n_units)) / max(1, sum(n[b])) for b in range(B)) / B
+    kl_rows = []
+    for b in range(B):
+        toks = [t for t in range(T) if mask[b, t] == 1]
+        d = [ref[b, t].item() - logp[b, t].item() for t in toks]
+        kl_rows.append(sum(math.exp(x) - x - 1 for x in d) / max(1, len(toks)))
+    return -objective, sum(kl_rows) / B
+
+
+@pytest.mark.parametrize("units", ["token", "sequence", "item"])
+@pytest.mark.parametrize("aggregation", ["paper", "token", "sequence"])
+@pytest.mark.parametrize("correction", [None, "token", "row"])
+def test_ppo_clip_policy_loss_matches_loop(units, aggregation, correction):
+    B, T, K, lo, hi = 5, 10, 4, 0.2, 0.28
+    logp = -_rand(B, T, seed=21).abs()
+    old = logp + 0.3 * _rand(B, T, seed=22)  # large enough that both clips are hit
+    ref = logp + 0.2 * _rand(B, T, seed=23)
+    mask = _mask(B, T, seed=24)
+    rng = random.Random(25)
+    idx = torch.tensor([[rng.randint(-1, K - 1) for _ in range(T)] for _ in range(B)])
+    is_ratio = {None: None, "token": torch.exp(0.1 * _rand(B, T, seed=26)),
+                "row": torch.exp(0.1 * _rand(B, 1, seed=27))}[correction]
+    if units == "token":
+        n_units, unit_of, kwargs = T, (lambda b, t: t), {}
+    elif units == "sequence":
+        n_units, unit_of, kwargs = 1, (lambda b, t: 0), {}
+    else:
+        n_units, unit_of, kwargs = K, (lambda b, t: int(idx[b, t])), {"item_index": idx, "n_units": K}
+    adv = _rand(B, K, seed=28) if units == "item" else _rand(B, seed=28)  # per unit, or one per row
+    agg_n = 3  # the ``paper`` divisor's N (Rank-GRPO: fewer than the units, the tail being an extra one)
+    out = ca.get_policy_loss("ppo_clip")(
+        logp, old, adv, mask, eps_low=lo, eps_high=hi, ratio=units, ratio_kwargs=kwargs, aggregation=aggregation,
+        agg_kwargs={"n_units": agg_n} if aggregation == "paper" else {}, importance_sampling_ratio=is_ratio,
+        ref_per_token_logps=ref)
+    want_policy, want_kl = _ref_ppo_clip(logp, old, adv, mask, unit_of, n_units, lo, hi, aggregation, agg_n,
+                                         is_ratio, ref)
+    assert out.policy.item() == pytest.approx(want_policy, abs=1e-12)
+    assert out.kl.item() == pytest.approx(want_kl, abs=1e-12)
+    assert out.log_w.shape == out.weights.shape == out.advantages.shape == (B, n_units)
+    # without reference log-probs there is no KL term, and the policy term is unchanged
+    plain = ca.ppo_clip_loss(logp, old, adv, mask, eps_low=lo, eps_high=hi, ratio=units, ratio_kwargs=kwargs,
+                             aggregation=aggregation, agg_kwargs={"n_units": agg_n} if aggregation == "paper" else {},
+                             importance_sampling_ratio=is_ratio)
+    assert plain.kl is None and torch.equal(plain.policy, out.policy)
+
+
+def test_ppo_clip_masked_positions_do_not_reach_the_loss():
+    """A NaN / inf log-prob at a masked position (padding, injected tokens) changes neither term."""
+    B, T = 3, 6
+    logp, old, ref = -_rand(B, T, seed=31).abs(), -_rand(B, T, seed=32).abs(), -_rand(B, T, seed=33).abs()
+    mask = _mask(B, T, seed=34)
+    adv = _rand(B, seed=35)
+    hole = mask == 0
+    assert hole.any()
+    for agg in ("token", "sequence"):
+        a = ca.ppo_clip_loss(logp, old, adv, mask, eps_low=0.2, eps_high=0.28, aggregation=agg,
+                             ref_per_token_logps=ref)
+        b = ca.ppo_clip_loss(torch.where(hole, torch.full_like(logp, math.nan), logp),
+                             torch.where(hole, torch.full_like(old, -math.inf), old), adv, mask, eps_low=0.2,
+                             eps_high=0.28, aggregation=agg, ref_per_token_logps=ref)
+        assert torch.equal(a.policy, b.policy) and torch.equal(a.kl, b.kl)

@@ -381,7 +381,13 @@ def test_cut_at_stop():
 
 # ============================================================================================ loss / masks
 def test_injected_tokens_get_zero_gradient_and_no_kl():
-    from methods.deeprec.trainer import deeprec_policy_loss
+    from trainers.core_algos import get_policy_loss
+
+    def deeprec_policy_loss(logps, old, adv, mask, eps_low, eps_high, aggregation, beta, ref_per_token_logps):
+        """DeepRec's policy loss (the trainer's pieces: token units, its aggregation) + beta KL, and the KL."""
+        out = get_policy_loss("ppo_clip")(logps, old, adv, mask, eps_low=eps_low, eps_high=eps_high,
+                                          aggregation=aggregation, ref_per_token_logps=ref_per_token_logps)
+        return out.policy + beta * out.kl, out.log_w, out.kl
 
     torch.manual_seed(0)
     B, T, V = 3, 9, 11

@@ -14,8 +14,12 @@
 * ``global_token_mean``: a token-mean loss corrected for unequal token counts across processes (every trainer's
   ``token`` aggregation goes through it);
 * ``log_metrics``: named scalar metrics for the current mode;
+* ``_compute_loss``: the one policy-loss template (a ``core_algos.POLICY_LOSSES`` entry on the method's units,
+  aggregation, forward and extra terms -- hooks ``policy_units``, ``loss_aggregation``, ``loss_forward``,
+  ``extra_losses``), its metrics reduced across processes in one all-reduce (``trainers.metrics.MetricSums``);
 * kill-safe checkpoints (``trainers.checkpointing.KillSafeCheckpointMixin``) that also record the run's identity
-  (``RESUME_IDENTITY_FIELDS``: a resume with another algorithm / stage / TRM is an error, not a silent mix), and
+  (the config's ``resume_identity_fields``: a resume with another algorithm / stage / TRM is an error, not a
+  silent mix), and
   ``save_run_state`` / ``load_run_state`` hooks for method state transformers does not save (RecPO's item table);
 * a compact console line per logging step (``trainers.console.install_compact_console``); the full metrics
   still go to ``state.log_history``, wandb and the --log_file.
@@ -26,6 +30,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
@@ -33,6 +38,8 @@ from trl import GRPOConfig, GRPOTrainer
 from rewards.catalog import resolve_require_year
 from trainers.checkpointing import KillSafeCheckpointMixin
 from trainers.console import install_compact_console
+from trainers.core_algos import clip_fractions, get_policy_loss, is_token_mean, k3_kl
+from trainers.metrics import MetricSums
 from trainers.token_map import ByteTable, build_byte_table, decode_bytes
 
 logger = logging.getLogger(__name__)
@@ -40,7 +47,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RecRLConfig(GRPOConfig):
-    """``GRPOConfig`` plus what every recommendation RL method needs."""
+    """``GRPOConfig`` plus what every recommendation RL method needs. A method's config declares its resume identity:
+    ``resume_identity_fields``, the fields that define what a run trains (a resume must use the same values; they
+    are recorded in each checkpoint), of which ``resume_identity_paths`` are compared as resolved paths."""
+
+    resume_identity_fields: ClassVar[tuple[str, ...]] = ()
+    resume_identity_paths: ClassVar[tuple[str, ...]] = ()
 
     n_items: int = field(default=20, metadata={"help": "N, the length of the recommendation list."})
     require_year: bool | None = field(
@@ -97,16 +109,25 @@ def truncate_dataset_prompts(dataset, tokenizer, max_prompt_length: int, split: 
     return dataset.remove_columns("fit_error")
 
 
+@dataclass
+class LossForward:
+    """What the loss template needs from the forward pass: (B, T) log-probs, entropies and policy mask; ``extra``
+    holds a method's own outputs (e.g. RecPO's user / item vectors)."""
+
+    logps: torch.Tensor
+    entropies: torch.Tensor
+    mask: torch.Tensor
+    extra: dict = field(default_factory=dict)
+
+
 RUN_IDENTITY_FILE = "recrl_run.json"
-# Config fields that define what a run trains: a resume must use the same values (paths compared resolved).
-RESUME_IDENTITY_FIELDS = ("algorithm", "reward_func", "stage", "trm_path")
-RESUME_IDENTITY_PATHS = ("trm_path",)
 
 
 class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
     """``trl.GRPOTrainer`` with the catalog, prompt truncation, reward functions from ``build_reward_funcs`` and
-    helpers for per-process rows and named metrics. Subclasses override ``build_reward_funcs`` and, for their own
-    advantages / loss, TRL's ``_generate_and_score_completions`` / ``_compute_loss``."""
+    helpers for per-process rows and named metrics. Subclasses override ``build_reward_funcs``, TRL's
+    ``_generate_and_score_completions`` for their own advantages, and for their own loss set ``policy_loss`` and
+    supply the pieces of the loss template (``_compute_loss``)."""
 
     supports_item_aware_decoding = False  # the list methods (ListGRPOTrainer) set it: their completion is the list
 
@@ -243,6 +264,88 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         self.log_metrics({"nonfinite_loss_skipped": float(self.nonfinite_loss_skipped)})
         return self._zero_loss(model, loss)
 
+    # ------------------------------------------------------------------------------------------ the loss template
+    # A method with its own loss names a POLICY_LOSSES entry and supplies its pieces (loss_forward, policy_units,
+    # loss_aggregation, extra_losses); None keeps TRL's own loss (the GRPO / GSPO baselines).
+    policy_loss: str | None = None
+    # "sequence": log the KL term itself; "token": the k3 mean over every process's policy tokens (Rank-GRPO's log)
+    kl_metric = "sequence"
+    # a name (e.g. "item_ratio/mean") logs the mean unit ratio over units with tokens; None: not logged
+    unit_ratio_metric: str | None = None
+
+    def _compute_loss(self, model, inputs):
+        """The policy-loss skeleton, once for every method: forward -> old log-probs -> ``policy_loss`` (unit
+        ratios, clip, sampler correction, aggregation; policy and KL terms apart) -> a token-mean aggregation made
+        global across processes -> + weighted extra terms + beta KL -> / gradient-accumulation steps; then the named
+        metrics, reduced across processes in one all-reduce (``MetricSums``)."""
+        if self.policy_loss is None:
+            return super()._compute_loss(model, inputs)
+        mode = self.mode
+        fwd = self.loss_forward(model, inputs)
+        ratio, ratio_kwargs = self.policy_units(inputs)
+        aggregation, agg_kwargs = self.loss_aggregation()
+        out = get_policy_loss(self.policy_loss)(
+            fwd.logps, self.old_logps(inputs, fwd.logps), inputs["advantages"], fwd.mask,
+            eps_low=self.epsilon_low, eps_high=self.epsilon_high, ratio=ratio, ratio_kwargs=ratio_kwargs,
+            aggregation=aggregation, agg_kwargs=agg_kwargs,
+            importance_sampling_ratio=inputs.get("importance_sampling_ratio"),
+            ref_per_token_logps=inputs["ref_per_token_logps"] if self.beta != 0.0 else None)
+        policy = out.policy
+        if is_token_mean(aggregation):  # over every process's unit tokens, as one process would
+            policy = self.global_token_mean(policy, out.weights.sum())
+        extras = self.extra_losses(inputs, fwd)
+        loss = policy
+        for term, weight in extras.values():
+            loss = loss + weight * term
+        if out.kl is not None:
+            loss = loss + self.beta * out.kl
+        if mode == "train":
+            loss = loss / self.current_gradient_accumulation_steps
+        with torch.no_grad():
+            self.log_metrics(self._loss_metrics(fwd, out, policy, extras, inputs).reduce(self.accelerator), mode)
+        return loss
+
+    def _loss_metrics(self, fwd, out, policy, extras, inputs) -> MetricSums:
+        """clip_ratio/{low,high}_mean over units with tokens, entropy over policy tokens, kl, and with extra terms
+        loss/policy and loss/<name> (per-process loss terms: their mean over processes)."""
+        sums = MetricSums()
+        low, high = clip_fractions(out.log_w, out.advantages, out.weights, self.epsilon_low, self.epsilon_high)
+        present = (out.weights > 0).to(out.log_w.dtype)
+        n_units = present.sum()
+        sums.add("clip_ratio/low_mean", low, n_units)
+        sums.add("clip_ratio/high_mean", high, n_units)
+        if self.unit_ratio_metric is not None:
+            sums.add(self.unit_ratio_metric, (torch.exp(out.log_w) * present).sum(), n_units)
+        n_tokens = fwd.mask.sum().to(out.log_w.dtype)
+        sums.add("entropy", (fwd.entropies * fwd.mask).sum(), n_tokens)
+        if out.kl is not None:
+            if self.kl_metric == "token":
+                sums.add("kl", (k3_kl(fwd.logps, inputs["ref_per_token_logps"]) * fwd.mask).sum(), n_tokens)
+            else:
+                sums.add("kl", out.kl)
+        if extras:
+            sums.add("loss/policy", policy)
+            for name, (term, _) in extras.items():
+                sums.add(f"loss/{name}", term)
+        return sums
+
+    def loss_forward(self, model, inputs) -> LossForward:
+        """The loss's forward pass (default: ``policy_logps``); a method with a joint forward (RecPO) overrides
+        it and puts what its extra terms need in ``LossForward.extra``."""
+        return LossForward(*self.policy_logps(model, inputs))
+
+    def policy_units(self, inputs) -> tuple[str, dict]:
+        """The units of the policy loss: a RATIOS entry and its keyword arguments (default: tokens)."""
+        return "token", {}
+
+    def loss_aggregation(self) -> tuple[str, dict]:
+        """A LOSS_AGGREGATIONS entry and its keyword arguments (default: the token mean)."""
+        return "token", {}
+
+    def extra_losses(self, inputs, forward: LossForward) -> dict:
+        """Further loss terms, name -> (scalar term, weight): added as weight x term, logged as loss/<name>."""
+        return {}
+
     @staticmethod
     def _zero_loss(model, loss: torch.Tensor) -> torch.Tensor:
         """An exact zero loss that gives every trainable parameter an exact zero gradient (or none), never through
@@ -334,14 +437,13 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
                            save_steps, args.gradient_accumulation_steps, window)
 
     def run_identity(self) -> dict:
-        """The config fields (``RESUME_IDENTITY_FIELDS``) this trainer has, as recorded in each checkpoint."""
-        identity = {}
-        for name in RESUME_IDENTITY_FIELDS:
-            if hasattr(self.args, name):
-                value = getattr(self.args, name)
-                if name in RESUME_IDENTITY_PATHS and value is not None:
-                    value = os.path.realpath(value)
-                identity[name] = value
+        """The config's ``resume_identity_fields`` and their values, as recorded in each checkpoint."""
+        args, identity = self.args, {}
+        for name in args.resume_identity_fields:
+            value = getattr(args, name)
+            if name in args.resume_identity_paths and value is not None:
+                value = os.path.realpath(value)
+            identity[name] = value
         return identity
 
     def save_run_state(self, checkpoint_dir: str) -> None:

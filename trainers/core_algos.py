@@ -9,23 +9,30 @@ T completion tokens, K "units" a row is split into (ranks for Rank-GRPO). Equati
     adv = get_adv_est("rank_zscore")(rank_rewards, num_generations=G)        # (B, K)
     log_w, counts = get_ratio("item")(log_ratio, mask, item_index=idx, n_units=K)
     objective = get_loss_agg("paper")(clipped_surrogate(log_w, adv, 0.2, 0.28), counts, n_units=N)
+    out = get_policy_loss("ppo_clip")(logps, old, adv, mask, eps_low=0.2, eps_high=0.28, ratio="item",
+                                      ratio_kwargs=dict(item_index=idx, n_units=K), aggregation="paper",
+                                      agg_kwargs=dict(n_units=N), ref_per_token_logps=ref)   # out.policy, out.kl
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 ADV_ESTIMATORS: dict[str, Callable] = {}
 RATIOS: dict[str, Callable] = {}
 LOSS_AGGREGATIONS: dict[str, Callable] = {}
+POLICY_LOSSES: dict[str, Callable] = {}
 
 
 def _register(table: dict, kind: str):
-    def register(name: str):
+    def register(name: str, **attributes):
+        """``attributes`` are set on the function (e.g. an aggregation's ``token_mean``)."""
         def decorator(fn):
             if name in table:
                 raise ValueError(f"{kind} {name!r} is already registered")
+            for key, value in attributes.items():
+                setattr(fn, key, value)
             table[name] = fn
             return fn
 
@@ -43,6 +50,7 @@ def _register(table: dict, kind: str):
 register_adv_est, get_adv_est = _register(ADV_ESTIMATORS, "advantage estimator")
 register_ratio, get_ratio = _register(RATIOS, "importance ratio")
 register_loss_agg, get_loss_agg = _register(LOSS_AGGREGATIONS, "loss aggregation")
+register_policy_loss, get_policy_loss = _register(POLICY_LOSSES, "policy loss")
 
 
 def _groups(x: torch.Tensor, num_generations: int) -> torch.Tensor:
@@ -180,10 +188,11 @@ def paper_unit_mean(values: torch.Tensor, weights: torch.Tensor, n_units: int) -
     return _masked(values, weights > 0).sum() / (values.size(0) * n_units)
 
 
-@register_loss_agg("token")
+@register_loss_agg("token", token_mean=True)
 def token_weighted_mean(values: torch.Tensor, weights: torch.Tensor, n_units: int | None = None) -> torch.Tensor:
     """Token-weighted mean: sum w_bk v_bk / sum w_bk (TRL's ``bnpo``; the released Rank-GRPO code, where w = the
-    unit's token count). (B, K) -> scalar."""
+    unit's token count). (B, K) -> scalar. Registered with ``token_mean=True``: its divisor is the micro-batch's
+    own weight sum, which the trainer rescales to every process's (``RecRLTrainer.global_token_mean``)."""
     return (_masked(values, weights) * weights).sum() / weights.sum().clamp(min=1.0)
 
 
@@ -193,3 +202,54 @@ def sequence_mean(values: torch.Tensor, weights: torch.Tensor, n_units: int | No
     (B, K) -> scalar."""
     w = weights.to(values.dtype)
     return ((_masked(values, w) * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)).mean()
+
+
+def is_token_mean(aggregation: str) -> bool:
+    """Whether an aggregation divides by the micro-batch's own weight sum (registered with ``token_mean=True``), so
+    that under data parallelism it must be rescaled to the global sum."""
+    return bool(getattr(get_loss_agg(aggregation), "token_mean", False))
+
+
+# ------------------------------------------------------------------------------------------- policy losses
+class PolicyLoss(NamedTuple):
+    """A policy loss's terms, apart (as verl's ``compute_policy_loss``): the trainer weighs and sums them."""
+
+    policy: torch.Tensor  # scalar policy term of the micro-batch (to minimise)
+    kl: torch.Tensor | None  # scalar KL term, not yet times beta; None without reference log-probs
+    log_w: torch.Tensor  # (B, K) unit log-ratios, for the metrics
+    weights: torch.Tensor  # (B, K) unit weights (token counts; 0: a unit without tokens)
+    advantages: torch.Tensor  # (B, K) the advantages of the units
+
+
+@register_policy_loss("ppo_clip")
+def ppo_clip_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, advantages: torch.Tensor,
+                  mask: torch.Tensor, *, eps_low: float, eps_high: float, ratio: str = "token",
+                  aggregation: str = "token", ratio_kwargs: dict | None = None, agg_kwargs: dict | None = None,
+                  importance_sampling_ratio: torch.Tensor | None = None,
+                  ref_per_token_logps: torch.Tensor | None = None) -> PolicyLoss:
+    """Clipped-surrogate PPO loss over units (RG Eq. 6, R2 Eq. 8's policy part, DR's loss):
+    policy = -agg_bk( c_bk min(w_bk A_bk, clip(w_bk, 1 - eps_low, 1 + eps_high) A_bk) ), log w_bk = the ``ratio``
+    entry on log pi - log pi_old over ``mask``; c_bk = the mean of the sampler-correction ratios over unit k's tokens
+    (1 for a unit without tokens; a (B, 1) correction scales every unit of its row); kl = the mean over rows of the
+    mean over their mask tokens of k3(pi, pi_ref) (``sequence_mean`` of ``k3_kl``).
+
+    ``per_token_logps`` / ``old_per_token_logps`` / ``mask`` (B, T); ``advantages`` (B,) (one per row, shared by
+    its units) or (B, K); ``importance_sampling_ratio`` (B, T) or (B, 1) -> ``PolicyLoss`` with (B, K) unit tensors.
+    """
+    ratio_kwargs, agg_kwargs = ratio_kwargs or {}, agg_kwargs or {}
+    mask = mask.to(per_token_logps.dtype)
+    unit_ratio = get_ratio(ratio)
+    log_w, weights = unit_ratio(per_token_logps - old_per_token_logps, mask, **ratio_kwargs)
+    adv = advantages[:, None].expand_as(log_w) if advantages.dim() == 1 else advantages
+    surrogate = clipped_surrogate(log_w, adv, eps_low, eps_high)
+    if importance_sampling_ratio is not None:  # e.g. TRL's vLLM sampler/trainer mismatch correction
+        if importance_sampling_ratio.size(1) == 1:
+            surrogate = surrogate * importance_sampling_ratio
+        else:  # the arithmetic mean of the token corrections over the unit (the ratio entries are unit means)
+            unit_is, _ = unit_ratio(importance_sampling_ratio, mask, **ratio_kwargs)
+            surrogate = surrogate * torch.where(weights > 0, unit_is, torch.ones_like(unit_is))
+    policy = -get_loss_agg(aggregation)(surrogate, weights, **agg_kwargs)
+    kl = None
+    if ref_per_token_logps is not None:
+        kl = sequence_mean(k3_kl(per_token_logps, ref_per_token_logps), mask)
+    return PolicyLoss(policy, kl, log_w, weights, adv)

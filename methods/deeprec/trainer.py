@@ -28,8 +28,9 @@ while it reasons, then answers with a ranked top 10. Spec: docs/methods.md §4.
   encoder; R_sim needs item embeddings (``ItemEmbeddings``: title text embeddings and TRM item vectors).
 * Advantages: ``core_algos.reinforce_pp_baseline`` (group-mean baseline over the G samples, then whitened over the
   global batch's policy tokens: the (B,) rewards and token counts are gathered across processes).
-* Loss: token ratios, ``clipped_surrogate`` with clip [1 - 0.2, 1 + 0.28] = [0.8, 1.28], aggregated over the
-  policy tokens (``loss_aggregation`` token (default) or sequence); k3 KL only if ``beta`` > 0 (paper: none).
+* Loss: the shared template with ``core_algos.ppo_clip_loss`` on token ratios, clip [1 - 0.2, 1 + 0.28] =
+  [0.8, 1.28], aggregated over the policy tokens (``loss_aggregation`` token (default) or sequence); k3 KL only if
+  ``beta`` > 0 (paper: none).
 * Difficulty-based selection (``difficulty_selection``): training rows whose target is outside the TRM's top
   ``difficulty_top_k`` (history only) are dropped (``preprocess.deeprec_data.select_by_difficulty``);
   ``selection_stats`` reports the counts.
@@ -39,8 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass, field
-
-import torch
+from typing import ClassVar
 
 from methods.deeprec.judge import DeepRecJudge, ItemEmbeddings
 from methods.deeprec.rollout import EpisodeSettings, agree_round_rows, rollout_output, run_episodes, \
@@ -48,8 +48,7 @@ from methods.deeprec.rollout import EpisodeSettings, agree_round_rows, rollout_o
 from preprocess.deeprec_data import check_columns, render_dataset, select_by_difficulty
 from preprocess.deeprec_prompts import PROMPT_STYLES
 from trainers.base import RecRLConfig, RecRLTrainer
-from trainers.core_algos import clip_fractions, clipped_surrogate, get_loss_agg, get_ratio, k3_kl, \
-    reinforce_pp_baseline, sequence_mean
+from trainers.core_algos import reinforce_pp_baseline
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +60,9 @@ LOSS_AGGREGATIONS = ("token", "sequence")
 @dataclass
 class DeepRecConfig(RecRLConfig):
     """``RecRLConfig`` plus DeepRec's options (defaults: the paper, docs/methods.md §4.7)."""
+
+    resume_identity_fields: ClassVar[tuple[str, ...]] = ("stage", "trm_path")
+    resume_identity_paths: ClassVar[tuple[str, ...]] = ("trm_path",)
 
     stage: str = field(default="cold", metadata={"help": "cold: R_fmt + R_inv + R_div (stage 1); rec: R_fmt + "
                                                          "R_out + R_sim (stage 2, from a stage-1 checkpoint).",
@@ -114,28 +116,6 @@ class DeepRecConfig(RecRLConfig):
         return EpisodeSettings(self.max_calls, self.max_trajectory_tokens, self.max_turn_tokens, self.retrieve_k)
 
 
-# ------------------------------------------------------------------------------------------------ loss
-def deeprec_policy_loss(per_token_logps, old_per_token_logps, advantages, mask, eps_low: float, eps_high: float,
-                        aggregation: str = "token", beta: float = 0.0, ref_per_token_logps=None,
-                        importance_sampling_ratio=None):
-    """-(clipped surrogate) over the policy tokens (``mask`` = completion_mask * env_mask) + beta k3 KL over the
-    same tokens. (B, T) log-probs, (B,) advantages -> (loss, log_w, kl or None). Environment tokens have mask 0:
-    they enter neither term, so their logits get exactly zero gradient."""
-    mask = mask.to(per_token_logps.dtype)
-    log_w, weights = get_ratio("token")(per_token_logps - old_per_token_logps, mask)
-    adv = advantages[:, None].expand_as(log_w)
-    surrogate = clipped_surrogate(log_w, adv, eps_low, eps_high)
-    if importance_sampling_ratio is not None:
-        surrogate = surrogate * importance_sampling_ratio
-    surrogate = surrogate * mask  # masked tokens: exactly 0 (not 0 * inf)
-    loss = -get_loss_agg(aggregation)(surrogate, weights)
-    kl = None
-    if beta != 0.0:
-        per_token_kl = torch.where(mask > 0, k3_kl(per_token_logps, ref_per_token_logps),
-                                   torch.zeros_like(per_token_logps))
-        kl = sequence_mean(per_token_kl, mask)
-        loss = loss + beta * kl
-    return loss, log_w, kl
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -227,38 +207,13 @@ class DeepRecTrainer(RecRLTrainer):
         return output
 
     # ------------------------------------------------------------------------------------------ loss
-    def _compute_loss(self, model, inputs):
-        mode = self.mode
-        per_token_logps, entropies, mask = self.policy_logps(model, inputs)
-        old = self.old_logps(inputs, per_token_logps)
-        loss, log_w, kl = deeprec_policy_loss(
-            per_token_logps, old, inputs["advantages"], mask, self.epsilon_low, self.epsilon_high,
-            self.args.loss_aggregation, self.beta, inputs.get("ref_per_token_logps"),
-            inputs.get("importance_sampling_ratio"))
-        if self.args.loss_aggregation == "token":
-            # Token mean over the policy tokens of EVERY process's micro-batch (base.global_token_mean). Without
-            # it, processes with fewer tokens weighed more: the first update of a 2-process run differed from the
-            # 1-process one by ~8% of the largest weight change (tests/test_multiprocess.py). The KL term (a
-            # per-row mean, then a mean over rows) needs no scaling.
-            policy_term = loss - self.beta * kl if kl is not None else loss
-            loss = self.global_token_mean(policy_term, mask.sum()) + (loss - policy_term)
-        if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps
-        with torch.no_grad():
-            m = mask.to(log_w.dtype)
-            adv = inputs["advantages"][:, None].expand_as(log_w)
-            low, high = clip_fractions(log_w, adv, m, self.epsilon_low, self.epsilon_high)
-            zero = torch.zeros((), device=log_w.device)
-            stats = torch.stack([low, high, m.sum(), (entropies * m).sum(), kl.detach() if kl is not None else zero])
-            tot = self.accelerator.reduce(stats, reduction="sum")
-            n_tok = tot[2].clamp(min=1.0)
-            metrics = {"clip_ratio/low_mean": tot[0] / n_tok, "clip_ratio/high_mean": tot[1] / n_tok,
-                       "entropy": tot[3] / n_tok}
-            if kl is not None:
-                metrics["kl"] = tot[4] / self.accelerator.num_processes
-            self.log_metrics({k: v.item() for k, v in metrics.items()}, mode)
-        return loss
+    # the loss template's pieces (RecRLTrainer._compute_loss): token units on the policy tokens (injected TRM lists
+    # and masked-out trajectories excluded: their logits get exactly zero gradient and no KL), the
+    # ``loss_aggregation`` mean (``token``: over every process's policy tokens, base.global_token_mean)
+    policy_loss = "ppo_clip"
 
+    def loss_aggregation(self) -> tuple[str, dict]:
+        return self.args.loss_aggregation, {}
 
 def _select_training_rows(dataset, retriever, args: DeepRecConfig):
     """Difficulty-based selection (``preprocess.deeprec_data.select_by_difficulty``), logged; no row left is an

@@ -33,8 +33,8 @@ Design decisions (documented in the config help too):
 * **KL.** k3 estimator exp(ref - logp) - (ref - logp) - 1, averaged over completion tokens per sequence, then over
   sequences, times beta.
 
-The equations are the method layer's (``trainers.core_algos``: ``rank_zscore``, the ``item`` ratio,
-``clipped_surrogate``, the ``paper`` / ``token`` aggregations, ``k3_kl``); rewards go through TRL's reward-function
+The equations are the method layer's (``trainers.core_algos``: ``rank_zscore``, the ``item`` ratio, the
+``ppo_clip`` policy loss, the ``paper`` / ``token`` aggregations, ``k3_kl``); rewards go through TRL's reward-function
 path (``methods.rank_grpo.list_judge``). Classes: ``ListGRPOTrainer`` -- the GRPO / GSPO baselines, TRL's own advantages and
 loss on the sequence reward; ``RankGRPOTrainer`` -- adds the rank advantages and the item-level loss.
 ``trainer_class(algorithm)`` picks one.
@@ -42,6 +42,7 @@ loss on the sequence reward; ``RankGRPOTrainer`` -- adds the rank advantages and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -49,15 +50,7 @@ import torch
 from methods.rank_grpo.list_judge import ListJudge, length_shaping_func, rank_reward_sum_func, sequence_reward_func
 from rewards.rank_rewards import batch_rank_rewards, parse_scheme
 from trainers.base import RecRLConfig, RecRLTrainer
-from trainers.core_algos import (
-    clip_fractions,
-    clipped_surrogate,
-    get_loss_agg,
-    item_log_ratio,
-    k3_kl,
-    rank_zscore,
-    sequence_mean,
-)
+from trainers.core_algos import item_log_ratio, rank_zscore
 from trainers.token_map import assign_tokens_to_items, sequence_byte_lengths_slow
 
 RANK_NORMALIZATIONS = ("paper", "token")
@@ -92,6 +85,8 @@ ALGORITHMS = tuple(ALGORITHM_TABLE)
 @dataclass
 class RankGRPOConfig(RecRLConfig):
     """``RecRLConfig`` plus Rank-GRPO's options. Fields set to None take the ``algorithm``'s preset."""
+
+    resume_identity_fields: ClassVar[tuple[str, ...]] = ("algorithm", "reward_func")
 
     algorithm: str = field(
         default="rank_grpo",
@@ -197,13 +192,6 @@ def item_log_ratios(log_ratio: torch.Tensor, item_index: torch.Tensor, n_ranks: 
     return item_log_ratio(log_ratio, torch.ones_like(log_ratio), item_index=item_index, n_units=n_ranks)
 
 
-def rank_policy_loss(surrogate: torch.Tensor, counts: torch.Tensor, n_items: int, normalization: str) -> torch.Tensor:
-    """-J_policy of the micro-batch: the ``paper`` (1/(B N)) or ``token`` aggregation of ``core_algos``."""
-    if normalization not in RANK_NORMALIZATIONS:
-        raise ValueError(f"rank_normalization must be one of {RANK_NORMALIZATIONS}, got {normalization!r}")
-    return -get_loss_agg(normalization)(surrogate, counts, n_units=n_items)
-
-
 # ------------------------------------------------------------------------------------------------ trainers
 class ListGRPOTrainer(RecRLTrainer):
     """GRPO / GSPO on generated recommendation lists: the sequence reward (``args.reward_func``: ``ndcg`` or a rank
@@ -229,7 +217,8 @@ class ListGRPOTrainer(RecRLTrainer):
 
 class RankGRPOTrainer(ListGRPOTrainer):
     """Rank-GRPO: per-rank rewards (Eq. 8-9), rank advantages (Eq. 7), item-level ratios (Eq. 6) and the
-    1/(G N) clipped objective, overriding two TRL hooks (``_generate_and_score_completions``, ``_compute_loss``)."""
+    1/(G N) clipped objective: TRL's ``_generate_and_score_completions`` overridden for the rank advantages, and
+    the pieces of the shared loss template (item units, the ``rank_normalization`` aggregation)."""
 
     def __init__(self, model, args: RankGRPOConfig, *a, **kw):
         if isinstance(args, RankGRPOConfig) and not ALGORITHM_TABLE[args.algorithm].rank_level:
@@ -277,47 +266,18 @@ class RankGRPOTrainer(ListGRPOTrainer):
         self.log_metrics(metrics)
         return output
 
-    def _compute_loss(self, model, inputs):
-        mode = self.mode
-        per_token_logps, entropies, mask = self.policy_logps(model, inputs)
+    # the loss template's pieces (RecRLTrainer._compute_loss): item units, the paper / token aggregation
+    policy_loss = "ppo_clip"
+    kl_metric = "token"  # k3 averaged over the policy tokens
+    unit_ratio_metric = "item_ratio/mean"
 
-        old = self.old_logps(inputs, per_token_logps)
-        advantages = inputs["advantages"]  # (B, N+1)
-        K = advantages.size(1)
-        log_w, counts = item_log_ratio(per_token_logps - old, mask, item_index=inputs["item_index"], n_units=K)
-        surrogate = clipped_surrogate(log_w, advantages, self.epsilon_low, self.epsilon_high)
-        if "importance_sampling_ratio" in inputs:  # vLLM sampler/trainer mismatch correction (TRL computes it)
-            is_ratio = inputs["importance_sampling_ratio"]
-            if is_ratio.size(1) == 1:
-                surrogate = surrogate * is_ratio
-            else:  # the arithmetic mean of the token corrections over the item (item_log_ratio is a plain item mean)
-                is_item, _ = item_log_ratio(is_ratio, mask, item_index=inputs["item_index"], n_units=K)
-                surrogate = surrogate * torch.where(counts > 0, is_item, torch.ones_like(is_item))
-        loss = rank_policy_loss(surrogate, counts, self.n_items, self.args.rank_normalization)
-        if self.args.rank_normalization == "token":  # over every process's rank tokens, as one process would
-            loss = self.global_token_mean(loss, counts.sum())
+    def policy_units(self, inputs) -> tuple[str, dict]:
+        """Eq. 6's items: ranks 0..N-1 and the tail rank N of ``item_index`` (one column of the advantages each)."""
+        return "item", {"item_index": inputs["item_index"], "n_units": inputs["advantages"].size(1)}
 
-        if self.beta != 0.0:
-            per_token_kl = k3_kl(per_token_logps, inputs["ref_per_token_logps"])
-            loss = loss + self.beta * sequence_mean(per_token_kl, mask)
-        if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps
-
-        with torch.no_grad():
-            low, high = clip_fractions(log_w, advantages, counts, self.epsilon_low, self.epsilon_high)
-            present = (counts > 0).to(log_w.dtype)
-            zero = torch.zeros((), device=log_w.device)
-            stats = torch.stack([low, high, (torch.exp(log_w) * present).sum(), present.sum(),
-                                 (entropies * mask).sum(), mask.sum().to(log_w.dtype),
-                                 (per_token_kl * mask).sum() if self.beta != 0.0 else zero])
-            tot = self.accelerator.reduce(stats, reduction="sum")
-            n_units, n_tokens = tot[3].clamp(min=1.0), tot[5].clamp(min=1.0)
-            metrics = {"clip_ratio/low_mean": tot[0] / n_units, "clip_ratio/high_mean": tot[1] / n_units,
-                       "item_ratio/mean": tot[2] / n_units, "entropy": tot[4] / n_tokens}
-            if self.beta != 0.0:
-                metrics["kl"] = tot[6] / n_tokens
-            self.log_metrics({k: v.item() for k, v in metrics.items()}, mode)
-        return loss
+    def loss_aggregation(self) -> tuple[str, dict]:
+        """``paper`` (1/(B N), the tail an extra term) or ``token`` (ranks weighted by their token counts)."""
+        return self.args.rank_normalization, {"n_units": self.n_items}
 
 
 def trainer_class(algorithm: str) -> type[ListGRPOTrainer]:

@@ -39,8 +39,8 @@ from methods.recpo.head import REC_LOSSES, REWARD_TERMS, ItemHead, RecPOJudge, l
     recommendation_weights
 from modeling.hidden_states import end_with_marker
 from preprocess.recpo_prompts import ANSWER_MARKER, record_user_prompt
-from trainers.base import RecRLConfig, RecRLTrainer
-from trainers.core_algos import clipped_surrogate, get_loss_agg, get_ratio, group_zscore, k3_kl, sequence_mean
+from trainers.base import LossForward, RecRLConfig, RecRLTrainer
+from trainers.core_algos import group_zscore
 # the names the recommendation loss (``_rec_loss``) calls them by
 from trainers.distributed import first_occurrence as _first_occurrence, gather_with_grad as _gather_with_grad
 
@@ -214,41 +214,27 @@ class RecPOTrainer(ItemHead, RecRLTrainer):
         return output
 
     # ------------------------------------------------------------------------------------------ loss
-    def _compute_loss(self, model, inputs):
-        args, mode = self.args, self.mode
+    # the loss template's pieces (RecRLTrainer._compute_loss): token units on the reasoning tokens, the joint
+    # forward, and the recommendation loss as an extra term
+    policy_loss = "ppo_clip"
+
+    def loss_forward(self, model, inputs) -> LossForward:
+        """The joint forward (``_joint_forward``) over this micro-step's rows, targets and uniform negatives; the
+        policy mask is the reasoning tokens (forced marker tokens and tool tokens excluded)."""
         negatives = self._draw_negatives()
-        per_token_logps, entropies, h_user, h_items, h_neg, uniq, pos = self._joint_forward(model, inputs, negatives)
-
-        # policy loss on the reasoning tokens of all paths (token ratios, clipped surrogate)
+        logps, entropies, h_user, h_items, h_neg, uniq, pos = self._joint_forward(model, inputs, negatives)
         pmask = inputs["policy_mask"] * (inputs["tool_mask"] if "tool_mask" in inputs else 1)
-        old = self.old_logps(inputs, per_token_logps)
-        log_w, weights = get_ratio("token")(per_token_logps - old, pmask)
-        adv = inputs["advantages"][:, None].expand_as(log_w)
-        surrogate = clipped_surrogate(log_w, adv, self.epsilon_low, self.epsilon_high)
-        if "importance_sampling_ratio" in inputs:  # vLLM sampler/trainer mismatch correction (TRL computes it)
-            surrogate = surrogate * inputs["importance_sampling_ratio"]
-        policy_loss = -get_loss_agg(args.policy_loss_aggregation)(surrogate, weights)
-        if args.policy_loss_aggregation == "token":  # over every process's policy tokens, as one process would
-            policy_loss = self.global_token_mean(policy_loss, weights.sum())
+        return LossForward(logps, entropies, pmask, dict(h_user=h_user, h_items=h_items, h_neg=h_neg, uniq=uniq,
+                                                         pos=pos, negatives=negatives))
 
-        rec_loss = self._rec_loss(h_user, h_items, uniq, pos, inputs["rec_weight"], h_neg, negatives)
-        loss = policy_loss + args.rec_loss_weight * rec_loss
-        if self.beta != 0.0:
-            kl = sequence_mean(k3_kl(per_token_logps, inputs["ref_per_token_logps"]), pmask)
-            loss = loss + self.beta * kl
-        if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps
+    def loss_aggregation(self) -> tuple[str, dict]:
+        return self.args.policy_loss_aggregation, {}
 
-        with torch.no_grad():
-            n_tok = pmask.sum().clamp(min=1)
-            metrics = {"loss/policy": policy_loss.item(), "loss/rec": rec_loss.item(),
-                       "entropy": ((entropies * pmask).sum() / n_tok).item()}
-            if self.beta != 0.0:
-                metrics["kl"] = kl.item()
-            stats = self.accelerator.reduce(torch.tensor(list(metrics.values()), device=loss.device),
-                                            reduction="mean")
-            self.log_metrics(dict(zip(metrics, stats.tolist())), mode)
-        return loss
+    def extra_losses(self, inputs, forward: LossForward) -> dict:
+        x = forward.extra
+        rec = self._rec_loss(x["h_user"], x["h_items"], x["uniq"], x["pos"], inputs["rec_weight"], x["h_neg"],
+                             x["negatives"])
+        return {"rec": (rec, self.args.rec_loss_weight)}
 
     def _rec_loss(self, h_user, h_items, uniq, pos, rec_weight, h_neg=None, negatives=None) -> torch.Tensor:
         """InfoNCE (or the released -A p) of each selected row's h_T against the batch's distinct targets, gathered

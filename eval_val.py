@@ -38,7 +38,6 @@ from cli.run import run_script
 from cli.run_logging import configure_wandb, tee_output
 from evaluation.checkpoints import (
     TrainLogReplay,
-    catalog_fingerprint,
     checkpoint_problem,
     checkpoint_series,
     csv_row,
@@ -55,6 +54,7 @@ from evaluation.options import add_evaluation_arguments, output_tag
 from evaluation.plots import plot_curves, plot_trainer_state
 from evaluation.predictions import load_split, normalize_split
 from evaluation.recommenders import TextRecommender
+from preprocess.contract import catalog_fingerprint
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,11 +46,6 @@ def data_fingerprint(dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def catalog_fingerprint(catalog) -> str:
-    rows = sorted((it["id"], it["title"], it.get("year")) for it in catalog)
-    return hashlib.sha1(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
 def finished_metrics(metrics_path: Path, settings: dict) -> tuple[dict | None, str]:
     """The metrics of a finished evaluation with the same settings, else (None, why it cannot be reused)."""
     if not metrics_path.is_file():

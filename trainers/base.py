@@ -137,13 +137,7 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
             raise TypeError(f"{type(self).__name__} needs a RecRLConfig (or a subclass), got {type(args).__name__}")
         if "reward_funcs" in kwargs:
             raise ValueError(f"{type(self).__name__} builds its own reward functions (build_reward_funcs)")
-        if catalog is None:
-            if args.catalog_path is None:
-                raise ValueError(f"{type(self).__name__} needs a catalog: pass catalog= or set args.catalog_path")
-            from rewards.catalog import load_catalog
-
-            catalog = load_catalog(args.catalog_path)
-        self.catalog = catalog
+        self.catalog = catalog = self.resolve_catalog(args, catalog)
         self.require_year = resolve_require_year(catalog, args.require_year)
         if args.max_prompt_length is not None:
             if processing_class is None:
@@ -181,6 +175,18 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
             self._item_tokens = ItemTokens.from_catalog(self._tokenizer, catalog_items_of(catalog), vocab)
         install_compact_console(self, terms=[(name, f"rewards/{name}/mean") for name in self.reward_func_names])
         self._warn_if_checkpoints_split_generations()
+
+    @classmethod
+    def resolve_catalog(cls, args: RecRLConfig, catalog=None):
+        """The run's catalog: ``catalog`` when given, else the one at ``args.catalog_path`` (the one load every
+        method trainer uses; a method that needs the catalog before ``RecRLTrainer.__init__`` calls it first)."""
+        if catalog is not None:
+            return catalog
+        if args.catalog_path is None:
+            raise ValueError(f"{cls.__name__} needs a catalog: pass catalog= or set args.catalog_path")
+        from rewards.catalog import load_catalog
+
+        return load_catalog(args.catalog_path)
 
     # ------------------------------------------------------------------------------------------ hooks
     def _generate_and_score_completions(self, inputs):

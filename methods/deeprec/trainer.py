@@ -133,12 +133,7 @@ class DeepRecTrainer(RecRLTrainer):
             raise ValueError("DeepRecTrainer needs a retriever (the TRM): pass retriever=")
         if "rollout_func" in kwargs:
             raise ValueError("DeepRecTrainer brings its own rollout_func")
-        if catalog is None and args.catalog_path is not None:
-            from rewards.catalog import load_catalog
-
-            catalog = load_catalog(args.catalog_path)
-        if catalog is None:
-            raise ValueError("DeepRecTrainer needs a catalog: pass catalog= or set args.catalog_path")
+        catalog = self.resolve_catalog(args, catalog)
         self.retriever = retriever
         if item_embeddings is None and args.stage == "rec":
             item_embeddings = ItemEmbeddings.from_retriever(retriever)

@@ -132,12 +132,7 @@ class RecPOTrainer(ItemHead, RecRLTrainer):
             raise TypeError("RecPOTrainer needs a RecPOConfig")
         if processing_class is None:
             raise ValueError("RecPOTrainer needs processing_class (the tokenizer): it renders the item prompts")
-        if catalog is None and args.catalog_path is not None:
-            from rewards.catalog import load_catalog
-
-            catalog = load_catalog(args.catalog_path)
-        if catalog is None:
-            raise ValueError("RecPOTrainer needs a catalog: pass catalog= or set args.catalog_path")
+        catalog = self.resolve_catalog(args, catalog)
         self.item_ids = list(catalog.ids)
         self.index_of = {iid: i for i, iid in enumerate(self.item_ids)}
         train_dataset = _render_user_prompts(train_dataset, catalog, args)

@@ -25,6 +25,7 @@ from typing import Any
 from evaluation.backends import GenerationBackend, prompt_key
 from evaluation.predictions import column, write_outputs
 from evaluation.recommenders import Recommendation, Recommender, StaticPredictions, TextRecommender
+from rewards.catalog import resolve_require_year
 
 DEFAULT_KS = (5, 10, 15, 20)
 PROTOCOLS = ("packed", "strict")
@@ -34,13 +35,6 @@ def metric_keys(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
     """The headline metric names, in table order."""
     keys = [f"{m}@{k}" for m in ("recall", "ndcg", "hr") for k in ks]
     return keys + ["catalog_hit_ratio", "valid_item_ratio"]
-
-
-def default_require_year(catalog) -> bool:
-    """Require `Title (Year)` lines unless the catalog has no years at all (`rewards.catalog.resolve_require_year`)."""
-    from rewards.catalog import resolve_require_year
-
-    return resolve_require_year(catalog)
 
 
 def count_distinct_prompts(dataset, prompt_column: str = "prompt") -> int:
@@ -159,7 +153,7 @@ def score_completions(
         raise ValueError(f"{len(completions)} completions for {len(groundtruths)} samples")
     ks = check_evaluation_options(ks, n_items)
     if require_year is None:
-        require_year = default_require_year(catalog)
+        require_year = resolve_require_year(catalog)
 
     from rewards.judge import canonical_targets
 

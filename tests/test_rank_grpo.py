@@ -17,11 +17,9 @@ from methods.rank_grpo.trainer import (
     RankGRPOConfig,
     RankGRPOTrainer,
     build_advantages,
-    item_log_ratios,
-    rank_advantages,
 )
 from methods.rank_grpo.list_judge import length_shaping_reward
-from trainers.token_map import assign_tokens_slow
+from trainers.core_algos import item_log_ratio, rank_zscore
 
 torch.set_num_threads(1)
 
@@ -201,7 +199,7 @@ def test_rewards_advantages_token_map_on_real_reddit(reddit, qwen_tok, tmp_path)
     idx = out["item_index"]
     adv = out["advantages"]
 
-    log_w, counts = item_log_ratios((logps - old) * mask, idx, N + 1)
+    log_w, counts = item_log_ratio((logps - old) * mask, torch.ones_like(logps), item_index=idx, n_units=N + 1)
     n_clipped = 0
     for norm in ("paper", "token"):
         trainer.args.rank_normalization = norm
@@ -332,14 +330,14 @@ def test_identical_completions_give_zero_advantage_and_finite_loss(tiny_bpe, tmp
 
 def test_rank_advantages_edge_cases():
     r = torch.tensor([[0.1, 1.0], [0.1, 0.0], [0.1, 1.0], [0.1, 1.0], [0.3, 5.0], [0.3, 5.0]])
-    a = rank_advantages(r, num_generations=2)
+    a = rank_zscore(r, num_generations=2)
     assert torch.isfinite(a).all()
     assert a[:, 0].abs().sum() == 0  # constant columns: exactly 0, not a rounding residue
     assert a[2:, 1].abs().sum() == 0
     s = statistics.stdev([1.0, 0.0])
     assert a[0, 1].item() == pytest.approx(0.5 / (s + 1e-4), rel=1e-6)
     with pytest.raises(ValueError):
-        rank_advantages(r[:5], num_generations=2)
+        rank_zscore(r[:5], num_generations=2)
     # advantage-mode tail: raw constants, unnormalised
     tail = torch.tensor([-0.1, 0.0, -0.2, -0.2, 0.0, 0.0])
     adv = build_advantages(r, tail, 2, 1e-4, "advantage")

@@ -154,10 +154,7 @@ def test_batch_mean_equals_mean_metrics_and_errors():
 
 
 def test_require_year_is_resolved_once_from_the_catalog():
-    from evaluation.evaluate import default_require_year
-
     dated = Catalog([{"id": 1, "title": "Heat", "year": 1995}])
     yearless = Catalog([{"id": 1, "title": "Zelda", "year": None}])
     assert resolve_require_year(dated) is True and resolve_require_year(yearless) is False
     assert resolve_require_year(yearless, True) is True
-    assert default_require_year(dated) is True and default_require_year(yearless) is False

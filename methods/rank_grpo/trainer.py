@@ -50,7 +50,7 @@ import torch
 from methods.rank_grpo.list_judge import ListJudge, length_shaping_func, rank_reward_sum_func, sequence_reward_func
 from rewards.rank_rewards import batch_rank_rewards, parse_scheme
 from trainers.base import RecRLConfig, RecRLTrainer
-from trainers.core_algos import item_log_ratio, rank_zscore
+from trainers.core_algos import rank_zscore
 from trainers.token_map import assign_tokens_to_items, sequence_byte_lengths_slow
 
 RANK_NORMALIZATIONS = ("paper", "token")
@@ -161,11 +161,6 @@ class RankGRPOConfig(RecRLConfig):
 
 
 # ------------------------------------------------------------------------------------------------ equations
-def rank_advantages(rank_rewards: torch.Tensor, num_generations: int, eps: float = 1e-4) -> torch.Tensor:
-    """Eq. 7 (``core_algos.rank_zscore``): (B, K) rank rewards, groups as contiguous blocks of G rows -> (B, K)."""
-    return rank_zscore(rank_rewards, num_generations, eps)
-
-
 def build_advantages(rank_rewards: torch.Tensor, tail_rewards: torch.Tensor, num_generations: int, eps: float,
                      length_shaping: str) -> torch.Tensor:
     """(B, N+1) advantages: Eq. 7 on the N ranks; the tail column is Eq. 7 on the tail rewards ("reward" mode) or
@@ -185,11 +180,6 @@ def mark_tail(item_index: torch.Tensor, mask: torch.Tensor, n_items: int) -> tor
     last = torch.where(item_index >= 0, pos, torch.full_like(pos, -1)).amax(dim=1, keepdim=True)
     tail = (item_index < 0) & (pos > last) & (mask != 0)
     return torch.where(tail, torch.full_like(item_index, n_items), item_index)
-
-
-def item_log_ratios(log_ratio: torch.Tensor, item_index: torch.Tensor, n_ranks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 6 (``core_algos.item_log_ratio``): per-token log-ratios (B, T) -> ((B, K) item mean, (B, K) counts)."""
-    return item_log_ratio(log_ratio, torch.ones_like(log_ratio), item_index=item_index, n_units=n_ranks)
 
 
 # ------------------------------------------------------------------------------------------------ trainers

@@ -78,6 +78,12 @@ class RecRLConfig(GRPOConfig):
                   "--catalog_tokens`; transformers generation only). Evaluate with `--decoding item_aware` too."},
     )
 
+    def check_choices(self, **choices) -> None:
+        """ValueError naming the first field (keyword) whose value is not among its allowed values."""
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
     def __post_init__(self):
         if self.n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {self.n_items}")

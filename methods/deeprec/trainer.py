@@ -92,12 +92,7 @@ class DeepRecConfig(RecRLConfig):
     num_generations: int | None = field(default=8, metadata={"help": "Samples per prompt (DeepRec: 8)."})
 
     def __post_init__(self):
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}")
-        if self.loss_aggregation not in LOSS_AGGREGATIONS:
-            raise ValueError(f"loss_aggregation must be one of {LOSS_AGGREGATIONS}, got {self.loss_aggregation!r}")
+        self.check_choices(stage=STAGES, prompt_style=PROMPT_STYLES, loss_aggregation=LOSS_AGGREGATIONS)
         if self.n_items != 10:
             raise ValueError(f"DeepRec's final list has exactly 10 items (R_out assumes it), got n_items={self.n_items}")
         if self.difficulty_top_k < 1 or self.max_history < 1:

@@ -129,12 +129,8 @@ class RankGRPOConfig(RecRLConfig):
     beta: float = field(default=1e-3, metadata={"help": "KL coefficient (paper: 1e-3)."})
 
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if self.rank_normalization not in RANK_NORMALIZATIONS:
-            raise ValueError(f"rank_normalization must be one of {RANK_NORMALIZATIONS}, got {self.rank_normalization!r}")
-        if self.length_shaping not in LENGTH_SHAPINGS:
-            raise ValueError(f"length_shaping must be one of {LENGTH_SHAPINGS}, got {self.length_shaping!r}")
+        self.check_choices(algorithm=ALGORITHMS, rank_normalization=RANK_NORMALIZATIONS,
+                           length_shaping=LENGTH_SHAPINGS)
         if not self.adv_eps > 0:
             raise ValueError(f"adv_eps must be > 0, got {self.adv_eps}")
         algorithm = ALGORITHM_TABLE[self.algorithm]

@@ -104,12 +104,7 @@ class RecPOConfig(RecRLConfig):
             raise ValueError(f"projection_dim must be >= 1 or None, got {self.projection_dim}")
         if self.ndcg_cutoff < 1 or self.refresh_steps < 1 or self.item_batch_size < 1 or self.max_history < 1:
             raise ValueError("ndcg_cutoff, refresh_steps, item_batch_size and max_history must be >= 1")
-        if self.softmax_over not in SOFTMAX_OVER:
-            raise ValueError(f"softmax_over must be one of {SOFTMAX_OVER}, got {self.softmax_over!r}")
-        if self.rec_loss not in REC_LOSSES:
-            raise ValueError(f"rec_loss must be one of {REC_LOSSES}, got {self.rec_loss!r}")
-        if self.rec_negatives not in REC_NEGATIVES:
-            raise ValueError(f"rec_negatives must be one of {REC_NEGATIVES}, got {self.rec_negatives!r}")
+        self.check_choices(softmax_over=SOFTMAX_OVER, rec_loss=REC_LOSSES, rec_negatives=REC_NEGATIVES)
         if self.rec_warmup_steps < 0:
             raise ValueError(f"rec_warmup_steps must be >= 0, got {self.rec_warmup_steps}")
         if self.num_uniform_negatives < 1:

@@ -3,9 +3,9 @@
 * `load_split` / `take_subset` / `subset_rows`: THE subset rule of every script (--max_samples, --max_train_samples,
   --max_eval_samples); `target_only`: the next-item protocol (groundtruth = [target]); `column`: a column of a
   `datasets.Dataset` or a list of dicts.
-* `write_outputs`: `predictions.jsonl` + `metrics.json` of one evaluation; `read_prediction_records` /
-  `read_predictions`: a predictions file back (text or ranked ids per row), errors naming file and line
-  (`PredictionsError`).
+* `write_outputs`: `predictions.jsonl` + `metrics.json` of one evaluation; `read_prediction_records`: a predictions
+  file back (text or ranked ids per row; `evaluation.recommenders.StaticPredictions.from_file` scores it), errors
+  naming file and line (`PredictionsError`).
 
 `predictions.jsonl`: one JSON object per sample, in split order: `index` (row in the full split, also for a
 --max_samples subset), `sample_id`, `completion` (text; absent for id-only recommenders), then that sample's
@@ -161,15 +161,6 @@ def write_outputs(output_dir, metrics: dict, per_sample: list[dict], completions
     return output_dir / "metrics.json"
 
 
-class Predictions(list):
-    """`list[str]` of completions, one per row, with `missing` (row indices that had no prediction)."""
-
-    def __init__(self, texts, missing: list[int], path: str):
-        super().__init__(texts)
-        self.missing = missing
-        self.path = path
-
-
 def _completion_text(value, where: str) -> str:
     if isinstance(value, str):
         return value
@@ -282,17 +273,3 @@ def read_prediction_records(path, n_rows: int, sample_ids: Sequence[str] | None 
                                "); nothing to score: write one JSON object per row (eval_test.py's predictions.jsonl "
                                "format)")
     return records
-
-
-def read_predictions(path, n_rows: int, sample_ids: Sequence[str] | None = None) -> Predictions:
-    """Completions (text) from a predictions file (`read_prediction_records`; every line needs a `completion`).
-    Rows with no prediction get "" (scored as an empty completion, i.e. zero) and are listed in `.missing`.
-    Files with `item_ids` only are read by `evaluation.recommenders.StaticPredictions.from_file`."""
-    records = read_prediction_records(path, n_rows, sample_ids)
-    for index, record in records.items():
-        if record.text is None:
-            raise PredictionsError(f"{path}: line {record.line}: missing field 'completion' (this reader needs "
-                                   "text; StaticPredictions.from_file also scores item_ids)")
-    texts = [records[i].text if i in records else None for i in range(n_rows)]
-    missing = [i for i, t in enumerate(texts) if t is None]
-    return Predictions([t if t is not None else "" for t in texts], missing, str(path))

@@ -13,10 +13,11 @@ import pytest
 
 from evaluation.backends import HFBackend, StaticBackend, make_backend, prompt_key, resolve_backend_name
 from evaluation.evaluate import evaluate, metric_keys, score_completions
-from evaluation.predictions import PredictionsError, read_predictions, write_outputs
+from evaluation.predictions import PredictionsError, read_prediction_records, write_outputs
 from evaluation.recommenders import (
     GroundtruthRecommender,
     PopularityRecommender,
+    StaticPredictions,
     generate_completions,
     popularity_ranking,
 )
@@ -228,7 +229,7 @@ def _write(path: Path, lines: list) -> Path:
 def test_predictions_errors_name_file_and_line(tmp_path, lines, line_no, fragment):
     path = _write(tmp_path / "preds.jsonl", lines)
     with pytest.raises(PredictionsError) as err:
-        read_predictions(path, 6, sample_ids=[f"s{i}" for i in range(6)])
+        read_prediction_records(path, 6, sample_ids=[f"s{i}" for i in range(6)])
     msg = str(err.value)
     assert str(path) in msg and f"line {line_no}:" in msg and fragment in msg, msg
 
@@ -241,9 +242,11 @@ def test_predictions_missing_rows_counted_and_scored_empty(contract, tmp_path):
         json.dumps({"index": 2, "sample_id": ds[2]["sample_id"], "completion": gt[2], "extra": 1}),
         json.dumps({"index": 0, "sample_id": "v0", "completion": [{"role": "assistant", "content": gt[0]}]}),
     ])
-    preds = read_predictions(path, len(ds), sample_ids=list(ds["sample_id"]))
-    assert preds.missing == [1, 3] and preds[1] == preds[3] == "" and preds[0] == gt[0] and preds[2] == gt[2]
-    metrics, per_sample = score_completions(ds, catalog, preds)
+    preds = StaticPredictions.from_file(path, catalog, len(ds), sample_ids=list(ds["sample_id"]))
+    recs = preds.recommendations
+    assert preds.missing == [1, 3] and recs[1].item_ids == recs[3].item_ids == []
+    assert recs[0].text == gt[0] and recs[2].text == gt[2]
+    metrics, per_sample = score_completions(ds, catalog, [r.text or "" for r in recs])
     assert metrics["recall@20"] == 0.5 and [r["recall@20"] for r in per_sample] == [1.0, 0.0, 1.0, 0.0]
 
 
@@ -254,9 +257,10 @@ def test_write_outputs_roundtrip(contract, tmp_path):
     completions[1] = "Ünïcode ☃ line\n" + completions[1]
     metrics, per_sample = score_completions(ds, catalog, completions)
     write_outputs(tmp_path, metrics, per_sample, completions)
-    again = read_predictions(tmp_path / "predictions.jsonl", len(ds), sample_ids=list(ds["sample_id"]))
-    assert list(again) == completions and again.missing == []
-    assert score_completions(ds, catalog, again)[0] == metrics
+    again = read_prediction_records(tmp_path / "predictions.jsonl", len(ds), sample_ids=list(ds["sample_id"]))
+    texts = [again[i].text for i in range(len(ds))]
+    assert texts == completions and sorted(again) == list(range(len(ds)))
+    assert score_completions(ds, catalog, texts)[0] == metrics
 
 
 # ---------------------------------------------------------------------------------------------- popularity

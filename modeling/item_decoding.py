@@ -9,6 +9,11 @@ ban is then a mask over item tokens. For row b at each step::
     scores[b, v] = -inf  for v in banned[b]
 
 ``seen[b]`` is the row's whole ``seen`` list (every item the user interacted with, not only what the prompt shows).
+
+A line of the list is an item, so at the start of a line (first completion token, or after a token ending in a
+newline) whitespace-only tokens are banned too: otherwise the mass of a banned item flows to the newline token and
+the list fills its token budget with blank lines (measured on the ML-100k twin after 200 SFT steps: 5-12 items in
+64 tokens, the rest blank lines, where 20 lines take 40 tokens).
 A real tokenizer spells a title with several tokens; banning a title there needs a prefix trie and is not built.
 vLLM rollouts / evaluation: not built either (the option refuses vLLM with that message).
 """
@@ -28,12 +33,21 @@ class ItemTokens:
     ``from_catalog`` renders each item as the prompts and completions do (``Title (Year)``) and requires that the
     tokenizer encodes it as one added token; it raises ValueError, naming a few titles, when some do not."""
 
-    def __init__(self, token_of: Mapping[int, int], vocab_size: int):
+    def __init__(self, token_of: Mapping[int, int], vocab_size: int, blank_tokens: Iterable[int] = (),
+                 line_end_tokens: Iterable[int] = ()):
         self.token_of = dict(token_of)
         self.vocab_size = int(vocab_size)
-        self.is_item = torch.zeros(self.vocab_size, dtype=torch.bool)
-        if self.token_of:
-            self.is_item[torch.tensor(sorted(set(self.token_of.values())))] = True
+        self.is_item = self._mask(self.token_of.values())
+        # whitespace-only tokens, banned at a line start; tokens whose text ends a line
+        self.is_blank = self._mask(blank_tokens)
+        self.ends_line = self._mask(line_end_tokens)
+
+    def _mask(self, token_ids: Iterable[int]) -> torch.Tensor:
+        mask = torch.zeros(self.vocab_size, dtype=torch.bool)
+        ids = sorted(set(int(t) for t in token_ids))
+        if ids:
+            mask[torch.tensor(ids)] = True
+        return mask
 
     @classmethod
     def from_catalog(cls, tokenizer, catalog_items: Iterable[Mapping], vocab_size: int | None = None) -> "ItemTokens":
@@ -52,7 +66,14 @@ class ItemTokens:
                 f"item-aware decoding needs one token per catalog title; {len(several)} of "
                 f"{len(several) + len(token_of)} titles are several tokens (e.g. {several[:3]}). Build the model with "
                 "`python -m modeling.tiny --catalog_tokens`, or decode with plain greedy.")
-        return cls(token_of, max(vocab_size or 0, len(tokenizer)))
+        blank, line_end = [], []
+        for t in range(len(tokenizer)):
+            piece = tokenizer.decode([t])
+            if piece and not piece.strip():
+                blank.append(t)
+            if piece.endswith("\n"):
+                line_end.append(t)
+        return cls(token_of, max(vocab_size or 0, len(tokenizer)), blank, line_end)
 
     def tokens(self, item_ids: Iterable[int]) -> list[int]:
         """The item tokens of ``item_ids`` (ids outside the catalog have none and are skipped)."""
@@ -91,6 +112,16 @@ class ItemAwareLogitsProcessor(LogitsProcessor):
             padded[: is_item.numel()] = is_item[:V]
             hit = padded[generated].to(scores.dtype)  # (B, T): 1 where the generated token is an item
             banned |= torch.zeros(B, V, dtype=scores.dtype, device=scores.device).scatter_add_(1, generated, hit) > 0
+        if bool(self.item_tokens.is_blank.any()):
+            if generated.numel():
+                ends = torch.zeros(V, dtype=torch.bool, device=scores.device)
+                ends[: self.item_tokens.ends_line.numel()] = self.item_tokens.ends_line[:V].to(scores.device)
+                line_start = ends[generated[:, -1]]
+            else:
+                line_start = torch.ones(B, dtype=torch.bool, device=scores.device)
+            blank = torch.zeros(V, dtype=torch.bool, device=scores.device)
+            blank[: self.item_tokens.is_blank.numel()] = self.item_tokens.is_blank[:V].to(scores.device)
+            banned |= line_start[:, None] & blank[None, :]
         return scores.masked_fill(banned, float("-inf"))
 
 

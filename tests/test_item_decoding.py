@@ -31,6 +31,44 @@ def test_processor_equals_slow_reference_step_by_step():
         ids = torch.cat([ids, torch.randint(0, V, (B, 1))], dim=1)
 
 
+def test_processor_bans_blank_lines_at_a_line_start():
+    """At the first completion token and after a token that ends a line, whitespace-only tokens are banned as
+    well (a banned item's mass must not become blank lines); elsewhere they are allowed. Against a slow loop."""
+    rng = random.Random(1)
+    V, B, P = 40, 6, 3
+    token_of = {i: 20 + i for i in range(10)}
+    blank, line_end = {0, 1, 2}, {1, 5}  # 1: "\n" (blank and ends a line), 5: "x\n", 0 / 2: spaces
+    items = ItemTokens(token_of, V, blank, line_end)
+    seen = [rng.sample(range(10), k=2) for _ in range(B)]
+    proc = item_aware_processor(items, seen)
+    ids = torch.randint(0, V, (B, P))
+    starts = 0
+    for step in range(15):
+        scores = torch.randn(B, V)
+        got = proc(ids, scores)
+        want = slow_reference(ids, scores, P, set(token_of.values()), [set(items.tokens(s)) for s in seen])
+        for b in range(B):
+            gen = ids[b, P:].tolist()
+            if not gen or gen[-1] in line_end:
+                starts += 1
+                for v in blank:
+                    want[b, v] = float("-inf")
+        assert torch.equal(torch.isinf(got), torch.isinf(want)), step
+        ids = torch.cat([ids, torch.tensor([[rng.choice([1, 5, 0, 7, 20 + rng.randrange(10)])] for _ in range(B)])], 1)
+    assert starts > B  # line starts happened after the first step too
+
+
+def test_item_tokens_know_the_blank_and_line_end_tokens(unit_model):
+    from preprocess.common import catalog_items_of
+
+    model, tok, dd, catalog = unit_model
+    items = ItemTokens.from_catalog(tok, catalog_items_of(catalog), model.config.vocab_size)
+    (newline,) = tok.encode("\n", add_special_tokens=False)
+    assert items.is_blank[newline] and items.ends_line[newline]
+    assert not (items.is_blank & items.is_item).any()
+    assert not items.is_blank[tok.eos_token_id]  # EOS stays allowed at a line start
+
+
 def test_processor_refuses_a_row_count_mismatch():
     proc = ItemAwareLogitsProcessor(ItemTokens({0: 3}, 8), [[3], []])
     with pytest.raises(ValueError, match="3 rows but banned items for 2"):

@@ -46,7 +46,7 @@ def test_processor_bans_blank_lines_at_a_line_start():
     for step in range(15):
         scores = torch.randn(B, V)
         got = proc(ids, scores)
-        want = slow_reference(ids, scores, P, set(token_of.values()), [set(items.tokens(s)) for s in seen])
+        want = ref_item_aware_scores(ids, scores, P, set(token_of.values()), [set(items.tokens(s)) for s in seen])
         for b in range(B):
             gen = ids[b, P:].tolist()
             if not gen or gen[-1] in line_end:
@@ -59,7 +59,7 @@ def test_processor_bans_blank_lines_at_a_line_start():
 
 
 def test_item_tokens_know_the_blank_and_line_end_tokens(unit_model):
-    from preprocess.common import catalog_items_of
+    from preprocess.contract import catalog_items_of
 
     model, tok, dd, catalog = unit_model
     items = ItemTokens.from_catalog(tok, catalog_items_of(catalog), model.config.vocab_size)

@@ -1,7 +1,7 @@
 """RecPO's item side (docs/methods.md §3): the catalog's item rows, the item table H_V and its snapshot in checkpoints,
 the optional learned projection W (ZeRO-3 gathering, kept out of vLLM's weight sync), the user / item vectors of
-the joint forward, the reward terms scored against the table (``RecPOJudge``) and the recommendation loss's pieces
-(which rows train it, uniform negatives, the logQ correction).
+the joint forward, the reward terms scored against the table (``RecPOJudge``) and the recommendation loss
+(``ItemHead._rec_loss`` and its pieces: which rows train it, uniform negatives, the logQ correction).
 
 ``ItemHead`` is a mixin of ``methods.recpo.trainer.RecPOTrainer`` (it reads the trainer's model, tokenizer,
 accelerator and state, and chains TRL's checkpoint hooks with ``super()``); the functions below it are pure torch.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 
 import torch
@@ -20,6 +21,7 @@ from modeling.hidden_states import capture_last_hidden_state, chat_ids, encode_i
     last_positions
 from preprocess.recpo_prompts import ITEM_PREFILL, item_prompt
 from rewards.embedding_rewards import cosine_scores, rank_ndcg, target_ranks, target_softmax_prob
+from trainers.distributed import first_occurrence, gather_with_grad
 from trainers.reward_adapter import BatchJudge
 
 logger = logging.getLogger(__name__)
@@ -209,6 +211,49 @@ class ItemHead:
                 uniq, pos)
 
     # ------------------------------------------------------------------------------------------ rewards
+    def _rec_loss(self, h_user, h_items, uniq, pos, rec_weight, h_neg=None, negatives=None) -> torch.Tensor:
+        """InfoNCE (or the released -A p) of each selected row's h_T against the batch's distinct targets, gathered
+        across processes (a duplicate id is one column). Other processes' target vectors enter WITH grad
+        (``gather_with_grad``): this process's loss sends gradient into the targets the other processes encoded, as
+        one process over the global batch would (without it, the first update of a 2-process run differed from the
+        1-process one by ~4x the largest weight change; tests/test_multiprocess.py). Uniform ``negatives`` (same on
+        every process) join as further columns, but not where they repeat a target column; ``logq_correction``
+        offsets every column by log of its expected count in the draw (``logq_offsets``)."""
+        args = self.args
+        h_user, h_items = self.project(h_user), self.project(h_items)
+        cand_ids = uniq
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.gather(torch.tensor([uniq.numel()], device=uniq.device))
+            width = int(counts.max())
+            pad_ids = torch.full((width,), -1, dtype=uniq.dtype, device=uniq.device)
+            pad_ids[:uniq.numel()] = uniq
+            pad_vec = h_items.new_zeros(width, h_items.size(1))
+            pad_vec[:uniq.numel()] = h_items
+            all_ids = self.accelerator.gather(pad_ids)
+            all_vec = gather_with_grad(pad_vec)
+            keep = all_ids >= 0
+            all_ids, all_vec = all_ids[keep], all_vec[keep]
+            cols, first = first_occurrence(all_ids)
+            cand = all_vec[first]
+            local_cols = torch.searchsorted(cols, uniq)
+            cand = cand.index_put((local_cols,), h_items)  # own targets keep their grad
+            pos = local_cols[pos]
+            cand_ids = cols
+        else:
+            cand = h_items
+        offset = torch.zeros(cand_ids.numel(), dtype=cand.dtype, device=cand.device)
+        if negatives is not None:  # a negative that is also a target column is that column, not a second one
+            cand = torch.cat([cand, self.project(h_neg)])
+            repeat = torch.isin(negatives, cand_ids)
+            offset = torch.cat([offset, torch.where(repeat, torch.full_like(repeat, math.inf, dtype=offset.dtype),
+                                                    torch.zeros_like(repeat, dtype=offset.dtype))])
+            cand_ids = torch.cat([cand_ids, negatives])
+        if args.logq_correction:
+            n_rows = h_user.size(0) * self.accelerator.num_processes
+            offset = offset + logq_offsets(cand_ids, self.target_share.to(cand.device), n_rows,
+                                           0 if negatives is None else negatives.numel())
+        return recommendation_loss(h_user, cand, pos, rec_weight, args.tau, args.rec_loss, logit_offset=offset)
+
     def score_batch(self, completion_ids, columns) -> dict:
         """R_c and R_d (Eq. 5) of every row of the batch being scored, against the item table: h_T of
         [prompt | completion] (no grad) vs every item, the row's history / seen items masked. Also the target

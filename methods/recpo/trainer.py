@@ -30,19 +30,15 @@ model's own last hidden state. Spec: docs/methods.md §3.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-from methods.recpo.head import REC_LOSSES, REWARD_TERMS, ItemHead, RecPOJudge, logq_offsets, recommendation_loss, \
-    recommendation_weights
+from methods.recpo.head import REC_LOSSES, REWARD_TERMS, ItemHead, RecPOJudge, recommendation_weights
 from modeling.hidden_states import end_with_marker
 from preprocess.recpo_prompts import ANSWER_MARKER, record_user_prompt
 from trainers.base import LossForward, RecRLConfig, RecRLTrainer
 from trainers.core_algos import group_zscore
-# the names the recommendation loss (``_rec_loss``) calls them by
-from trainers.distributed import first_occurrence as _first_occurrence, gather_with_grad as _gather_with_grad
 
 SOFTMAX_OVER = ("catalog", "batch")
 REC_NEGATIVES = ("in_batch", "in_batch+uniform")
@@ -221,53 +217,11 @@ class RecPOTrainer(ItemHead, RecRLTrainer):
         return self.args.policy_loss_aggregation, {}
 
     def extra_losses(self, inputs, forward: LossForward) -> dict:
+        """The recommendation loss (``ItemHead._rec_loss``) on the joint forward's vectors."""
         x = forward.extra
         rec = self._rec_loss(x["h_user"], x["h_items"], x["uniq"], x["pos"], inputs["rec_weight"], x["h_neg"],
                              x["negatives"])
         return {"rec": (rec, self.args.rec_loss_weight)}
-
-    def _rec_loss(self, h_user, h_items, uniq, pos, rec_weight, h_neg=None, negatives=None) -> torch.Tensor:
-        """InfoNCE (or the released -A p) of each selected row's h_T against the batch's distinct targets, gathered
-        across processes (a duplicate id is one column). Other processes' target vectors enter WITH grad
-        (``_gather_with_grad``): this process's loss sends gradient into the targets the other processes encoded, as
-        one process over the global batch would (without it, the first update of a 2-process run differed from the
-        1-process one by ~4x the largest weight change; tests/test_multiprocess.py). Uniform ``negatives`` (same on
-        every process) join as further columns, but not where they repeat a target column; ``logq_correction``
-        offsets every column by log of its expected count in the draw (``logq_offsets``)."""
-        args = self.args
-        h_user, h_items = self.project(h_user), self.project(h_items)
-        cand_ids = uniq
-        if self.accelerator.num_processes > 1:
-            counts = self.accelerator.gather(torch.tensor([uniq.numel()], device=uniq.device))
-            width = int(counts.max())
-            pad_ids = torch.full((width,), -1, dtype=uniq.dtype, device=uniq.device)
-            pad_ids[:uniq.numel()] = uniq
-            pad_vec = h_items.new_zeros(width, h_items.size(1))
-            pad_vec[:uniq.numel()] = h_items
-            all_ids = self.accelerator.gather(pad_ids)
-            all_vec = _gather_with_grad(pad_vec)
-            keep = all_ids >= 0
-            all_ids, all_vec = all_ids[keep], all_vec[keep]
-            cols, first = _first_occurrence(all_ids)
-            cand = all_vec[first]
-            local_cols = torch.searchsorted(cols, uniq)
-            cand = cand.index_put((local_cols,), h_items)  # own targets keep their grad
-            pos = local_cols[pos]
-            cand_ids = cols
-        else:
-            cand = h_items
-        offset = torch.zeros(cand_ids.numel(), dtype=cand.dtype, device=cand.device)
-        if negatives is not None:  # a negative that is also a target column is that column, not a second one
-            cand = torch.cat([cand, self.project(h_neg)])
-            repeat = torch.isin(negatives, cand_ids)
-            offset = torch.cat([offset, torch.where(repeat, torch.full_like(repeat, math.inf, dtype=offset.dtype),
-                                                    torch.zeros_like(repeat, dtype=offset.dtype))])
-            cand_ids = torch.cat([cand_ids, negatives])
-        if args.logq_correction:
-            n_rows = h_user.size(0) * self.accelerator.num_processes
-            offset = offset + logq_offsets(cand_ids, self.target_share.to(cand.device), n_rows,
-                                           0 if negatives is None else negatives.numel())
-        return recommendation_loss(h_user, cand, pos, rec_weight, args.tau, args.rec_loss, logit_offset=offset)
 
 
 def _render_user_prompts(dataset, catalog, args: RecPOConfig):

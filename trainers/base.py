@@ -379,10 +379,22 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
-        mask = completion_mask * inputs["tool_mask"] if "tool_mask" in inputs else completion_mask
+        mask = self.policy_token_mask(inputs)
         logps, entropies, _ = self._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True)
         return logps, entropies, mask
+
+    @staticmethod
+    def policy_token_mask(batch, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) tokens the policy wrote: ``mask`` (default the completion mask) x TRL's tool / env mask when the
+        batch has one (environment tokens, e.g. DeepRec's injected TRM lists, are not the policy's)."""
+        mask = batch["completion_mask"] if mask is None else mask
+        return mask * batch["tool_mask"] if "tool_mask" in batch else mask
+
+    def weighted_rewards(self) -> torch.Tensor:
+        """(B_global,) the batch's rewards weighted by ``reward_weights`` and summed over the reward functions (NaN
+        terms skipped), from ``rewards_per_func`` -- for methods that compute their own advantages."""
+        return (self.rewards_per_func * self.reward_weights.to(self.rewards_per_func.device)).nansum(dim=1)
 
     def global_token_mean(self, local_mean: torch.Tensor, n_local_tokens: torch.Tensor) -> torch.Tensor:
         """A token mean over this process's micro-batch (``n_local_tokens`` tokens) -> its share of the token mean

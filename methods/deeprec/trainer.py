@@ -184,11 +184,9 @@ class DeepRecTrainer(RecRLTrainer):
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._rollout_inputs = None
-        device = self.accelerator.device
         B = output["completion_ids"].size(0)
-        rewards = (self.rewards_per_func * self.reward_weights.to(device)).nansum(dim=1)
-        policy = output["completion_mask"] * output["tool_mask"] if "tool_mask" in output else \
-            output["completion_mask"]
+        rewards = self.weighted_rewards()
+        policy = self.policy_token_mask(output)
         counts = self.accelerator.gather(policy.sum(dim=1).to(rewards.dtype))
         adv = reinforce_pp_baseline(rewards, self.group_size, counts)
         output["advantages"] = self.local_rows(adv, B)
@@ -204,6 +202,7 @@ class DeepRecTrainer(RecRLTrainer):
 
     def loss_aggregation(self) -> tuple[str, dict]:
         return self.args.loss_aggregation, {}
+
 
 def _select_training_rows(dataset, retriever, args: DeepRecConfig):
     """Difficulty-based selection (``preprocess.deeprec_data.select_by_difficulty``), logged; no row left is an

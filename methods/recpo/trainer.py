@@ -174,7 +174,7 @@ class RecPOTrainer(ItemHead, RecRLTrainer):
         self._forced = []
         G, B = self.group_size, output["completion_ids"].size(0)
         device = self.accelerator.device
-        rewards = (self.rewards_per_func * self.reward_weights.to(device)).nansum(dim=1)  # (B_global,) Eq. 5
+        rewards = self.weighted_rewards()  # (B_global,) Eq. 5
         adv = group_zscore(rewards, G)  # Eq. 2
         rec_w = recommendation_weights(adv, G, self.reasoning_now)
         output["advantages"] = self.local_rows(adv, B)
@@ -209,7 +209,7 @@ class RecPOTrainer(ItemHead, RecRLTrainer):
         policy mask is the reasoning tokens (forced marker tokens and tool tokens excluded)."""
         negatives = self._draw_negatives()
         logps, entropies, h_user, h_items, h_neg, uniq, pos = self._joint_forward(model, inputs, negatives)
-        pmask = inputs["policy_mask"] * (inputs["tool_mask"] if "tool_mask" in inputs else 1)
+        pmask = self.policy_token_mask(inputs, inputs["policy_mask"])
         return LossForward(logps, entropies, pmask, dict(h_user=h_user, h_items=h_items, h_neg=h_neg, uniq=uniq,
                                                          pos=pos, negatives=negatives))
 

@@ -160,6 +160,16 @@ def run(args) -> dict:
     if args.decoding != "greedy" and (model_path is None or not get_recommender(args.recommender).decodes):
         raise SystemExit(f"error: --decoding {args.decoding} applies to a text model (--model_path/--model_root "
                          "with --recommender text); the other recommenders do not decode item lists")
+    if args.decoding == "item_aware":  # its vLLM twin is not built: auto falls back to hf, an explicit vllm stops
+        from evaluation.backends import resolve_backend_name
+
+        if args.backend == "vllm":
+            raise SystemExit("error: --decoding item_aware runs on the hf backend only (no vLLM logits processor "
+                             "yet); pass --backend hf")
+        if resolve_backend_name(args.backend) == "vllm":
+            print("[eval_test] --decoding item_aware: using the hf backend (the vLLM one has no item-aware "
+                  "decoding)", file=sys.stderr)
+        args.backend = "hf"
     split = normalize_split(args.split)
     tag = output_tag(split, args.protocol, args.decoding)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args, model_path, tag)

@@ -30,7 +30,7 @@ from trl import TrlParser
 
 from methods.deeprec.judge import ItemEmbeddings
 from methods.deeprec.trainer import DeepRecConfig, DeepRecTrainer
-from methods.deeprec.warmstart import format_gate, warmstart_gate
+from methods.deeprec.warmstart import WarmstartGateError, format_gate, warmstart_gate
 from preprocess.deeprec_data import warmstart_records
 from cli.args import CommonScriptArguments, OptionError, parse_config
 from cli.run import run_script
@@ -194,7 +194,7 @@ def check_warmstart_gate(trainer, eval_ds, catalog, retriever, config: DeepRecCo
         with open(os.path.join(config.output_dir, "warmstart_gate.json"), "w") as f:
             json.dump(result, f, indent=1)
     if script_args.warmstart_gate == "require" and not result["passed"]:
-        raise RuntimeError(f"{line}: train the warm-start longer (configs/tiny/deeprec_ml100k_warmstart_sft.yaml) or "
+        raise WarmstartGateError(f"{line}: train the warm-start longer (configs/tiny/deeprec_ml100k_warmstart_sft.yaml) or "
                            "run with --warmstart_gate report")
     return result
 

@@ -5,8 +5,9 @@
 
 The project's errors already say what is wrong and where (file, line, field or option): ``DataError`` (a data set
 or builder input), ``PredictionsError`` (a predictions file), ``CatalogError`` (a catalog), ``CheckpointError`` (a
-checkpoint or model folder that must not be loaded), ``PromptFitError`` (prompts that cannot fit), ``OptionError``
-(a command-line / --config option), and a missing, misplaced or unreadable path (FileNotFoundError,
+checkpoint or model folder that must not be loaded), ``PromptFitError`` (prompts that cannot fit),
+``WarmstartGateError`` (DeepRec's warm-start gate under ``--warmstart_gate require``), ``OptionError`` (a
+command-line / --config option), and a missing, misplaced or unreadable path (FileNotFoundError,
 FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError). ``run_script`` prints
 ``error: <message> (<what to do>)`` for them and returns 2, like the builders (python -m preprocess.*) and
 argparse. Any other exception is a bug and keeps its traceback. ``RECRL_DEBUG=1`` prints the traceback of the project's errors too (same exit status).
@@ -29,6 +30,7 @@ def _project_errors() -> list[tuple[type, str]]:
     from preprocess.prompting import PromptFitError
     from rewards.catalog import CatalogError
     from cli.args import OptionError
+    from methods.deeprec.warmstart import WarmstartGateError
 
     return [
         (OptionError, "see --help for the allowed values"),
@@ -36,6 +38,7 @@ def _project_errors() -> list[tuple[type, str]]:
         (PredictionsError, "fix or regenerate the predictions file"),
         (CatalogError, "fix the catalog file, or pass the data set's own catalog"),
         (PromptFitError, "raise the length limit or shorten the prompts"),
+        (WarmstartGateError, "the warm-start model is not ready for RL"),
         (DataError, "fix that file, or rebuild the data set with python -m preprocess.*"),
         (FileNotFoundError, "check the path"),
         (FileExistsError, "check the path"),

@@ -302,3 +302,33 @@ def test_rollout_temperature_is_the_stage_config_field():
                         report_to="none")
     assert rollout_sampling(cfg) == {"temperature": 0.6, "top_p": 0.9, "top_k": cfg.top_k}
     assert math.isclose(cfg.temperature, 0.6)
+
+
+def test_warmstart_gate_require_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    """--warmstart_gate require on a model that fails the gate: a project error (one line, exit 2), the gate's
+    numbers in it and in warmstart_gate.json; report only prints."""
+    import json as _json
+    from types import SimpleNamespace
+
+    import train_deeprec
+    from cli.run import run_script
+
+    failing = {"rows": 4, "temperature": 1.0, "min_greedy": 0.9, "min_sampled": 0.3, "greedy_valid": 0.5,
+               "sampled_valid": 0.0, "greedy_failures": {"no_call": 0.5}, "sampled_failures": {"no_call": 1.0},
+               "passed": False}
+    monkeypatch.setattr(train_deeprec, "warmstart_gate", lambda *a, **k: dict(failing))
+    from datasets import Dataset
+
+    trainer = SimpleNamespace(model=None, processing_class=None, accelerator=SimpleNamespace(is_main_process=True))
+    rows = Dataset.from_list([{"target": i} for i in range(6)])
+    config = SimpleNamespace(output_dir=str(tmp_path))
+
+    def gate(mode):
+        return train_deeprec.check_warmstart_gate(trainer, rows, None, None, config,
+                                                  SimpleNamespace(warmstart_gate=mode, warmstart_gate_rows=4))
+
+    assert gate("report")["passed"] is False  # report: prints, returns, no error
+    assert run_script(lambda argv: gate("require")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: [deeprec] warm-start gate") and "NOT PASSED" in err[0]
+    assert _json.loads((tmp_path / "warmstart_gate.json").read_text())["greedy_valid"] == 0.5

@@ -251,3 +251,22 @@ def test_item_aware_rollouts_refused_where_they_do_not_apply(unit_model, tmp_pat
     with pytest.raises(ValueError, match="not RecPOTrainer"):
         RecPOTrainer(model=model, args=cfg, processing_class=tok, catalog=catalog,
                      train_dataset=Dataset.from_list([dict(r) for r in dd["train"].select(range(2))]))
+
+
+def test_item_aware_decoding_on_vllm_stops_or_falls_back_to_hf(unit_model, tmp_path, monkeypatch, capsys):
+    """The vLLM twin of item-aware decoding is not built: an explicit --backend vllm stops with one line before any
+    data or model work; --backend auto that would pick vLLM (a GPU with vllm installed) says so and uses hf."""
+    import eval_test
+    from evaluation import backends
+
+    model, tok, dd, catalog = unit_model
+    model_dir = tmp_path / "m"
+    model.save_pretrained(str(model_dir))
+    tok.save_pretrained(str(model_dir))
+    common = ["--dataset_path", str(tmp_path / "absent"), "--model_path", str(model_dir), "--decoding", "item_aware"]
+    with pytest.raises(SystemExit, match="hf backend only.*--backend hf"):
+        eval_test.main([*common, "--backend", "vllm"])
+    monkeypatch.setattr(backends, "resolve_backend_name", lambda name: "vllm")
+    with pytest.raises(FileNotFoundError):  # past the backend choice: the (absent) data set is read next
+        eval_test.main([*common, "--backend", "auto"])
+    assert "using the hf backend" in capsys.readouterr().err

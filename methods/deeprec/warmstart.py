@@ -15,6 +15,10 @@ GATE_MIN_GREEDY_VALID = 0.9
 GATE_MIN_SAMPLED_VALID = 0.3
 
 
+class WarmstartGateError(RuntimeError):
+    """``--warmstart_gate require`` and the gate did not pass (a project error: one line, exit status 2)."""
+
+
 def warmstart_gate(model, tokenizer, rows, catalog, retriever, args,
                    min_greedy: float = GATE_MIN_GREEDY_VALID, min_sampled: float = GATE_MIN_SAMPLED_VALID,
                    batch_size: int = 16, generators=None) -> dict:

@@ -112,12 +112,15 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
         folder = f"{name}_lr{config.learning_rate}_kl{config.beta}"
         if (config.algorithm, config.reward_func) != ("rank_grpo", "exp_inf"):
             folder += f"_{config.algorithm}_{config.reward_func}"
+        if config.rank_advantage != "rank_zscore":
+            folder += f"_{config.rank_advantage}"
         if config.item_aware_decoding:
             folder += "_item_aware"
         config.output_dir = os.path.join("results", "grpo", folder)
     if config.run_name in (None, config.output_dir, "trainer_output"):
         config.run_name = compose_run_name(name, config.algorithm, config.learning_rate, config.beta,
                                            reward=config.reward_func,
+                                           adv=None if config.rank_advantage == "rank_zscore" else config.rank_advantage,
                                            item_aware=config.item_aware_decoding or None)
     check_output_dir(config.output_dir)
     configure_wandb(config.output_dir, script_args.wandb_project)  # offline: wandb files stay in the run

@@ -33,7 +33,7 @@ def _mask(B, T, seed=0):
 
 # ------------------------------------------------------------------------------------------------ registries
 def test_registries_hold_the_documented_entries_and_fail_clearly():
-    assert set(ca.ADV_ESTIMATORS) >= {"group_zscore", "rank_zscore", "reinforce_pp_baseline"}
+    assert set(ca.ADV_ESTIMATORS) >= {"group_zscore", "rank_zscore", "rank_center", "reinforce_pp_baseline"}
     assert set(ca.RATIOS) >= {"token", "item", "sequence"}
     assert set(ca.LOSS_AGGREGATIONS) >= {"paper", "token", "sequence"}
     assert set(ca.POLICY_LOSSES) >= {"ppo_clip"}
@@ -63,6 +63,32 @@ def test_rank_zscore_matches_eq7_loop(G):
     got = ca.get_adv_est("rank_zscore")(r, num_generations=G, eps=eps)
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), atol=1e-12, rtol=0)
     assert (got[:G, 2] == 0).all()
+
+
+@pytest.mark.parametrize("G", [2, 4, 8])
+def test_rank_center_matches_a_loop_and_keeps_the_reward_scale(G):
+    """A_ik = r_ik - mean_g r_gk: no std division, so a log-discounted reward keeps rank 1 above rank 20."""
+    B, K = 3 * G, 5
+    r = torch.rand(B, K, generator=torch.Generator().manual_seed(10 + G), dtype=torch.float64)
+    r[:G, 1] = 0.3  # a constant column -> exactly 0
+    want = [[0.0] * K for _ in range(B)]
+    for g0 in range(0, B, G):
+        for k in range(K):
+            col = [r[i, k].item() for i in range(g0, g0 + G)]
+            mean = sum(col) / G
+            for j, v in enumerate(col):
+                want[g0 + j][k] = 0.0 if max(col) == min(col) else v - mean
+    got = ca.get_adv_est("rank_center")(r, num_generations=G)
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert (got[:G, 1] == 0).all()
+    # one hit at rank 1 and one at rank 20 (log scheme's own-rank weights 1 and 1/log2(21)): the z-score gives them
+    # the same advantage, centering keeps the 4.4x ratio
+    hit = torch.zeros(2, 2, dtype=torch.float64)
+    hit[0] = torch.tensor([1.0, 1.0 / math.log2(21)])
+    centered = ca.rank_center(hit, num_generations=2)[0].tolist()
+    zscored = ca.rank_zscore(hit, num_generations=2)[0].tolist()
+    assert centered[0] / centered[1] == pytest.approx(math.log2(21))
+    assert zscored[0] == pytest.approx(zscored[1], rel=1e-3)
 
 
 def test_group_zscore_matches_eq2_loop_and_is_exact_zero_on_constant_groups():

@@ -344,6 +344,13 @@ def test_rank_advantages_edge_cases():
     assert torch.equal(adv[:, -1], tail)
     adv = build_advantages(r, tail, 2, 1e-4, "reward")
     assert adv[2, -1] == 0 and adv[0, -1] < 0 < adv[1, -1]
+    # rank_center: r - group mean on the ranks and on the tail reward (hand values: group 1 has [1, 0] at rank 2)
+    adv = build_advantages(r, tail, 2, 1e-4, "reward", "rank_center")
+    assert adv[0, 1].item() == pytest.approx(0.5) and adv[1, 1].item() == pytest.approx(-0.5)
+    assert adv[0, -1].item() == pytest.approx(-0.05) and adv[1, -1].item() == pytest.approx(0.05)
+    assert adv[:, 0].abs().sum() == 0
+    with pytest.raises(ValueError, match="rank_advantage"):
+        RankGRPOConfig(output_dir="/tmp/x", use_cpu=True, report_to="none", rank_advantage="rank_std")
 
 
 def test_length_shaping_reward():

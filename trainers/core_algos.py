@@ -76,6 +76,21 @@ def rank_zscore(rewards: torch.Tensor, num_generations: int, eps: float = 1e-4) 
     return adv.reshape(rewards.shape).to(rewards.dtype)
 
 
+@register_adv_est("rank_center")
+def rank_center(rewards: torch.Tensor, num_generations: int, eps: float = 1e-4) -> torch.Tensor:
+    """A_ik = r_ik - mean_g r_gk, per group and per rank column k: Eq. 7 without the std division (as Dr. GRPO drops
+    it for sequence rewards). ``rewards`` (B, K) -> (B, K). The reward's scale survives, so a discounted scheme
+    (``log``) weights rank 1 above rank 20, which the z-score cancels; a lone hit in a group is not scaled up to
+    ~1.5 either. ``eps`` is unused (the signature of the estimators); a constant column gets exactly 0.
+    """
+    del eps
+    r = _groups(rewards.double(), num_generations)  # (B/G, G, K)
+    adv = r - r.mean(dim=1, keepdim=True)
+    constant = (r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)).expand_as(adv)
+    adv = torch.where(constant, torch.zeros_like(adv), adv)
+    return adv.reshape(rewards.shape).to(rewards.dtype)
+
+
 @register_adv_est("group_zscore")
 def group_zscore(rewards: torch.Tensor, num_generations: int, eps: float = 1e-4) -> torch.Tensor:
     """GRPO / R2 Eq. 2: A_i = (R_i - mean_group R) / (std_group R + eps). ``rewards`` (B,) -> (B,).

@@ -50,10 +50,11 @@ import torch
 from methods.rank_grpo.list_judge import ListJudge, length_shaping_func, rank_reward_sum_func, sequence_reward_func
 from rewards.rank_rewards import batch_rank_rewards, parse_scheme
 from trainers.base import RecRLConfig, RecRLTrainer
-from trainers.core_algos import rank_zscore
+from trainers.core_algos import get_adv_est
 from trainers.token_map import assign_tokens_to_items, sequence_byte_lengths_slow
 
 RANK_NORMALIZATIONS = ("paper", "token")
+RANK_ADVANTAGES = ("rank_zscore", "rank_center")
 LENGTH_SHAPINGS = ("reward", "advantage")
 
 
@@ -103,6 +104,12 @@ class RankGRPOConfig(RecRLConfig):
         metadata={"help": "paper: 1/(B N) mean over ranks; token: ranks weighted by token count (released code).",
                   "choices": list(RANK_NORMALIZATIONS)},
     )
+    rank_advantage: str = field(
+        default="rank_zscore",
+        metadata={"help": "rank_zscore (paper, Eq. 7): (r - group mean) / group std per rank; rank_center (a "
+                  "deviation): r - group mean, so a discounted reward_func (log) keeps rank 1 above rank 20.",
+                  "choices": list(RANK_ADVANTAGES)},
+    )
     length_shaping: str = field(
         default="reward",
         metadata={"help": "reward (paper): penalties are the tail rank's reward, normalised per group like any "
@@ -130,7 +137,7 @@ class RankGRPOConfig(RecRLConfig):
 
     def __post_init__(self):
         self.check_choices(algorithm=ALGORITHMS, rank_normalization=RANK_NORMALIZATIONS,
-                           length_shaping=LENGTH_SHAPINGS)
+                           length_shaping=LENGTH_SHAPINGS, rank_advantage=RANK_ADVANTAGES)
         if not self.adv_eps > 0:
             raise ValueError(f"adv_eps must be > 0, got {self.adv_eps}")
         algorithm = ALGORITHM_TABLE[self.algorithm]
@@ -158,13 +165,15 @@ class RankGRPOConfig(RecRLConfig):
 
 # ------------------------------------------------------------------------------------------------ equations
 def build_advantages(rank_rewards: torch.Tensor, tail_rewards: torch.Tensor, num_generations: int, eps: float,
-                     length_shaping: str) -> torch.Tensor:
-    """(B, N+1) advantages: Eq. 7 on the N ranks; the tail column is Eq. 7 on the tail rewards ("reward" mode) or
-    the raw length-shaping constants ("advantage" mode, released code)."""
+                     length_shaping: str, estimator: str = "rank_zscore") -> torch.Tensor:
+    """(B, N+1) advantages: ``estimator`` (Eq. 7's ``rank_zscore``, or ``rank_center``) on the N ranks; the tail
+    column is the same estimator on the tail rewards ("reward" mode) or the raw length-shaping constants
+    ("advantage" mode, released code)."""
+    rank_adv = get_adv_est(estimator)
     if length_shaping == "reward":
-        return rank_zscore(torch.cat([rank_rewards, tail_rewards[:, None]], dim=1), num_generations, eps)
+        return rank_adv(torch.cat([rank_rewards, tail_rewards[:, None]], dim=1), num_generations, eps)
     if length_shaping == "advantage":
-        return torch.cat([rank_zscore(rank_rewards, num_generations, eps), tail_rewards[:, None]], dim=1)
+        return torch.cat([rank_adv(rank_rewards, num_generations, eps), tail_rewards[:, None]], dim=1)
     raise ValueError(f"length_shaping must be one of {LENGTH_SHAPINGS}, got {length_shaping!r}")
 
 
@@ -241,7 +250,7 @@ class RankGRPOTrainer(ListGRPOTrainer):
                                             [s.spans for s in scores], ids_list)
         rank_r = self.accelerator.gather(local_rank)  # (B_global, N)
         tail_r = self.accelerator.gather(local_tail)  # (B_global,)
-        adv = build_advantages(rank_r, tail_r, G, args.adv_eps, args.length_shaping)
+        adv = build_advantages(rank_r, tail_r, G, args.adv_eps, args.length_shaping, args.rank_advantage)
         output["advantages"] = self.local_rows(adv, len(scores))  # (B, N+1): batch first, split like TRL's tensors
         output["item_index"] = item_index  # (B, T)
 

@@ -35,7 +35,8 @@ class Settings:
     n_sft_seeds: int             # SFT is trained for the first n seeds; an RL seed >= n starts from seed 0's SFT
     rl_steps: int
     rl_save_steps: int
-    recpo_steps: int
+    recpo_steps: int             # RecPO steps after the rec-loss-only warm-up
+    recpo_warmup_steps: int      # 0: configs/tiny/recpo_ml100k.yaml; else configs/tiny/recpo_ml100k_warmup.yaml
     deeprec_ws_steps: int
     deeprec_steps: int
     redial_n_test: int
@@ -49,12 +50,13 @@ class Settings:
 # FULL is sized for 2 hours from scratch on 2 cores with --jobs 2 (one shared SFT start; DeepRec and ReDial on fewer
 # test rows: each episode / 135M generation costs 10-50x a tiny-model list). 60 RL steps did not fit (about 128 min
 # of two cores' work: docs/results/NOTES.md items 13-14), so the RL parts run 40. QUICK checks the pipeline, not the
-# methods (200 SFT steps leave greedy decoding repeating titles).
+# methods (200 SFT steps leave greedy decoding repeating titles). RecPO's 120 warm-up steps (item 17) add about 8
+# min per seed on 2 cores; the 2-hour fit was measured before them and before the one-token-title twin.
 FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=100, sft_steps=1000, n_sft_seeds=1,
-                rl_steps=40, rl_save_steps=10, recpo_steps=20, deeprec_ws_steps=150, deeprec_steps=4,
-                redial_n_test=48, redial_sft_steps=40, redial_rl_steps=3)
+                rl_steps=40, rl_save_steps=10, recpo_steps=10, recpo_warmup_steps=120, deeprec_ws_steps=150,
+                deeprec_steps=4, redial_n_test=48, redial_sft_steps=40, redial_rl_steps=3)
 QUICK = Settings(seeds=[0], n_test=100, n_val=32, n_test_agent=24, sft_steps=200, n_sft_seeds=1, rl_steps=10,
-                 rl_save_steps=5, recpo_steps=6, deeprec_ws_steps=20, deeprec_steps=1, redial_n_test=16,
+                 rl_save_steps=5, recpo_steps=6, recpo_warmup_steps=0, deeprec_ws_steps=20, deeprec_steps=1, redial_n_test=16,
                  redial_sft_steps=6, redial_rl_steps=1)
 
 

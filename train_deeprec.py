@@ -152,7 +152,8 @@ def run(script_args: ScriptArguments, config: DeepRecConfig, encoder=None):
 
     # ---- run name (model path and output folder: checked above)
     if config.run_name in (None, config.output_dir, "trainer_output"):
-        config.run_name = compose_run_name(name, f"deeprec-{config.stage}", config.learning_rate, config.beta)
+        config.run_name = compose_run_name(name, f"deeprec-{config.stage}", config.learning_rate, config.beta,
+                                           frozen_emb=config.freeze_token_embeddings or None)
     configure_wandb(config.output_dir, script_args.wandb_project)
     logger.info("model %s -> output %s (stage %s)", model_path, config.output_dir, config.stage)
 

@@ -114,6 +114,8 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
             folder += f"_{config.algorithm}_{config.reward_func}"
         if config.rank_advantage != "rank_zscore":
             folder += f"_{config.rank_advantage}"
+        if config.freeze_token_embeddings:
+            folder += "_frozen_emb"
         if config.item_aware_decoding:
             folder += "_item_aware"
         config.output_dir = os.path.join("results", "grpo", folder)
@@ -121,6 +123,7 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
         config.run_name = compose_run_name(name, config.algorithm, config.learning_rate, config.beta,
                                            reward=config.reward_func,
                                            adv=None if config.rank_advantage == "rank_zscore" else config.rank_advantage,
+                                           frozen_emb=config.freeze_token_embeddings or None,
                                            item_aware=config.item_aware_decoding or None)
     check_output_dir(config.output_dir)
     configure_wandb(config.output_dir, script_args.wandb_project)  # offline: wandb files stay in the run

@@ -73,7 +73,8 @@ def run(script_args: ScriptArguments, config: RecPOConfig):
         config.run_name = compose_run_name(  # deviations from the paper's in-batch InfoNCE are named
             name, "recpo", config.learning_rate, config.beta, reward_beta=config.reward_beta,
             uniform_neg=config.num_uniform_negatives if config.rec_negatives == "in_batch+uniform" else None,
-            logq=config.logq_correction, rec_warmup=config.rec_warmup_steps or None)
+            logq=config.logq_correction, rec_warmup=config.rec_warmup_steps or None,
+            frozen_emb=config.freeze_token_embeddings or None)
     check_output_dir(config.output_dir)
     configure_wandb(config.output_dir, script_args.wandb_project)
     logger.info("model %s -> output %s", model_path, config.output_dir)

@@ -270,3 +270,36 @@ def test_item_aware_decoding_on_vllm_stops_or_falls_back_to_hf(unit_model, tmp_p
     with pytest.raises(FileNotFoundError):  # past the backend choice: the (absent) data set is read next
         eval_test.main([*common, "--backend", "auto"])
     assert "using the hf backend" in capsys.readouterr().err
+
+
+def test_freeze_token_embeddings_leaves_the_embeddings_out_of_the_optimizer(unit_model, tmp_path):
+    """RecRLConfig.freeze_token_embeddings: the (tied) token embedding matrix gets requires_grad False before the
+    optimizer is built, so the optimizer holds every other weight and not it; without the option it holds it too."""
+    import copy
+
+    from datasets import Dataset
+
+    from methods.rank_grpo.trainer import RankGRPOConfig, RankGRPOTrainer
+    from trainers.base import freeze_token_embeddings
+
+    model, tok, dd, catalog = unit_model
+    rows = Dataset.from_list([dict(r) for r in dd["train"].select(range(4))])
+
+    def optimized(freeze: bool):
+        m = copy.deepcopy(model)
+        cfg = RankGRPOConfig(output_dir=str(tmp_path / f"out{freeze}"), use_cpu=True, bf16=False, report_to="none",
+                             save_strategy="no", per_device_train_batch_size=4, num_generations=2,
+                             max_completion_length=16, beta=0.0, gradient_checkpointing=False, dataloader_num_workers=0,
+                             max_steps=1, n_items=5, freeze_token_embeddings=freeze)
+        trainer = RankGRPOTrainer(model=m, args=cfg, processing_class=tok, catalog=catalog, train_dataset=rows)
+        held = {id(p) for group in trainer.create_optimizer().param_groups for p in group["params"]}
+        emb = trainer.model.get_input_embeddings().weight
+        others = [p for p in trainer.model.parameters() if p is not emb]
+        return id(emb) in held, all(id(p) in held for p in others), emb.requires_grad
+
+    assert optimized(freeze=True) == (False, True, False)
+    assert optimized(freeze=False) == (True, True, True)
+    m = copy.deepcopy(model)
+    n_emb = m.get_input_embeddings().weight.numel()
+    tied = m.get_output_embeddings().weight is m.get_input_embeddings().weight
+    assert freeze_token_embeddings(m) == (n_emb if tied else n_emb + m.get_output_embeddings().weight.numel())

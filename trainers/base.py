@@ -78,6 +78,13 @@ class RecRLConfig(GRPOConfig):
                   "--catalog_tokens`; transformers generation only). Evaluate with `--decoding item_aware` too."},
     )
 
+    freeze_token_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Keep the input and output token embeddings fixed during RL (a deviation from the papers). "
+                  "On the one-token-title CPU twin they are 56% of the weights, one row per item, and Adam moves the "
+                  "rows of items that are rarely sampled as far as the others (docs/results/NOTES.md item 16)."},
+    )
+
     def check_choices(self, **choices) -> None:
         """ValueError naming the first field (keyword) whose value is not among its allowed values."""
         for name, allowed in choices.items():
@@ -90,6 +97,19 @@ class RecRLConfig(GRPOConfig):
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must stay False: the rewards need the groundtruth/seen columns")
         super().__post_init__()
+
+
+def freeze_token_embeddings(model) -> int:
+    """Set ``requires_grad=False`` on the input and output token embeddings (one tensor when tied); returns how many
+    parameters that fixed (each shared tensor counted once)."""
+    seen, frozen = set(), 0
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        for p in (module.parameters() if module is not None else ()):
+            if id(p) not in seen:
+                seen.add(id(p))
+                frozen += p.numel()
+                p.requires_grad_(False)
+    return frozen
 
 
 def truncate_dataset_prompts(dataset, tokenizer, max_prompt_length: int, split: str = "train"):
@@ -166,6 +186,9 @@ class RecRLTrainer(KillSafeCheckpointMixin, GRPOTrainer):
         super().__init__(model=model, reward_funcs=self.build_reward_funcs(), args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          **kwargs)
+        if args.freeze_token_embeddings:  # before train() builds the optimizer from the trainable parameters
+            frozen = freeze_token_embeddings(self.model)
+            logger.info("freeze_token_embeddings: %d parameters fixed", frozen)
         vocab = self.model.config.get_text_config().vocab_size
         try:
             self._byte_table: ByteTable | None = build_byte_table(self._tokenizer, vocab_size=vocab)

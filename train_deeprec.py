@@ -195,8 +195,8 @@ def check_warmstart_gate(trainer, eval_ds, catalog, retriever, config: DeepRecCo
         with open(os.path.join(config.output_dir, "warmstart_gate.json"), "w") as f:
             json.dump(result, f, indent=1)
     if script_args.warmstart_gate == "require" and not result["passed"]:
-        raise WarmstartGateError(f"{line}: train the warm-start longer (configs/tiny/deeprec_ml100k_warmstart_sft.yaml) or "
-                           "run with --warmstart_gate report")
+        raise WarmstartGateError(f"{line}: train the warm-start longer "
+                                 "(configs/tiny/deeprec_ml100k_warmstart_sft.yaml) or run with --warmstart_gate report")
     return result
 
 

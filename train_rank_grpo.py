@@ -120,9 +120,9 @@ def run(script_args: ScriptArguments, config: RankGRPOConfig):
             folder += "_item_aware"
         config.output_dir = os.path.join("results", "grpo", folder)
     if config.run_name in (None, config.output_dir, "trainer_output"):
+        deviation = None if config.rank_advantage == "rank_zscore" else config.rank_advantage
         config.run_name = compose_run_name(name, config.algorithm, config.learning_rate, config.beta,
-                                           reward=config.reward_func,
-                                           adv=None if config.rank_advantage == "rank_zscore" else config.rank_advantage,
+                                           reward=config.reward_func, adv=deviation,
                                            frozen_emb=config.freeze_token_embeddings or None,
                                            item_aware=config.item_aware_decoding or None)
     check_output_dir(config.output_dir)

@@ -56,8 +56,8 @@ FULL = Settings(seeds=[0, 1, 2], n_test=500, n_val=200, n_test_agent=100, sft_st
                 rl_steps=40, rl_save_steps=10, recpo_steps=10, recpo_warmup_steps=120, deeprec_ws_steps=150,
                 deeprec_steps=4, redial_n_test=48, redial_sft_steps=40, redial_rl_steps=3)
 QUICK = Settings(seeds=[0], n_test=100, n_val=32, n_test_agent=24, sft_steps=200, n_sft_seeds=1, rl_steps=10,
-                 rl_save_steps=5, recpo_steps=6, recpo_warmup_steps=0, deeprec_ws_steps=20, deeprec_steps=1, redial_n_test=16,
-                 redial_sft_steps=6, redial_rl_steps=1)
+                 rl_save_steps=5, recpo_steps=6, recpo_warmup_steps=0, deeprec_ws_steps=20, deeprec_steps=1,
+                 redial_n_test=16, redial_sft_steps=6, redial_rl_steps=1)
 
 
 def in_order(names, order: list[str]) -> list[str]:

@@ -18,7 +18,8 @@ def part_recpo(ctx: Ctx) -> dict:
         out = ctx.root / f"seed{seed}" / "model"
         ctx.run([PY, "train_recpo.py", "--config", config, "--model_name", str(start),
                  "--dataset_path", ML_DATA, "--output_dir", str(out), "--seed", str(seed),
-                 "--rec_warmup_steps", str(s.recpo_warmup_steps), "--max_steps", str(steps), "--save_steps", str(steps)],
+                 "--rec_warmup_steps", str(s.recpo_warmup_steps), "--max_steps", str(steps),
+                 "--save_steps", str(steps)],
                 out.parent / "train.log", done=out / "config.json")
         rows.append({"method": "RecPO", "seed": seed,
                      **ctx.evaluate(out.parent / "eval_next",

@@ -81,7 +81,7 @@ class RecRLConfig(GRPOConfig):
     freeze_token_embeddings: bool = field(
         default=False,
         metadata={"help": "Keep the input and output token embeddings fixed during RL (a deviation from the papers). "
-                  "On the one-token-title CPU twin they are 56% of the weights, one row per item, and Adam moves the "
+                  "On the one-token-title CPU twin they are over half of the weights, one row per item, and Adam moves the "
                   "rows of items that are rarely sampled as far as the others (docs/results/NOTES.md item 16)."},
     )
 

@@ -81,8 +81,9 @@ class RecRLConfig(GRPOConfig):
     freeze_token_embeddings: bool = field(
         default=False,
         metadata={"help": "Keep the input and output token embeddings fixed during RL (a deviation from the papers). "
-                  "On the one-token-title CPU twin they are over half of the weights, one row per item, and Adam moves the "
-                  "rows of items that are rarely sampled as far as the others (docs/results/NOTES.md item 16)."},
+                  "On the one-token-title CPU twin they are over half of the weights, one row per item, and Adam "
+                  "moves the rows of items that are rarely sampled as far as the others (docs/results/NOTES.md "
+                  "item 16)."},
     )
 
     def check_choices(self, **choices) -> None:

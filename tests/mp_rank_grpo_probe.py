@@ -36,10 +36,12 @@ torch.set_num_threads(1)
 _STEP: dict = {}  # the record of the step in progress (one process = one copy of this module)
 
 
-def _recording_build_advantages(rank_rewards, tail_rewards, num_generations, eps, length_shaping):
+def _recording_build_advantages(rank_rewards, tail_rewards, num_generations, eps, length_shaping,
+                                estimator="rank_zscore"):
     _STEP.update(gathered_rank_rewards=rank_rewards.tolist(), gathered_tail_rewards=tail_rewards.tolist(),
-                 num_generations=int(num_generations), adv_eps=float(eps), length_shaping=length_shaping)
-    return _ORIGINAL_BUILD_ADVANTAGES(rank_rewards, tail_rewards, num_generations, eps, length_shaping)
+                 num_generations=int(num_generations), adv_eps=float(eps), length_shaping=length_shaping,
+                 rank_advantage=estimator)
+    return _ORIGINAL_BUILD_ADVANTAGES(rank_rewards, tail_rewards, num_generations, eps, length_shaping, estimator)
 
 
 # The trainer looks ``build_advantages`` up in its module at call time. This patch is why the module is only ever run

@@ -153,7 +153,8 @@ def test_two_process_rank_grpo_split_groups_get_their_own_rows_advantages(tiny_m
         tail = st[0]["gathered_tail_rewards"]
         assert len(R) == N_PROC * B_LOCAL == G and all(len(row) == N for row in R)
         for x in st:
-            assert (x["num_generations"], x["adv_eps"], x["length_shaping"]) == (G, EPS, "reward")
+            assert (x["num_generations"], x["adv_eps"], x["length_shaping"], x["rank_advantage"]) == \
+                (G, EPS, "reward", "rank_zscore")
         # the group really spans both processes: one prompt, 2 rows on each process
         prompts = st[0]["prompts"] + st[1]["prompts"]
         assert len(prompts) == G and len(set(prompts)) == 1, prompts
